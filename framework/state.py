@@ -1,0 +1,39 @@
+"""What stages share: the model being compressed and everything around it."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from .data import DataSplits
+from .plugin import Stage
+
+
+@dataclasses.dataclass
+class PipelineState:
+    """The pipeline's state, handed to each :meth:`Stage.apply` in turn.
+
+    Stages change ``model`` in place or replace it. A stage that leaves the model in a form
+    ``save_pretrained`` cannot write sets ``artifact_writer = self`` so its :meth:`Stage.save`
+    writes the artifact.
+    """
+
+    model: torch.nn.Module
+    tokenizer: Any
+    data: DataSplits
+    #: the original model, frozen: the teacher for distillation and the latency baseline
+    reference: torch.nn.Module
+    #: the whole resolved run config, read-only
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: the stage whose save/load formats the artifact (None: plain save_pretrained)
+    artifact_writer: Optional[Stage] = None
+    #: kinds applied so far, in order
+    applied: list[str] = dataclasses.field(default_factory=list)
+    #: fine-tunes ``state.model`` for N steps to recover quality (set by the pipeline; a distiller may replace it)
+    recover: Optional[Callable[["PipelineState", int], dict[str, Any]]] = None
+    #: a folder for a stage's scratch files, checkpoints and plots
+    work_dir: Path = dataclasses.field(default_factory=lambda: Path("."))
+    seed: int = 0
