@@ -72,6 +72,17 @@ def resolve_stages(cfg: Mapping[str, Any], registry: Registry) -> list[tuple[Sta
     return stages
 
 
+def recovery_hook(stages: list[tuple[Stage, PluginInfo]]):
+    """The recovery step pruning schedules call: a configured distiller's ``recover`` if it has one
+    (distillation from the original model), else plain next-token fine-tuning."""
+    from .training import finetune
+
+    for stage, info in stages:
+        if info.kind is Kind.DISTILLER and callable(getattr(stage, "recover", None)):
+            return stage.recover
+    return finetune
+
+
 def _stage_record(info: PluginInfo, stage: Stage) -> dict[str, Any]:
     import dataclasses
 
@@ -143,7 +154,7 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
                   "parameters": loaded.parameters, "class": type(loaded.model).__name__}
     reference = copy.deepcopy(loaded.model).eval().requires_grad_(False)
     state = PipelineState(loaded.model, loaded.tokenizer, data, reference, settings=settings,
-                          work_dir=output_dir, seed=seed)
+                          work_dir=output_dir, seed=seed, recover=recovery_hook(stages))
     bs = eval_cfg.get("batch_size", 4)
 
     def evaluate(model: torch.nn.Module, label: str) -> dict[str, Any]:

@@ -32,7 +32,8 @@ class PipelineState:
     artifact_writer: Optional[Stage] = None
     #: kinds applied so far, in order
     applied: list[str] = dataclasses.field(default_factory=list)
-    #: fine-tunes ``state.model`` for N steps to recover quality (set by the pipeline; a distiller may replace it)
+    #: ``recover(state, steps)`` fine-tunes ``state.model`` to recover quality; pruning schedules call it
+    #: between steps. The pipeline sets plain fine-tuning, or a configured distiller's ``recover``.
     recover: Optional[Callable[["PipelineState", int], dict[str, Any]]] = None
     #: a folder for a stage's scratch files, checkpoints and plots
     work_dir: Path = dataclasses.field(default_factory=lambda: Path("."))

@@ -1,0 +1,8 @@
+from slimkit.testing import StageContract
+from slimkit_quanto import QuantoQuantizer
+
+
+class TestQuantoContract(StageContract):
+    stage_cls = QuantoQuantizer
+    configs = [{"bits": 8}, {"bits": 4}, {"bits": 2}, {"bits": 8, "activations": 8}]
+    reload_atol = 1e-4
