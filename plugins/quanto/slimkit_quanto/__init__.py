@@ -1,12 +1,19 @@
-"""optimum-quanto as a slimkit quantizer: int8/int4/int2 weights, optional int8 activations
-calibrated on the calibration slice, module include/exclude patterns.
+"""optimum-quanto as a slimkit quantizer: int8/int4/int2 weights (mixed per module), optional int8
+activations calibrated on the calibration slice, and a budget mode that picks per-module bit-widths
+from a sensitivity scan.
 
 Sample config (``conf`` group ``quantizer``)::
 
     quantizer: quanto
-    quantizer.bits: 4             # weight bits: 8, 4 or 2
-    quantizer.activations: 8      # null (weight-only) or 8 (calibrated int8 activations)
-    quantizer.exclude: [lm_head]  # glob patterns on module names kept in float
+    quantizer.bits: 4                       # weight bits: 8, 4 or 2 (4/2: groups of up to 128, see below)
+    quantizer.activations: 8                # null (weight-only) or 8 (calibrated int8 activations)
+    quantizer.exclude: [lm_head]            # glob patterns on module names kept in float
+    quantizer.overrides: {"model.layers.0.*": 8, "model.layers.29.*": 8}
+    # or: quantizer.budget_bits=4.5 (choose bit-widths from a sensitivity scan; see slimkit.quantization)
+
+int4/int2 use quanto's asymmetric groups: 128 input features, reduced in steps of 32 until it
+divides the layer's input width (SmolLM2: 96 for the 576-wide projections, 128 for down_proj).
+float8 weights are not offered: quanto 0.2.7's qfloat8 gave NaN logits on this CPU.
 """
 
 from __future__ import annotations
@@ -14,35 +21,32 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, List, Mapping, Optional
+from typing import Any, ClassVar, Mapping, Optional
 
 import torch
 from tqdm.auto import tqdm
 
-from slimkit import ArtifactError, Kind, Stage, StageConfig, check_choice
-from slimkit.modules import select_modules
+from slimkit import ArtifactError, ConfigError, DataError, Kind, Stage, check_choice
+from slimkit.quantization import MixedPrecisionConfig, plan_precision
 
 WEIGHT_BITS = (2, 4, 8)
 ACTIVATION_BITS = (None, 8)
 QUANT_MAP = "quanto_qmap.json"
+EXTRA = "slimkit_quanto.json"
 WEIGHTS = "model.safetensors"
 
 
 @dataclasses.dataclass
-class QuantoConfig(StageConfig):
-    """optimum-quanto settings."""
+class QuantoConfig(MixedPrecisionConfig):
+    """optimum-quanto settings (bit-width fields shared with every backend: see ``slimkit.quantization``)."""
 
-    #: weight bits: 8, 4 or 2 (4 and 2 use groups of 128, quanto's default)
-    bits: int = 8
-    #: activation bits: null for weight-only, or 8 (needs calibration data)
+    #: activation bits: null for weight-only, or 8 (calibrated on data.calibration; needs calibration_samples >= 1)
     activations: Optional[int] = None
-    #: glob patterns of Linear modules to quantize
-    include: List[str] = dataclasses.field(default_factory=lambda: ["*"])
-    #: glob patterns of Linear modules to keep in float (lm_head is tied to the embedding)
-    exclude: List[str] = dataclasses.field(default_factory=lambda: ["lm_head"])
+
+    ALLOWED_BITS: ClassVar[tuple[int, ...]] = WEIGHT_BITS
 
     def __post_init__(self) -> None:
-        check_choice("quantizer.bits", self.bits, WEIGHT_BITS)
+        super().__post_init__()
         check_choice("quantizer.activations", self.activations, ACTIVATION_BITS)
 
 
@@ -65,6 +69,21 @@ def _untied_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def _output_quantized(module: torch.nn.Module) -> bool:
+    """Whether a quanto module still quantizes its output (calibration's streamline pass may remove the hook)."""
+    handle = getattr(module, "_quantize_hooks", {}).get("output")
+    return handle is not None and handle.id in module._forward_hooks
+
+
+def make_quantized(name: str, module: torch.nn.Module, bits: int) -> torch.nn.Module:
+    """A frozen quanto copy of one float Linear at ``bits`` weight bits (the original is untouched)."""
+    from optimum.quanto.nn import quantize_module
+
+    qmodule = quantize_module(module, weights=_qtype(bits))
+    qmodule.freeze()
+    return qmodule
+
+
 class QuantoQuantizer(Stage):
     """Quantize Linear layers with optimum-quanto, then freeze them into integer weights."""
 
@@ -73,17 +92,34 @@ class QuantoQuantizer(Stage):
     Config = QuantoConfig
     requires = {"optimum.quanto": "pip install optimum-quanto"}
 
+    def check_before_load(self, settings: Mapping[str, Any]) -> None:
+        if self.config.activations is not None:
+            samples = (settings.get("data") or {}).get("calibration_samples", 1)
+            if not samples:
+                raise ConfigError("data.calibration_samples", samples,
+                                  "at least 1 when quantizer.activations is set (activation scales are calibrated)")
+
     def apply(self, state) -> dict[str, Any]:
         from optimum.quanto import Calibration, freeze, quantize
 
         cfg = self.config
-        chosen = select_modules(state.model, cfg.include, cfg.exclude, prefix="quantizer")
+        windows = state.data.calibration
+        if cfg.activations is not None and windows.shape[0] == 0:
+            raise DataError("quantizer.activations=8 needs calibration windows to set activation scales, but the "
+                            "calibration slice is empty (data.calibration_samples=0); set it to at least 1")
+        plan, metrics = plan_precision(state, cfg, make_quantized, backend=self.name)
         activations = _qtype(cfg.activations) if cfg.activations else None
-        quantize(state.model, weights=_qtype(cfg.bits), activations=activations, include=list(chosen))
-        metrics: dict[str, Any] = {"quantized_modules": len(chosen), "weight_bits": cfg.bits,
-                                   "activation_bits": cfg.activations}
+        by_bits: dict[int, list[str]] = {}
+        for module_name, bits in plan.items():
+            if bits is not None:
+                by_bits.setdefault(bits, []).append(module_name)
+        if not by_bits:
+            raise ConfigError("quantizer.overrides", dict(cfg.overrides), "a plan that quantizes at least one module")
+        for bits, names in by_bits.items():
+            quantize(state.model, weights=_qtype(bits), activations=activations, include=names)
+        metrics.update({"quantized_modules": sum(map(len, by_bits.values())), "weight_bits": cfg.bits,
+                        "activation_bits": cfg.activations})
         if activations is not None:
-            windows = state.data.calibration
             with torch.no_grad(), Calibration(momentum=0.9):
                 for row in tqdm(windows, desc="calibrating activations", leave=False):
                     state.model(input_ids=row[None], use_cache=False)
@@ -94,6 +130,7 @@ class QuantoQuantizer(Stage):
 
     def save(self, model: torch.nn.Module, directory: Path) -> None:
         from optimum.quanto import quantization_map
+        from optimum.quanto.nn import QModuleMixin
         from safetensors.torch import save_file
 
         model.config.save_pretrained(directory)
@@ -101,6 +138,14 @@ class QuantoQuantizer(Stage):
             model.generation_config.save_pretrained(directory)
         save_file(_untied_state_dict(model), str(directory / WEIGHTS), metadata={"format": "pt", "quantizer": "quanto"})
         (directory / QUANT_MAP).write_text(json.dumps(quantization_map(model), indent=1))
+        # Calibration(streamline=True) removes the output-quantization hook of modules whose outputs only
+        # feed float ops (silu, rotary, reshape); that choice is module state quanto does not serialize.
+        disabled = [n for n, m in model.named_modules()
+                    if isinstance(m, QModuleMixin) and m.activation_qtype is not None and not _output_quantized(m)]
+        output_embeddings = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        (directory / EXTRA).write_text(json.dumps({
+            "format": 1, "output_quantization_disabled": disabled,
+            "lm_head_quantized": isinstance(output_embeddings, QModuleMixin)}, indent=1))
 
     @classmethod
     def load(cls, directory: Path, manifest: Mapping[str, Any]) -> torch.nn.Module:
@@ -113,8 +158,15 @@ class QuantoQuantizer(Stage):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         state_dict = load_file(str(directory / WEIGHTS))
         qmap = json.loads((directory / QUANT_MAP).read_text())
+        extra = json.loads((directory / EXTRA).read_text()) if (directory / EXTRA).is_file() else {}
         requantize(model, state_dict, qmap, device=torch.device("cpu"))
-        model.tie_weights()
+        modules = dict(model.named_modules())
+        for name in extra.get("output_quantization_disabled", []):
+            if name not in modules:
+                raise ArtifactError(f"{directory / EXTRA} names module {name!r}, which the model does not have")
+            modules[name].disable_output_quantization()
+        if not extra.get("lm_head_quantized", False):
+            model.tie_weights()  # a quantized lm_head has its own weights; do not re-tie it to the embedding
         expected = set(_untied_state_dict(model))
         missing = sorted(expected - set(state_dict))
         if missing:
