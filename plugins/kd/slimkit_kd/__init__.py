@@ -1,0 +1,346 @@
+"""Knowledge distillation as a slimkit distiller, trained with ``accelerate``.
+
+The teacher is the pipeline's original model (``state.reference``) or a local Hugging Face folder
+(``teacher_path``, same tokenizer required). The student is the pipeline's current model (e.g. after
+pruning) or a copy with decoder layers dropped (``student_layers``, DistilBERT-style). Optional
+quantization-aware training (``qat_bits``) fake-quantizes the student's Linear weights with quanto
+during distillation so a later ``quantizer=quanto`` stage loses less.
+
+Sample config (``conf`` group ``distiller``)::
+
+    distiller: kd
+    distiller.student_layers: every_other   # or [0, 2, 4, ...]; null keeps the current model's depth
+    distiller.temperature: 2.0
+    distiller.alpha: 0.5                    # weight of the KL term; 1 - alpha weights hard-label CE
+    distiller.hidden_weight: 0.0            # > 0 adds normalised hidden-state MSE (layer_map pairs)
+    distiller.max_steps: 200
+    distiller.lr: 1e-4
+    distiller.eval_every: 25                # validation windows carved from the end of data.train
+    distiller.patience: 3                   # early stop after 3 evaluations without improvement
+    distiller.checkpoint_every: 50          # <run dir>/checkpoints/step-<n>/ (safetensors + json)
+    distiller.resume: true                  # continue from the latest checkpoint
+    distiller.qat_bits: 4                   # quantization-aware distillation for quantizer.bits=4
+
+Multi-GPU: ``accelerate launch --num_processes N -m slimkit.cli distiller=kd distiller.cpu=false ...``.
+When a ``kd`` distiller is configured, pruning schedules call :meth:`KDDistiller.recover` between
+their steps, so recovery distils from the original model instead of plain fine-tuning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any, List, Mapping, Optional
+
+import torch
+
+from slimkit import ConfigError, Kind, MissingDependencyError, Stage, StageConfig, check_choice, check_range
+from slimkit.training import LoopSettings, fingerprint_model, train_loop
+
+from .loss import hidden_mse, kd_logit_loss
+from .student import decoder_layers, drop_layers, resolve_layers
+
+__all__ = ["KDConfig", "KDDistiller", "drop_layers", "hidden_mse", "kd_logit_loss"]
+
+log = logging.getLogger("slimkit")
+
+STUDENT_FROM = ("model", "teacher")
+QAT_BITS = (None, 2, 4, 8)
+#: config fields that may change between an interrupted run and its resumption
+RESUMABLE_CHANGES = {"max_steps", "resume", "checkpoint_every", "checkpoint_dir", "keep_checkpoints", "patience",
+                     "eval_every"}
+
+
+@dataclasses.dataclass
+class KDConfig(StageConfig):
+    """Knowledge-distillation settings."""
+
+    #: a local Hugging Face folder holding the teacher; null: the pipeline's original model
+    teacher_path: Optional[str] = None
+    #: null (keep the student's depth), 'every_other', or a list of decoder-layer indices to keep
+    student_layers: Any = None
+    #: where a dropped-layer student is cut from: 'model' (the pipeline's current model) or 'teacher'
+    student_from: str = "model"
+    #: softmax temperature of the KL term, > 0
+    temperature: float = 2.0
+    #: weight of the KL term in [0, 1]; (1 - alpha) weights the hard-label cross-entropy
+    alpha: float = 0.5
+    #: weight of the normalised hidden-state MSE (0: off)
+    hidden_weight: float = 0.0
+    #: [[student_layer, teacher_layer], ...] for the hidden MSE; null: the kept layers (or identity)
+    layer_map: Any = None
+    #: optimizer steps (a resumed run continues up to this step)
+    max_steps: int = 100
+    lr: float = 5e-5
+    batch_size: int = 4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    #: clip the gradient norm (0: off)
+    grad_clip: float = 1.0
+    #: null: the pipeline's seed
+    seed: Optional[int] = None
+    #: fraction of data.train windows (from its end) held out for validation
+    val_fraction: float = 0.1
+    #: evaluate on the validation windows every N steps (0: never)
+    eval_every: int = 25
+    #: stop after this many evaluations without improvement (0: never stop early)
+    patience: int = 0
+    #: write a checkpoint every N steps (0: never)
+    checkpoint_every: int = 0
+    #: checkpoint folder; null: <run dir>/checkpoints
+    checkpoint_dir: Optional[str] = None
+    keep_checkpoints: int = 2
+    #: continue from the latest checkpoint in checkpoint_dir
+    resume: bool = False
+    #: quantization-aware training: simulate quanto int<qat_bits> weights during distillation (null: off)
+    qat_bits: Optional[int] = None
+    #: glob patterns of Linear modules kept in float during QAT (match quantizer.exclude)
+    qat_exclude: List[str] = dataclasses.field(default_factory=lambda: ["lm_head"])
+    #: train on CPU even when a GPU is visible (accelerate)
+    cpu: bool = True
+
+    def __post_init__(self) -> None:
+        check_range("distiller.temperature", self.temperature, 0.0, None, low_open=True)
+        check_range("distiller.alpha", self.alpha, 0.0, 1.0)
+        check_range("distiller.hidden_weight", self.hidden_weight, 0.0)
+        check_range("distiller.max_steps", self.max_steps, 0)
+        check_range("distiller.lr", self.lr, 0.0, None, low_open=True)
+        check_range("distiller.batch_size", self.batch_size, 1)
+        check_range("distiller.weight_decay", self.weight_decay, 0.0)
+        check_range("distiller.warmup_steps", self.warmup_steps, 0)
+        check_range("distiller.grad_clip", self.grad_clip, 0.0)
+        check_range("distiller.val_fraction", self.val_fraction, 0.0, 1.0, high_open=True)
+        check_range("distiller.eval_every", self.eval_every, 0)
+        check_range("distiller.patience", self.patience, 0)
+        check_range("distiller.checkpoint_every", self.checkpoint_every, 0)
+        check_range("distiller.keep_checkpoints", self.keep_checkpoints, 1)
+        check_choice("distiller.student_from", self.student_from, STUDENT_FROM)
+        check_choice("distiller.qat_bits", self.qat_bits, QAT_BITS)
+        if self.student_layers is not None and self.student_layers != "every_other":
+            spec = self.student_layers
+            ok = isinstance(spec, (list, tuple)) and len(spec) > 0 and all(
+                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in spec)
+            if not ok or list(spec) != sorted(set(spec)):
+                raise ConfigError("distiller.student_layers", spec, "null, 'every_other', or a non-empty increasing "
+                                  "list of distinct layer indices >= 0, e.g. [0, 2, 4]")
+            self.student_layers = list(spec)
+        if self.layer_map is not None:
+            pairs = self.layer_map
+            ok = isinstance(pairs, (list, tuple)) and len(pairs) > 0 and all(
+                isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(i, int) and i >= 0 for i in p)
+                for p in pairs)
+            if not ok:
+                raise ConfigError("distiller.layer_map", pairs, "null or a non-empty list of [student_layer, "
+                                  "teacher_layer] index pairs, e.g. [[0, 1], [1, 3]]")
+            self.layer_map = [list(p) for p in pairs]
+        if self.seed is not None:
+            check_range("distiller.seed", self.seed, 0)
+
+
+def _hash_weights(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    seen = set()
+    for name, p in model.named_parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class KDDistiller(Stage):
+    """Distil the teacher into the student (see the module docstring for a sample config)."""
+
+    kind = Kind.DISTILLER
+    name = "kd"
+    Config = KDConfig
+    requires = {"accelerate": "pip install accelerate", "safetensors": "pip install safetensors"}
+
+    def __init__(self, config: KDConfig | None = None):
+        super().__init__(config)
+        self._teacher_cache: torch.nn.Module | None = None
+
+    # --- checks before the model loads ----------------------------------------------------------
+    def check_before_load(self, settings: Mapping[str, Any]) -> None:
+        cfg = self.config
+        if cfg.teacher_path is not None:
+            folder = Path(cfg.teacher_path).expanduser()
+            if not (folder / "config.json").is_file():
+                raise ConfigError("distiller.teacher_path", cfg.teacher_path,
+                                  "a local Hugging Face model folder (with config.json)", "not found")
+        if cfg.qat_bits is not None:
+            try:
+                import optimum.quanto  # noqa: F401
+            except Exception as exc:
+                raise MissingDependencyError(self.name, "optimum.quanto", "pip install optimum-quanto", exc) from exc
+            quantizer = settings.get("quantizer") or {}
+            if quantizer.get("backend") == "quanto" and quantizer.get("bits") != cfg.qat_bits:
+                raise ConfigError("distiller.qat_bits", cfg.qat_bits, f"the bits of the quanto quantizer that "
+                                  f"follows (quantizer.bits={quantizer.get('bits')})",
+                                  "training against one precision and exporting another wastes the QAT")
+        if cfg.resume and cfg.checkpoint_every == 0 and cfg.checkpoint_dir is None:
+            raise ConfigError("distiller.resume", True, "resume together with distiller.checkpoint_every > 0 "
+                              "or a distiller.checkpoint_dir")
+
+    # --- teacher and student --------------------------------------------------------------------
+    def teacher(self, state) -> torch.nn.Module:
+        """The frozen teacher: ``state.reference`` or the model in ``teacher_path`` (vocabularies checked)."""
+        if self.config.teacher_path is None:
+            return state.reference.eval().requires_grad_(False)
+        if self._teacher_cache is None:
+            self._teacher_cache = self._load_teacher(state)
+        return self._teacher_cache
+
+    def _load_teacher(self, state) -> torch.nn.Module:
+        from transformers import AutoConfig, AutoTokenizer
+
+        from slimkit.models import load_pretrained
+
+        path = str(Path(self.config.teacher_path).expanduser())
+        student_vocab = state.model.config.vocab_size
+        teacher_vocab = AutoConfig.from_pretrained(path).vocab_size
+        if teacher_vocab != student_vocab:
+            raise ConfigError("distiller.teacher_path", self.config.teacher_path,
+                              f"a teacher with the student's vocabulary ({student_vocab} tokens)",
+                              f"its vocab_size is {teacher_vocab}; logit distillation needs the same tokenizer")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError, TypeError):
+            tokenizer = None  # no tokenizer files: the vocab size check above is all we can do
+        if tokenizer is not None and state.tokenizer is not None and tokenizer.get_vocab() != state.tokenizer.get_vocab():
+            raise ConfigError("distiller.teacher_path", self.config.teacher_path,
+                              "a teacher whose tokenizer maps tokens to the same ids as the student's",
+                              "same vocab size but a different token→id mapping")
+        return load_pretrained(path).requires_grad_(False)
+
+    def _student(self, state, teacher: torch.nn.Module) -> tuple[torch.nn.Module, list[int] | None, int]:
+        cfg = self.config
+        if cfg.student_layers is None:
+            return state.model, None, state.model.config.num_hidden_layers
+        base = state.model if cfg.student_from == "model" else teacher
+        _, layers = decoder_layers(base)
+        keep = resolve_layers(cfg.student_layers, len(layers))
+        return drop_layers(base, keep), keep, len(layers)
+
+    def _layer_map(self, student: torch.nn.Module, teacher: torch.nn.Module, keep: list[int] | None,
+                   base_layers: int) -> list[list[int]]:
+        n_s, n_t = student.config.num_hidden_layers, teacher.config.num_hidden_layers
+        if self.config.layer_map is not None:
+            pairs = self.config.layer_map
+        elif keep is not None and base_layers == n_t:  # student cut from a model as deep as the teacher
+            pairs = [[i, k] for i, k in enumerate(keep)]
+        elif n_s == n_t:
+            pairs = [[i, i] for i in range(n_s)]
+        else:
+            raise ConfigError("distiller.layer_map", None, "explicit [student, teacher] layer pairs",
+                              f"the student has {n_s} layers and the teacher {n_t}")
+        bad = [p for p in pairs if p[0] >= n_s or p[1] >= n_t]
+        if bad:
+            raise ConfigError("distiller.layer_map", pairs, f"pairs with student index < {n_s} and teacher index < {n_t}",
+                              f"{bad} out of range")
+        if student.config.hidden_size != teacher.config.hidden_size:
+            raise ConfigError("distiller.hidden_weight", self.config.hidden_weight, "0 when the student's hidden size "
+                              f"({student.config.hidden_size}) differs from the teacher's ({teacher.config.hidden_size})")
+        return pairs
+
+    # --- training -------------------------------------------------------------------------------
+    def _loss_fn(self, teacher: torch.nn.Module, layer_map: list[list[int]] | None):
+        cfg = self.config
+        hidden = bool(cfg.hidden_weight) and bool(layer_map)
+
+        def loss_fn(model, batch):
+            with torch.no_grad():
+                t_out = teacher(input_ids=batch, use_cache=False, output_hidden_states=hidden)
+            s_out = model(input_ids=batch, use_cache=False, output_hidden_states=hidden)
+            loss, parts = kd_logit_loss(s_out.logits, t_out.logits, batch, cfg.temperature, cfg.alpha)
+            if hidden:
+                mse = hidden_mse(s_out.hidden_states, t_out.hidden_states, layer_map)
+                loss = loss + cfg.hidden_weight * mse
+                parts["hidden_mse"] = mse.item()
+            return loss, parts
+
+        return loss_fn
+
+    def _fingerprint(self, state, student, teacher) -> dict[str, Any]:
+        cfg = dataclasses.asdict(self.config)
+        settings = state.settings or {}
+        return {
+            "student": fingerprint_model(student) + ":" + _hash_weights(student),
+            "teacher": fingerprint_model(teacher) + ":" + _hash_weights(teacher),
+            "distiller": json.dumps({k: v for k, v in cfg.items() if k not in RESUMABLE_CHANGES}, sort_keys=True,
+                                    default=str),
+            "data": hashlib.sha256(state.data.train.numpy().tobytes()).hexdigest()[:16] + f":{tuple(state.data.train.shape)}",
+            "upstream": json.dumps({k: settings.get(k) for k in ("model", "pruner")}, sort_keys=True, default=str),
+        }
+
+    def _split(self, state) -> tuple[torch.Tensor, torch.Tensor]:
+        windows = state.data.train
+        n_val = int(round(windows.shape[0] * self.config.val_fraction)) if self.config.eval_every else 0
+        if self.config.eval_every and self.config.val_fraction > 0:
+            n_val = max(1, n_val)
+        if n_val >= windows.shape[0]:
+            raise ConfigError("distiller.val_fraction", self.config.val_fraction,
+                              "a fraction that leaves at least one training window",
+                              f"data.train has only {windows.shape[0]} windows")
+        return windows[: windows.shape[0] - n_val], windows[windows.shape[0] - n_val:]
+
+    def apply(self, state) -> dict[str, Any]:
+        cfg = self.config
+        teacher = self.teacher(state)
+        student, keep, base_layers = self._student(state, teacher)
+        student.requires_grad_(True)
+        layer_map = self._layer_map(student, teacher, keep, base_layers) if cfg.hidden_weight else None
+        train, validation = self._split(state)
+        checkpoint_dir = Path(cfg.checkpoint_dir).expanduser() if cfg.checkpoint_dir else state.work_dir / "checkpoints"
+        fingerprint = self._fingerprint(state, student, teacher) if (cfg.checkpoint_every or cfg.resume) else {}
+        qat_modules = None
+        if cfg.qat_bits is not None:
+            from .qat import enable_qat
+
+            qat_modules = enable_qat(student, cfg.qat_bits, cfg.qat_exclude)
+        settings = LoopSettings(
+            max_steps=cfg.max_steps, lr=cfg.lr, batch_size=cfg.batch_size,
+            seed=state.seed if cfg.seed is None else cfg.seed, weight_decay=cfg.weight_decay,
+            warmup_steps=cfg.warmup_steps, grad_clip=cfg.grad_clip, eval_every=cfg.eval_every, patience=cfg.patience,
+            checkpoint_every=cfg.checkpoint_every, checkpoint_dir=checkpoint_dir if (cfg.checkpoint_every or cfg.resume)
+            else None, keep_checkpoints=cfg.keep_checkpoints, resume=cfg.resume, fingerprint=fingerprint,
+            cpu=cfg.cpu, desc="distilling" + (f" (QAT int{cfg.qat_bits})" if cfg.qat_bits else ""), key="distiller")
+        try:
+            metrics = train_loop(student, self._loss_fn(teacher, layer_map), train, settings, validation=validation)
+        finally:
+            if cfg.qat_bits is not None:
+                from .qat import disable_qat
+
+                disable_qat(student)
+        student.requires_grad_(False).eval()
+        state.model = student
+        from slimkit.models import count_parameters
+
+        metrics.update(student_parameters=count_parameters(student), teacher_parameters=count_parameters(teacher),
+                       validation_windows=int(validation.shape[0]), train_windows=int(train.shape[0]))
+        if keep is not None:
+            metrics["kept_layers"] = keep
+        if qat_modules is not None:
+            metrics.update(qat_bits=cfg.qat_bits, qat_modules=qat_modules)
+        metrics.pop("history", None)
+        return metrics
+
+    def recover(self, state, steps: int) -> dict[str, Any]:
+        """Recovery step for pruning schedules: ``steps`` distillation steps of ``state.model`` from
+        the teacher (no dropped layers, QAT, checkpoints or validation)."""
+        if steps <= 0:
+            return {"steps": 0}
+        cfg = self.config
+        teacher = self.teacher(state)
+        state.model.requires_grad_(True)
+        settings = LoopSettings(max_steps=steps, lr=cfg.lr, batch_size=cfg.batch_size,
+                                seed=state.seed if cfg.seed is None else cfg.seed, weight_decay=cfg.weight_decay,
+                                warmup_steps=cfg.warmup_steps, grad_clip=cfg.grad_clip, cpu=cfg.cpu,
+                                desc="recovery distillation", key="distiller")
+        metrics = train_loop(state.model, self._loss_fn(teacher, None), state.data.train, settings)
+        state.model.eval()
+        return metrics
