@@ -136,7 +136,8 @@ class QuantoQuantizer(Stage):
         model.config.save_pretrained(directory)
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(directory)
-        save_file(_untied_state_dict(model), str(directory / WEIGHTS), metadata={"format": "pt", "quantizer": "quanto"})
+        from slimkit.storage import save_tensors  # sparse (pruned) tensors stored as bitmask + values
+        save_tensors(_untied_state_dict(model), directory / WEIGHTS, metadata={"format": "pt", "quantizer": "quanto"})
         (directory / QUANT_MAP).write_text(json.dumps(quantization_map(model), indent=1))
         # Calibration(streamline=True) removes the output-quantization hook of modules whose outputs only
         # feed float ops (silu, rotary, reshape); that choice is module state quanto does not serialize.
@@ -156,7 +157,8 @@ class QuantoQuantizer(Stage):
         config = AutoConfig.from_pretrained(str(directory), trust_remote_code=False)
         # a real (not meta) skeleton: non-persistent buffers such as rotary inv_freq must be computed
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        state_dict = load_file(str(directory / WEIGHTS))
+        from slimkit.storage import load_tensors  # reads plain and sparse safetensors alike
+        state_dict = load_tensors(directory / WEIGHTS)
         qmap = json.loads((directory / QUANT_MAP).read_text())
         extra = json.loads((directory / EXTRA).read_text()) if (directory / EXTRA).is_file() else {}
         requantize(model, state_dict, qmap, device=torch.device("cpu"))

@@ -1,0 +1,126 @@
+"""Sparse tensor storage: exact round trips, smaller files with sparsity, whole-model save/load."""
+
+import os
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from slimkit.errors import ArtifactError
+from slimkit.models import tiny_model
+from slimkit.storage import SPARSE_KEY, load_sparse_model, load_tensors, read_metadata, save_sparse_model, save_tensors
+
+torch.set_num_threads(1)
+
+
+def _sparse(shape, sparsity, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randn(shape, generator=g)
+    t[torch.rand(shape, generator=g) < sparsity] = 0
+    return t.to(dtype)
+
+
+def _bits(t):
+    return t.reshape(-1).view({1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+
+
+def test_round_trip_is_bit_exact(tmp_path):
+    w = _sparse((128, 96), 0.6)
+    w[0, 0], w[0, 1], w[0, 2] = -0.0, float("nan"), float("inf")
+    tensors = {
+        "w": w,
+        "bf16": _sparse((64, 64), 0.5, torch.bfloat16),
+        "int8": (_sparse((64, 64), 0.7) * 20).to(torch.int8),
+        "dense": torch.randn(50, 50),
+        "small": torch.zeros(7),
+        "scalar": torch.tensor(3.5),
+        "mask": torch.rand(40, 40) > 0.5,
+        "int64": torch.arange(2048).reshape(32, 64) * (torch.arange(2048).reshape(32, 64) % 3 == 0),
+    }
+    counts = save_tensors(tensors, tmp_path / "t.safetensors", metadata={"format": "pt", "note": "x"})
+    assert counts["sparse_tensors"] == 4  # w, bf16, int8, int64; the others are small, dense or bool
+    loaded = load_tensors(tmp_path / "t.safetensors")
+    assert set(loaded) == set(tensors)
+    for name, t in tensors.items():
+        assert loaded[name].dtype == t.dtype and loaded[name].shape == t.shape, name
+        if t.dtype == torch.bool:
+            assert torch.equal(loaded[name], t)
+        else:
+            assert torch.equal(_bits(loaded[name]), _bits(t)), name  # bit-exact: -0.0 and NaN survive
+    assert read_metadata(tmp_path / "t.safetensors") == {"format": "pt", "note": "x"}
+
+
+def test_plain_safetensors_files_load(tmp_path):
+    t = {"a": torch.randn(3, 3)}
+    save_file(t, str(tmp_path / "p.safetensors"))
+    assert torch.equal(load_tensors(tmp_path / "p.safetensors")["a"], t["a"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int8])
+def test_file_shrinks_with_sparsity(tmp_path, dtype):
+    sizes, expected = [], []
+    for s in (0.0, 0.3, 0.5, 0.7, 0.9):
+        t = (_sparse((256, 256), s) * (20 if dtype == torch.int8 else 1)).to(dtype)
+        path = tmp_path / f"{s}.safetensors"
+        save_tensors({"w": t}, path)
+        sizes.append(path.stat().st_size)
+        nnz = int(torch.count_nonzero(t))
+        expected.append(min(t.numel() * t.element_size(), t.numel() // 8 + nnz * t.element_size()))
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] > sizes[-1]
+    for size, payload in zip(sizes, expected):  # payload = min(dense, bitmask + nonzero values), plus a header
+        assert payload <= size <= payload + 1024
+
+
+def test_reserved_names_are_errors(tmp_path):
+    with pytest.raises(ArtifactError):
+        save_tensors({"x@mask": torch.zeros(2)}, tmp_path / "x.safetensors")
+    with pytest.raises(ArtifactError):
+        save_tensors({"x": torch.zeros(2)}, tmp_path / "x.safetensors", metadata={SPARSE_KEY: "{}"})
+    with pytest.raises(ArtifactError):
+        load_tensors(tmp_path / "missing.safetensors")
+
+
+def test_model_round_trip_keeps_ties_and_logits(tmp_path):
+    model = tiny_model()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Linear) and m is not model.lm_head:
+                m.weight[m.weight.abs() < m.weight.abs().median()] = 0
+    save_sparse_model(model, tmp_path)
+    dense_path = tmp_path / "dense.safetensors"
+    from slimkit.storage import untied_state_dict
+
+    save_file(untied_state_dict(model), str(dense_path))
+    assert (tmp_path / "model.safetensors").stat().st_size < 0.85 * os.path.getsize(dense_path)
+    reloaded = load_sparse_model(tmp_path)
+    assert reloaded.lm_head.weight.data_ptr() == reloaded.model.embed_tokens.weight.data_ptr()
+    ids = torch.randint(0, 512, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(reloaded(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+def test_sparse_int8_with_quanto_shrinks_and_reloads(tmp_path):
+    pytest.importorskip("optimum.quanto")
+    from slimkit_quanto import QuantoQuantizer
+
+    from slimkit.testing import tiny_state
+
+    state = tiny_state()
+    layers = {n: m for n, m in state.model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"}
+    from slimkit_magnitude import prune_by_magnitude
+
+    prune_by_magnitude(layers, 0.7, "layer")
+    stage = QuantoQuantizer(QuantoQuantizer.Config(bits=8))
+    stage.apply(state)
+    stage.save(state.model, tmp_path)
+    from slimkit.storage import untied_state_dict
+
+    save_file(untied_state_dict(state.model), str(tmp_path / "dense.safetensors"))
+    sparse_bytes = (tmp_path / "model.safetensors").stat().st_size
+    dense_bytes = (tmp_path / "dense.safetensors").stat().st_size
+    assert sparse_bytes < dense_bytes, (sparse_bytes, dense_bytes)
+    reloaded = QuantoQuantizer.load(tmp_path, {})
+    probe = state.data.eval[:1, :32]
+    with torch.no_grad():
+        diff = (reloaded(input_ids=probe).logits - state.model(input_ids=probe).logits).abs().max().item()
+    assert diff < 1e-4
