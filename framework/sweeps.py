@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import csv
 import dataclasses
 import gc
@@ -333,6 +334,8 @@ class Job:
     error: str = ""
     model: str | None = None
     baseline: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: the overrides that differ between the sweep's jobs (plot labels)
+    label: str = ""
 
     @property
     def other_overrides(self) -> list[str]:
@@ -512,6 +515,23 @@ def _sweep_defaults(root: Path) -> dict[str, Any]:
     return dict(node) if isinstance(node, Mapping) else {}
 
 
+def _set_labels(jobs: list[Job]) -> None:
+    """Label each job by the overrides whose values differ across the sweep (``sparsity=0.5 bits=4``)."""
+    values: dict[str, set[str]] = {}
+    for job in jobs:
+        for o in job.overrides:
+            values.setdefault(_override_key(o), set()).add(o)
+    present = {k: sum(any(_override_key(o) == k for o in j.overrides) for j in jobs) for k in values}
+    varying = {k for k, v in values.items() if len(v) > 1 or present[k] < len(jobs)}
+    for job in jobs:
+        short = []
+        for o in job.overrides:
+            key = _override_key(o)
+            if key in varying:
+                short.append(f"{key.split('.')[-1]}={o.split('=', 1)[1]}" if "=" in o else o)
+        job.label = " ".join(short) or job.job
+
+
 def collect(sweep_dir: str | Path, min_quality: float | None = None, objective_name: str | None = None) -> SweepResult:
     """Read every job of a sweep into a :class:`SweepResult` (missing/corrupt reports become rows
     with that status) and mark the Pareto frontiers among completed jobs."""
@@ -531,6 +551,7 @@ def collect(sweep_dir: str | Path, min_quality: float | None = None, objective_n
         scored = [j for j in jobs if j.status == "ok" and getattr(j, axis) is not None and j.quality is not None]
         for i in pareto_front([(getattr(j, axis), j.quality) for j in scored], senses):
             setattr(scored[i], flag, True)
+    _set_labels(jobs)
     baselines: dict[str, dict[str, Any]] = {}
     for job in jobs:
         if job.status == "ok" and job.baseline:
@@ -668,7 +689,7 @@ def plot_pareto(result: SweepResult, axis: str, path: Path) -> None:
         ax.scatter([getattr(j, attr) for j in front], [100 * j.quality for j in front], s=140, facecolors="none",
                    edgecolors="black", linewidths=1.4, zorder=4)
     for j in points:
-        ax.annotate(j.job if len(j.job) <= 28 else j.job[:26] + "…", (getattr(j, attr), 100 * j.quality),
+        ax.annotate(j.label if len(j.label) <= 40 else j.label[:38] + "…", (getattr(j, attr), 100 * j.quality),
                     fontsize=6, xytext=(4, 3), textcoords="offset points")
     for model, base in result.baselines.items():
         bx = (base.get("size_bytes") or 0) / 1e6 if axis == "size" else 1.0
@@ -896,9 +917,27 @@ def validate_sweep(argv: Sequence[str], registry: Any = None) -> int:
         hydra_items = [o for o in items if _override_key(o).startswith("hydra")] if hydra_cfg else []
         return compose(config_name="config", overrides=task + hydra_items, return_hydra_config=hydra_cfg)
 
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    groups = _config_groups()
+    composed: dict[tuple[str, ...], Any] = {}
+
+    def structural(item: str) -> bool:  # selects or adds/removes config (groups): needs a composition
+        key = parser.parse_override(item).get_key_element()
+        return key[:1] in "+~" or "/" in key or key in groups or key.startswith("hydra")
+
     def check(items: list[str]) -> str | None:
+        # one composition per combination of group choices; plain values are set on a copy
         try:
-            cfg = compose_one(items)
+            shape = tuple(o for o in items if structural(o))
+            if shape not in composed:
+                composed[shape] = compose_one(list(shape))
+            cfg = copy.deepcopy(composed[shape])
+            for item in items:
+                if not structural(item):
+                    ov = parser.parse_override(item)
+                    OmegaConf.update(cfg, ov.key_or_group, ov.value(), merge=False)
             settings = OmegaConf.to_container(cfg, resolve=True)
             check_sweep_settings(settings.get("sweep") or {})
             resolve_stages(settings, registry)
@@ -934,6 +973,13 @@ def validate_sweep(argv: Sequence[str], registry: Any = None) -> int:
     if len(combos) == MAX_VALIDATED:
         log.warning("validated the first %d combinations of the sweep only", MAX_VALIDATED)
     return len(combos)
+
+
+def _config_groups() -> set[str]:
+    from importlib import resources
+
+    root = resources.files("slimkit.conf")
+    return {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("_")} | set(KINDS)
 
 
 def _parse_is_sweep(text: str) -> bool:
