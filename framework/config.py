@@ -42,6 +42,10 @@ class EvalConfig:
     """What is measured before and after compression."""
 
     perplexity: bool = True
+    #: task accuracies measured on the original and the final model (see slimkit.tasks)
+    tasks: List[str] = dataclasses.field(default_factory=lambda: ["sentiment"])
+    #: balanced examples per task
+    task_samples: int = 200
     latency: bool = True
     #: torch threads while timing; pinned so numbers compare
     threads: int = 1

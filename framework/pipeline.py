@@ -162,7 +162,17 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
             return {}
         return quality_metrics(model, data.eval, bs, desc=f"perplexity [{label}]")
 
-    baseline = evaluate(loaded.model, "baseline")
+    def task_accuracy(model: torch.nn.Module, label: str) -> dict[str, Any]:
+        if not eval_cfg.get("tasks"):
+            return {}
+        from .tasks import task_metrics
+
+        return task_metrics(model, loaded.tokenizer, list(eval_cfg["tasks"]), eval_cfg.get("task_samples", 200), label)
+
+    from .sweeps import cached_baseline  # in a sweep: evaluated by the first job, reused by the others
+
+    baseline = cached_baseline(settings, lambda: {**evaluate(loaded.model, "baseline"), **task_accuracy(reference, "baseline"),
+                                                  "size_bytes": _fp32_size(reference)})
     final = dict(baseline)
     records = []
     for stage, info in stages:
@@ -184,9 +194,9 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
         raise ArtifactError(f"the artifact in {target} reloads with logits differing by {reload_diff:.3g} from the "
                             "compressed model in memory; it is not a faithful save")
 
-    baseline["size_bytes"] = _fp32_size(reference)
     final["size_bytes"] = artifact.directory_size(target) - _tokenizer_bytes(target)
     final["reload_max_abs_logit_diff"] = reload_diff
+    final.update(task_accuracy(reloaded, "final"))
     if eval_cfg.get("latency", True):
         prompt = data.eval[:1, : eval_cfg.get("prompt_tokens", 128)]
         timed = latency({"baseline": reference, "final": reloaded}, prompt, threads=eval_cfg.get("threads", 1),
@@ -223,4 +233,7 @@ def _ratios(baseline: Mapping[str, Any], final: Mapping[str, Any]) -> dict[str, 
         ratios["prefill_speed"] = baseline["prefill_ms"] / final["prefill_ms"]
     if final.get("perplexity") and baseline.get("perplexity"):
         ratios["perplexity"] = final["perplexity"] / baseline["perplexity"]
+    for key in baseline:
+        if key.endswith("_accuracy") and baseline[key] and final.get(key) is not None:
+            ratios[key.replace("_accuracy", "_retained")] = final[key] / baseline[key]
     return ratios

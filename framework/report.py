@@ -9,6 +9,7 @@ from typing import Any, Mapping
 
 COLUMNS = [  # (key, header, format)
     ("perplexity", "perplexity", "{:.2f}"),
+    ("sentiment_accuracy", "sentiment acc", "{:.3f}"),
     ("size_bytes", "size MB", "{:.1f}"),
     ("parameters", "params M", "{:.2f}"),
     ("nonzero_parameters", "nonzero M", "{:.2f}"),
