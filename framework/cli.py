@@ -4,6 +4,7 @@
     slimkit quantizer=quanto quantizer.bits=4 # swap/override a backend by name
     slimkit -m pruner.sparsity=0.25,0.5 quantizer.bits=4,8   # Hydra multirun sweep
     slimkit plugins                           # what is installed, and whether it can run
+    slimkit report <sweep dir>                # aggregate a sweep: table, Pareto plots, sweep.html
 """
 
 from __future__ import annotations
@@ -62,11 +63,16 @@ def _hydra_app() -> None:
     from omegaconf import DictConfig
 
     @hydra.main(version_base="1.3", config_path="pkg://slimkit.conf", config_name="config")
-    def app(cfg: DictConfig) -> None:
+    def app(cfg: DictConfig) -> float | None:
         from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
 
         from .pipeline import run
 
+        if HydraConfig.get().mode is RunMode.MULTIRUN:  # a sweep job: failures recorded, not raised
+            from .sweeps import sweep_job
+
+            return sweep_job(cfg, HydraConfig.get().runtime.output_dir)
         try:
             run(cfg, HydraConfig.get().runtime.output_dir)
         except SlimkitError as exc:
@@ -84,10 +90,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv[:1] == ["plugins"]:
             print(plugins_table(registry))
             return 0
+        if argv[:1] == ["report"]:  # slimkit report <sweep dir>: table, Pareto plots, HTML
+            from .sweeps import report_command
+
+            return report_command(argv[1:])
         check_backend_overrides(argv, registry)
         from .config import register_configs
+        from .sweeps import validate_sweep
 
         register_configs(registry)
+        validate_sweep(argv, registry)  # a multirun: every combination's stage configs, before launch
     except SlimkitError as exc:
         print(f"slimkit: error: {exc}", file=sys.stderr)
         return 2

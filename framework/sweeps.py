@@ -247,9 +247,20 @@ def completed_report(job_dir: Path, overrides: Sequence[str] | None = None) -> d
     report = read_json(job_dir / REPORT_FILE)
     if not status or status.get("status") != "ok" or not report or "final" not in report:
         return None
-    if overrides is not None and sorted(status.get("overrides", [])) != sorted(overrides):
+    if overrides is not None and identity(status.get("overrides", [])) != identity(overrides):
         return None
     return report
+
+
+#: override keys that do not change a job's result (the launcher/search preset, the objective...)
+NOT_IDENTITY = ("sweep", "output.overwrite")
+
+
+def identity(overrides: Iterable[str]) -> list[str]:
+    """The overrides that define a job's result, sorted (same as its folder name leaves out)."""
+    keep = [o for o in overrides if not any(_override_key(o) == k or _override_key(o).startswith(k + ".")
+                                            for k in NOT_IDENTITY)]
+    return sorted(keep)
 
 
 def write_status(job_dir: Path, status: str, **fields: Any) -> None:
