@@ -1,0 +1,162 @@
+import copy
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+from slimkit.errors import ConfigError
+from slimkit.evaluate import model_logits
+from slimkit.models import count_parameters
+from slimkit.testing import StageContract, tiny_state
+from slimkit_torch_pruning import StructuredPruner, StructuredPruningConfig, UnsupportedArchitectureError
+
+torch.set_num_threads(1)
+
+# tiny model: hidden 64, 4 layers, 4 query heads, 2 KV heads, head_dim 16, intermediate 128
+HIDDEN, LAYERS, HEAD_DIM = 64, 4, 16
+
+
+class TestStructuredContract(StageContract):
+    stage_cls = StructuredPruner
+    configs = [
+        {"sparsity": 0.5},
+        {"sparsity": 0.25, "heads_sparsity": 0.5},                                   # 1 of 2 KV groups
+        {"sparsity": 0.0, "heads_sparsity": 0.5, "heads_structure": "query_heads", "importance": "random"},
+        {"sparsity": 0.5, "importance": "taylor", "round_to": 16},
+        {"sparsity": 0.5, "exclude": ["model.layers.0"]},                            # non-uniform: plugin's loader
+    ]
+
+
+def _prune(state, **kw):
+    return StructuredPruner(StructuredPruningConfig(**kw)).apply(state)
+
+
+def _state_dict_copy(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_parameter_count_and_config_patched():
+    state = tiny_state()
+    before = count_parameters(state.model)
+    metrics = _prune(state, sparsity=0.5, heads_sparsity=0.5)
+    cfg = state.model.config
+    assert (cfg.intermediate_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim) == (64, 2, 1, HEAD_DIM)
+    assert cfg.hidden_size == HIDDEN
+    # per layer: 64 MLP channels x (gate row + up row + down column); 2 query heads (q rows + o columns), 1 KV head (k + v rows)
+    removed = LAYERS * (64 * 3 * HIDDEN + 2 * HEAD_DIM * 2 * HIDDEN + 1 * HEAD_DIM * 2 * HIDDEN)
+    assert count_parameters(state.model) == before - removed
+    assert metrics["parameters_before"] == before and metrics["parameters_after"] == before - removed
+    assert metrics["per_layer"]["model.layers.3"] == {"intermediate": 64, "heads": 2, "kv_heads": 1}
+    assert all(len(heads) == 2 for heads in metrics["heads_kept"].values())
+    assert metrics["uniform"] is True
+
+
+def test_plain_from_pretrained_gives_identical_logits(tmp_path):
+    state = tiny_state()
+    _prune(state, sparsity=0.3, heads_sparsity=0.5, importance="taylor")
+    probe = state.data.eval[:2, :48]
+    expected = model_logits(state.model, probe)
+    state.model.save_pretrained(tmp_path, safe_serialization=True)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    assert reloaded.config.intermediate_size == state.model.config.intermediate_size == 90   # round(128 * 0.7)
+    assert torch.equal(model_logits(reloaded, probe), expected)
+
+
+def _kept_rows(original: torch.Tensor, pruned: torch.Tensor) -> list[int]:
+    """Indices of ``original``'s rows that survive in ``pruned`` (in order)."""
+    return [int((original == row).all(1).nonzero()[0]) for row in pruned]
+
+
+@pytest.mark.parametrize("structure", ["kv_groups", "query_heads"])
+def test_pruning_equals_masking_the_removed_structures(structure):
+    """Removing heads/channels must equal zeroing their output weights in the original: checks that
+    query heads stay with their own KV head and that no index is mixed up."""
+    state = tiny_state()
+    masked = copy.deepcopy(state.model)
+    _prune(state, sparsity=0.5, heads_sparsity=0.5, heads_structure=structure, importance="random")
+    with torch.no_grad():
+        for layer, ref in zip(state.model.model.layers, masked.model.layers):
+            keep_mlp = _kept_rows(ref.mlp.gate_proj.weight, layer.mlp.gate_proj.weight)
+            drop = torch.ones(ref.mlp.down_proj.in_features, dtype=torch.bool)
+            drop[keep_mlp] = False
+            ref.mlp.down_proj.weight[:, drop] = 0
+            q_rows = _kept_rows(ref.self_attn.q_proj.weight, layer.self_attn.q_proj.weight)
+            drop = torch.ones(ref.self_attn.o_proj.in_features, dtype=torch.bool)
+            drop[q_rows] = False
+            ref.self_attn.o_proj.weight[:, drop] = 0
+            kv_rows = _kept_rows(ref.self_attn.k_proj.weight, layer.self_attn.k_proj.weight)
+            kept_kv = sorted({r // HEAD_DIM for r in kv_rows})
+            kept_q_groups = sorted({r // HEAD_DIM // 2 for r in q_rows})        # 2 query heads per KV head
+            assert kept_q_groups == kept_kv                                      # query heads kept with their KV head
+    probe = state.data.eval[:2, :48]
+    torch.testing.assert_close(model_logits(state.model, probe), model_logits(masked, probe), atol=1e-5, rtol=1e-5)
+
+
+def test_fractions_are_of_the_original_and_reapplying_is_a_no_op():
+    state = tiny_state()
+    _prune(state, sparsity=0.25)
+    assert state.model.config.intermediate_size == 96
+    weights = _state_dict_copy(state.model)
+    metrics = _prune(state, sparsity=0.25)
+    assert metrics["parameters_after"] == metrics["parameters_before"]
+    assert all(torch.equal(v, state.model.state_dict()[k]) for k, v in weights.items())
+    _prune(state, sparsity=0.5, heads_sparsity=0.5)                          # a schedule's next step
+    assert (state.model.config.intermediate_size, state.model.config.num_key_value_heads) == (64, 1)
+
+
+@pytest.mark.parametrize("kw, key, nearest", [
+    ({"heads_sparsity": 0.3}, "pruner.heads_sparsity", "0 or 0.5"),                          # 2 KV heads
+    ({"heads_sparsity": 0.3, "heads_structure": "query_heads"}, "pruner.heads_sparsity", "0 or 0.5"),
+    ({"sparsity": 0.2, "round_to": 64}, "pruner.sparsity", "0 or 0.5"),                      # 128 channels in 64s
+])
+def test_unrealisable_ratio_is_a_config_error_and_model_untouched(kw, key, nearest):
+    state = tiny_state()
+    weights = _state_dict_copy(state.model)
+    with pytest.raises(ConfigError) as info:
+        _prune(state, **kw)
+    assert info.value.key == key and f"nearest: {nearest}" in str(info.value)
+    assert all(torch.equal(v, state.model.state_dict()[k]) for k, v in weights.items())
+    assert state.model.config.num_key_value_heads == 2 and state.model.config.intermediate_size == 128
+
+
+@pytest.mark.parametrize("kw, key", [({"sparsity": 1.0}, "pruner.sparsity"), ({"importance": "l1"}, "pruner.importance"),
+                                     ({"round_to": 0}, "pruner.round_to"),
+                                     ({"heads_structure": "heads"}, "pruner.heads_structure")])
+def test_bad_config_values(kw, key):
+    with pytest.raises(ConfigError) as info:
+        StructuredPruningConfig(**kw)
+    assert info.value.key == key
+
+
+def test_unsupported_architecture_is_an_error_and_model_untouched():
+    state = tiny_state()
+    state.model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=512, n_positions=64)).eval()
+    weights = _state_dict_copy(state.model)
+    with pytest.raises(UnsupportedArchitectureError) as info:
+        _prune(state, sparsity=0.5)
+    assert isinstance(info.value, ConfigError)
+    assert "GPT2LMHeadModel" in str(info.value) and "Llama" in str(info.value)
+    assert all(torch.equal(v, state.model.state_dict()[k]) for k, v in weights.items())
+
+
+def test_one_unsupported_layer_leaves_the_model_whole():
+    state = tiny_state()
+    state.model.model.layers[3].mlp.down_proj = torch.nn.Identity()
+    weights = _state_dict_copy(state.model)
+    with pytest.raises(UnsupportedArchitectureError, match="layer 3: mlp.down_proj is Identity"):
+        _prune(state, sparsity=0.5, heads_sparsity=0.5)
+    assert all(torch.equal(v, state.model.state_dict()[k]) for k, v in weights.items())
+
+
+def test_excluded_layers_reload_through_the_plugin(tmp_path):
+    state = tiny_state()
+    metrics = _prune(state, sparsity=0.5, heads_sparsity=0.5, exclude=["model.layers.0", "model.layers.3"])
+    assert metrics["uniform"] is False and state.artifact_writer is not None
+    assert metrics["per_layer"]["model.layers.0"] == {"intermediate": 128, "heads": 4, "kv_heads": 2}
+    assert metrics["per_layer"]["model.layers.1"] == {"intermediate": 64, "heads": 2, "kv_heads": 1}
+    probe = state.data.eval[:2, :48]
+    expected = model_logits(state.model, probe)
+    StructuredPruner().save(state.model, tmp_path)
+    reloaded = StructuredPruner.load(tmp_path, {})
+    assert count_parameters(reloaded) == metrics["parameters_after"]
+    assert torch.equal(model_logits(reloaded, probe), expected)
