@@ -125,16 +125,22 @@ def test_early_stop_when_validation_stops_improving():
     assert metrics["steps"] >= metrics["best_step"] + 2
 
 
-def test_pruned_zeros_stay_zero():
+@pytest.mark.parametrize("pruned", [True, False])
+def test_pruned_zeros_stay_zero(pruned):
     state = fresh_state()
+    if pruned:
+        state.applied = ["pruner"]
     weight = state.model.model.layers[0].mlp.up_proj.weight
     with torch.no_grad():
         weight[:, ::2] = 0.0
     zeros, before = weight == 0, weight.detach().clone()
-    KDDistiller(KDConfig(max_steps=4, lr=1e-2, eval_every=0)).apply(state)
+    metrics = KDDistiller(KDConfig(max_steps=4, lr=1e-2, eval_every=0)).apply(state)
     after = state.model.model.layers[0].mlp.up_proj.weight
-    assert torch.all(after[zeros] == 0)
     assert not torch.equal(after[~zeros], before[~zeros])  # the rest did train
+    if pruned:  # a pruner ran: its zeros are masks and stay
+        assert torch.all(after[zeros] == 0) and metrics["masked_parameters"] >= 1
+    else:  # zeros of a dense model (e.g. dequantized GGUF grids) are ordinary weights
+        assert not torch.all(after[zeros] == 0) and metrics["masked_parameters"] == 0
 
 
 def test_kd_is_the_recovery_hook_of_pruning_schedules():
