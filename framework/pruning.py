@@ -186,7 +186,7 @@ def compute_masks(scores: Mapping[str, torch.Tensor], targets: Mapping[str, floa
     """Boolean keep-masks (True = keep) from importance ``scores`` (shape [out, in] each).
 
     ``targets`` maps each layer to its sparsity. The lowest scores are dropped: exactly
-    ``int(s * numel)`` per layer (``layer``), ``int(s * in)`` per output row (``row``), or the weights
+    ``round(s * numel)`` per layer (``layer``), ``round(s * in)`` per output row (``row``), or the weights
     under one threshold across all layers (``global``, which needs the same target everywhere). With
     ``nm=(N, M)`` each row keeps the N highest of every M consecutive scores, whatever the scope.
     """
@@ -209,7 +209,7 @@ def compute_masks(scores: Mapping[str, torch.Tensor], targets: Mapping[str, floa
             raise ConfigError("pruner.scope", scope, "'layer' or 'row' for per-layer sparsities")
         sparsity = levels.pop()
         total = sum(s.numel() for s in scores.values())
-        k = int(sparsity * total)
+        k = int(round(sparsity * total))
         if k == 0:
             return {name: torch.ones_like(s, dtype=torch.bool) for name, s in scores.items()}
         threshold = torch.cat([s.reshape(-1).float() for s in scores.values()]).kthvalue(k).values
@@ -218,11 +218,11 @@ def compute_masks(scores: Mapping[str, torch.Tensor], targets: Mapping[str, floa
         sparsity = targets[name]
         keep = torch.ones_like(score, dtype=torch.bool)
         if scope == "row":
-            k = int(sparsity * score.shape[1])
+            k = int(round(sparsity * score.shape[1]))
             if k:
                 keep.scatter_(1, score.topk(k, dim=1, largest=False).indices, False)
         else:
-            k = int(sparsity * score.numel())
+            k = int(round(sparsity * score.numel()))
             if k:
                 keep.view(-1)[score.reshape(-1).topk(k, largest=False).indices] = False
         masks[name] = keep
