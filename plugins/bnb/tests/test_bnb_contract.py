@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import functools
+
 import pytest
 import torch
 
@@ -11,6 +14,15 @@ from slimkit.testing import StageContract, tiny_state
 from slimkit_bnb import BnbConfig, BnbQuantizer
 
 
+@functools.lru_cache(maxsize=1)
+def _cached_state():
+    return tiny_state()  # tokenizing the data slices dominates; build once, copy per test
+
+
+def fresh_state():
+    return copy.deepcopy(_cached_state())
+
+
 class TestBnbContract(StageContract):
     stage_cls = BnbQuantizer
     configs = [{"bits": 8}, {"bits": 8, "threshold": 0.0}, {"bits": 4},
@@ -18,12 +30,15 @@ class TestBnbContract(StageContract):
                {"bits": 4, "overrides": {"lm_head": 8, "model.layers.0.*": 8, "model.layers.3.*": "float"}}]
     reload_atol = 1e-4
 
+    def _state(self):
+        return fresh_state()
+
 
 @pytest.mark.parametrize("double_quant", [False, True])
 def test_4bit_forward_then_save_then_reload_gives_same_logits(tmp_path, double_quant):
     """bitsandbytes repacks 4-bit weights for the CPU on the first forward; its own state_dict then corrupts
     them (recorded in BACKENDS.md). The plugin must save the canonical tensors and leave memory untouched."""
-    state = tiny_state()
+    state = fresh_state()
     stage = BnbQuantizer(BnbConfig(bits=4, double_quant=double_quant))
     stage.apply(state)
     probe = state.data.eval[:2, :32]
@@ -39,7 +54,7 @@ def test_4bit_forward_then_save_then_reload_gives_same_logits(tmp_path, double_q
 def test_quantized_modules_are_bnb_layers():
     import bitsandbytes as bnb
 
-    state = tiny_state()
+    state = fresh_state()
     metrics = BnbQuantizer(BnbConfig(bits=4, overrides={"model.layers.0.*": 8})).apply(state)
     mods = dict(state.model.named_modules())
     assert isinstance(mods["model.layers.0.mlp.up_proj"], bnb.nn.Linear8bitLt)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import functools
+
 import pytest
 import torch
 
@@ -11,11 +14,20 @@ from slimkit.testing import tiny_state
 from slimkit_quanto import QuantoConfig, QuantoQuantizer
 
 
+@functools.lru_cache(maxsize=1)
+def _cached_state():
+    return tiny_state()  # tokenizing the data slices dominates; build once, copy per test
+
+
+def fresh_state():
+    return copy.deepcopy(_cached_state())
+
+
 def test_w8a8_reload_keeps_calibration_streamline_choices(tmp_path):
     """Calibration removes output quantization where outputs feed float ops; the reload must too."""
     from optimum.quanto.nn import QModuleMixin
 
-    state = tiny_state()
+    state = fresh_state()
     stage = QuantoQuantizer(QuantoConfig(bits=8, activations=8))
     stage.apply(state)
     probe = state.data.eval[:2, :32]
@@ -29,7 +41,7 @@ def test_w8a8_reload_keeps_calibration_streamline_choices(tmp_path):
 
 
 def test_mixed_precision_map_and_effective_bits():
-    state = tiny_state()
+    state = fresh_state()
     metrics = QuantoQuantizer(QuantoConfig(bits=4, overrides={"model.layers.0.*": 8, "model.layers.1.mlp.*": "float"})
                               ).apply(state)
     pm = metrics["precision_map"]
@@ -49,7 +61,7 @@ def test_activations_without_calibration_data_is_a_clear_error():
     stage = QuantoQuantizer(QuantoConfig(bits=8, activations=8))
     with pytest.raises(ConfigError, match="data.calibration_samples"):
         stage.check_before_load({"data": {"calibration_samples": 0}})
-    state = tiny_state()
+    state = fresh_state()
     state.data.calibration_samples = 0
     with pytest.raises(DataError, match="calibration"):
         stage.apply(state)
