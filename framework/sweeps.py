@@ -748,7 +748,8 @@ th {{ background: #f0f0f0; }}
 tr.failed, tr.missing, tr.corrupt, tr.running {{ background: #fde8e8; }}
 tr.frontier td:first-child {{ font-weight: bold; }}
 figure {{ display: inline-block; margin: 0 1em 1em 0; }}
-img {{ max-width: 720px; border: 1px solid #ddd; }}
+img {{ max-width: 640px; border: 1px solid #ddd; }}
+td:first-child {{ max-width: 22em; word-break: break-all; }}
 </style></head>
 <body>
 <h1>slimkit sweep</h1>
