@@ -1,4 +1,5 @@
 import copy
+import functools
 
 import pytest
 import torch
@@ -16,6 +17,16 @@ torch.set_num_threads(1)
 HIDDEN, LAYERS, HEAD_DIM = 64, 4, 16
 
 
+@functools.lru_cache(maxsize=1)
+def _cached_state():
+    return tiny_state()  # tokenizes the whole text sample: build it once per session
+
+
+def fresh_state():
+    """A private copy of the tiny state (model, reference and data)."""
+    return copy.deepcopy(_cached_state())
+
+
 class TestStructuredContract(StageContract):
     stage_cls = StructuredPruner
     configs = [
@@ -25,6 +36,9 @@ class TestStructuredContract(StageContract):
         {"sparsity": 0.5, "importance": "taylor", "round_to": 16},
         {"sparsity": 0.5, "exclude": ["model.layers.0"]},                            # non-uniform: plugin's loader
     ]
+
+    def _state(self):
+        return fresh_state()
 
 
 def _prune(state, **kw):
@@ -36,7 +50,7 @@ def _state_dict_copy(model):
 
 
 def test_parameter_count_and_config_patched():
-    state = tiny_state()
+    state = fresh_state()
     before = count_parameters(state.model)
     metrics = _prune(state, sparsity=0.5, heads_sparsity=0.5)
     cfg = state.model.config
@@ -52,7 +66,7 @@ def test_parameter_count_and_config_patched():
 
 
 def test_plain_from_pretrained_gives_identical_logits(tmp_path):
-    state = tiny_state()
+    state = fresh_state()
     _prune(state, sparsity=0.3, heads_sparsity=0.5, importance="taylor")
     probe = state.data.eval[:2, :48]
     expected = model_logits(state.model, probe)
@@ -71,7 +85,7 @@ def _kept_rows(original: torch.Tensor, pruned: torch.Tensor) -> list[int]:
 def test_pruning_equals_masking_the_removed_structures(structure):
     """Removing heads/channels must equal zeroing their output weights in the original: checks that
     query heads stay with their own KV head and that no index is mixed up."""
-    state = tiny_state()
+    state = fresh_state()
     masked = copy.deepcopy(state.model)
     _prune(state, sparsity=0.5, heads_sparsity=0.5, heads_structure=structure, importance="random")
     with torch.no_grad():
@@ -93,7 +107,7 @@ def test_pruning_equals_masking_the_removed_structures(structure):
 
 
 def test_fractions_are_of_the_original_and_reapplying_is_a_no_op():
-    state = tiny_state()
+    state = fresh_state()
     _prune(state, sparsity=0.25)
     assert state.model.config.intermediate_size == 96
     weights = _state_dict_copy(state.model)
@@ -110,7 +124,7 @@ def test_fractions_are_of_the_original_and_reapplying_is_a_no_op():
     ({"sparsity": 0.2, "round_to": 64}, "pruner.sparsity", "0 or 0.5"),                      # 128 channels in 64s
 ])
 def test_unrealisable_ratio_is_a_config_error_and_model_untouched(kw, key, nearest):
-    state = tiny_state()
+    state = fresh_state()
     weights = _state_dict_copy(state.model)
     with pytest.raises(ConfigError) as info:
         _prune(state, **kw)
@@ -129,7 +143,7 @@ def test_bad_config_values(kw, key):
 
 
 def test_unsupported_architecture_is_an_error_and_model_untouched():
-    state = tiny_state()
+    state = fresh_state()
     state.model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=512, n_positions=64)).eval()
     weights = _state_dict_copy(state.model)
     with pytest.raises(UnsupportedArchitectureError) as info:
@@ -140,7 +154,7 @@ def test_unsupported_architecture_is_an_error_and_model_untouched():
 
 
 def test_one_unsupported_layer_leaves_the_model_whole():
-    state = tiny_state()
+    state = fresh_state()
     state.model.model.layers[3].mlp.down_proj = torch.nn.Identity()
     weights = _state_dict_copy(state.model)
     with pytest.raises(UnsupportedArchitectureError, match="layer 3: mlp.down_proj is Identity"):
@@ -149,7 +163,7 @@ def test_one_unsupported_layer_leaves_the_model_whole():
 
 
 def test_excluded_layers_reload_through_the_plugin(tmp_path):
-    state = tiny_state()
+    state = fresh_state()
     metrics = _prune(state, sparsity=0.5, heads_sparsity=0.5, exclude=["model.layers.0", "model.layers.3"])
     assert metrics["uniform"] is False and state.artifact_writer is not None
     assert metrics["per_layer"]["model.layers.0"] == {"intermediate": 128, "heads": 4, "kv_heads": 2}
