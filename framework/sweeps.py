@@ -883,7 +883,15 @@ def expand_sweep(overrides: Sequence[str], sweeper_params: Mapping[str, Any] | N
     parser = OverridesParser.create()
     fixed, dims = [], []
     seen = set()
+    params = dict(sweeper_params or {})
+    prefix = "hydra.sweeper.params."
+    for text in overrides:  # hydra.sweeper.params.<key>=... on the command line edits the search space
+        key, _, value = text.partition("=")
+        if key.startswith(prefix):
+            params[key[len(prefix):]] = value
     for text in overrides:
+        if text.startswith(prefix) or _override_key(text).startswith("hydra"):
+            continue
         ov = parser.parse_override(text)
         if ov.is_sweep_override():
             key = ov.get_key_element()
@@ -892,7 +900,7 @@ def expand_sweep(overrides: Sequence[str], sweeper_params: Mapping[str, Any] | N
         else:
             fixed.append(text)
             seen.add(ov.get_key_element().lstrip("+~"))
-    for key, value in (sweeper_params or {}).items():
+    for key, value in params.items():
         if key in seen:
             continue
         ov = parser.parse_override(f"{key}={value}")
@@ -960,7 +968,7 @@ def validate_sweep(argv: Sequence[str], registry: Any = None) -> int:
         return None
 
     with initialize_config_module(config_module="slimkit.conf", version_base="1.3"):
-        fixed_only = [o for o in overrides if not _parse_is_sweep(o)]
+        fixed_only = [o for o in overrides if not o.startswith("hydra.sweeper.params.") and not _parse_is_sweep(o)]
         try:
             base = compose_one(fixed_only, hydra_cfg=True)
             node = base.hydra.sweeper.get("params")
