@@ -239,3 +239,14 @@ def test_stage_metrics_in_report_show_effective_bits_and_map(tiny_cfg, tmp_path)
     expected = (per_layer * 8 + 3 * per_layer * 4 + 512 * 64 * 8) / (4 * per_layer + 512 * 64)
     assert metrics["effective_bits_per_weight"] == pytest.approx(expected)
     assert report["final"]["reload_max_abs_logit_diff"] <= 1e-4
+
+
+@pytest.mark.parametrize("preset", ["quanto_w4_mixed", "quanto_budget", "quanto_w8a8", "bnb_nf4", "bnb_int8"])
+def test_presets_compose_into_valid_backend_configs(preset):
+    from conftest import compose
+    from slimkit.config import stage_config
+
+    cfg = compose(f"quantizer={preset}")
+    cls = default_registry().get(slimkit.Kind.QUANTIZER, cfg.quantizer.backend)
+    config = stage_config(cls, cfg.quantizer, "quantizer")
+    assert isinstance(config, MixedPrecisionConfig)
