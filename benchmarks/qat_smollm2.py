@@ -51,6 +51,7 @@ def main() -> None:
     ap.add_argument("--eval-tokens", type=int, default=8192)
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--arms", default="ptq,qat_kd,qat_ce")
+    ap.add_argument("--eval-every", type=int, default=0, help="validation evaluations during training (0: none)")
     ap.add_argument("--out", default="benchmarks/qat_smollm2.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -73,7 +74,7 @@ def main() -> None:
             state = PipelineState(model, loaded.tokenizer, data, reference, work_dir=Path("/tmp/qat-bench"))
             alpha = 1.0 if arm == "qat_kd" else 0.0
             stage = KDDistiller(KDConfig(qat_bits=4, alpha=alpha, temperature=args.temperature, max_steps=args.steps,
-                                         lr=args.lr, batch_size=args.batch_size, eval_every=max(1, args.steps // 3),
+                                         lr=args.lr, batch_size=args.batch_size, eval_every=args.eval_every,
                                          val_fraction=0.02))
             metrics = stage.apply(state)
             model = state.model

@@ -41,7 +41,7 @@ import torch
 from slimkit import ConfigError, Kind, MissingDependencyError, Stage, StageConfig, check_choice, check_range
 from slimkit.training import LoopSettings, fingerprint_model, train_loop
 
-from .loss import hidden_mse, kd_logit_loss
+from .loss import LayerOutputs, hidden_mse, kd_logit_loss
 from .student import decoder_layers, drop_layers, resolve_layers
 
 __all__ = ["KDConfig", "KDDistiller", "drop_layers", "hidden_mse", "kd_logit_loss"]
@@ -252,17 +252,25 @@ class KDDistiller(Stage):
     def _loss_fn(self, teacher: torch.nn.Module, layer_map: list[list[int]] | None):
         cfg = self.config
         hidden = bool(cfg.hidden_weight) and bool(layer_map)
+        t_layers = decoder_layers(teacher)[1] if hidden else None
+        s_idx = [p[0] for p in layer_map or []]
+        t_idx = [p[1] for p in layer_map or []]
 
         def loss_fn(model, batch):
-            with torch.no_grad():
-                t_out = teacher(input_ids=batch, use_cache=False, output_hidden_states=hidden)
-            s_out = model(input_ids=batch, use_cache=False, output_hidden_states=hidden)
-            loss, parts = kd_logit_loss(s_out.logits, t_out.logits, batch, cfg.temperature, cfg.alpha)
-            if hidden:
-                mse = hidden_mse(s_out.hidden_states, t_out.hidden_states, layer_map)
-                loss = loss + cfg.hidden_weight * mse
-                parts["hidden_mse"] = mse.item()
-            return loss, parts
+            if not hidden:
+                with torch.no_grad():
+                    t_logits = teacher(input_ids=batch, use_cache=False).logits
+                s_logits = model(input_ids=batch, use_cache=False).logits
+                return kd_logit_loss(s_logits, t_logits, batch, cfg.temperature, cfg.alpha)
+            with torch.no_grad(), LayerOutputs(t_layers, t_idx) as t_hidden:
+                t_logits = teacher(input_ids=batch, use_cache=False).logits
+            s_layers = decoder_layers(getattr(model, "module", model))[1]  # unwrap a DDP wrapper
+            with LayerOutputs(s_layers, s_idx) as s_hidden:
+                s_logits = model(input_ids=batch, use_cache=False).logits
+            loss, parts = kd_logit_loss(s_logits, t_logits, batch, cfg.temperature, cfg.alpha)
+            mse = hidden_mse(s_hidden, t_hidden, layer_map)
+            parts["hidden_mse"] = mse.item()
+            return loss + cfg.hidden_weight * mse, parts
 
         return loss_fn
 

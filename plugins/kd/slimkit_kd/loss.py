@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,16 +26,39 @@ def kd_logit_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, in
     return loss, {"kl": kl.item(), "ce": ce.item()}
 
 
-def hidden_mse(student_hidden: Sequence[torch.Tensor], teacher_hidden: Sequence[torch.Tensor],
-               layer_map: Sequence[tuple[int, int]]) -> torch.Tensor:
+class LayerOutputs:
+    """Capture the outputs of chosen decoder layers during a forward pass (forward hooks).
+
+    Hooks, not ``output_hidden_states``: in transformers 5 the last entry of ``hidden_states`` is
+    taken after the final norm, which would compare a normed with an un-normed stream.
+    """
+
+    def __init__(self, layers: torch.nn.ModuleList, indices: Sequence[int]):
+        self.layers, self.indices, self.outputs, self._handles = layers, sorted(set(indices)), {}, []
+
+    def __enter__(self) -> dict[int, torch.Tensor]:
+        for i in self.indices:
+            def hook(module, args, output, i=i):
+                self.outputs[i] = output[0] if isinstance(output, tuple) else output
+            self._handles.append(self.layers[i].register_forward_hook(hook))
+        return self.outputs
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+def hidden_mse(student_hidden: Mapping[int, torch.Tensor], teacher_hidden: Mapping[int, torch.Tensor],
+               layer_map: Sequence[Sequence[int]]) -> torch.Tensor:
     """Mean over mapped layers of MSE(student layer output, teacher layer output), each pair
     normalised by the teacher's mean square so the term does not depend on activation scale.
 
-    ``layer_map`` pairs 0-based decoder-layer indices (student, teacher); index ``i`` is the
-    output of layer ``i`` (``hidden_states[i + 1]``).
+    ``layer_map`` pairs 0-based decoder-layer indices (student, teacher); the maps hold each
+    layer's output (see :class:`LayerOutputs`).
     """
     terms = []
     for s_idx, t_idx in layer_map:
-        s_h, t_h = student_hidden[s_idx + 1].float(), teacher_hidden[t_idx + 1].float()
+        s_h, t_h = student_hidden[s_idx].float(), teacher_hidden[t_idx].float()
         terms.append(F.mse_loss(s_h, t_h) / t_h.pow(2).mean().clamp_min(1e-6))
     return torch.stack(terms).mean()

@@ -167,3 +167,17 @@ def test_qat_trains_through_quanto_and_leaves_plain_linear_layers():
     assert not any(isinstance(m, QLinear) for m in state.model.modules())
     assert type(state.model.model.layers[0].mlp.up_proj) is torch.nn.Linear
     assert metrics["last_loss"] < metrics["first_loss"]
+
+
+def test_hidden_mse_is_zero_for_a_copy_and_uses_pre_norm_layer_outputs():
+    state = fresh_state()
+    stage = KDDistiller(KDConfig(hidden_weight=1.0, alpha=1.0))
+    layer_map = stage._layer_map(state.model, state.reference, None, 4)
+    assert layer_map == [[0, 0], [1, 1], [2, 2], [3, 3]]
+    loss, parts = stage._loss_fn(state.reference, layer_map)(state.model, state.data.train[:2])
+    assert parts["hidden_mse"] < 1e-10 and loss.item() < 1e-5
+    # a half-depth student maps its layers to the teacher layers it was cut from
+    student = drop_layers(state.model, [1, 3])
+    assert stage._layer_map(student, state.reference, [1, 3], 4) == [[0, 1], [1, 3]]
+    _, parts = stage._loss_fn(state.reference, [[0, 1]])(student, state.data.train[:2])
+    assert parts["hidden_mse"] < 3.0  # layer outputs, not the final-normed stream (which is ~1000x off here)
