@@ -230,10 +230,12 @@ def compute_masks(scores: Mapping[str, torch.Tensor], targets: Mapping[str, floa
 
 
 def apply_masks(layers: Mapping[str, torch.nn.Module], masks: Mapping[str, torch.Tensor]) -> None:
-    """Zero the weights where the mask is False, in place (permanent)."""
+    """Zero the weights where the mask is False, in place (permanent). Writes +0.0 (``mul`` by a 0/1
+    mask would leave -0.0 for negative weights); zeros already there are made +0.0 too."""
     with torch.no_grad():
         for name, mask in masks.items():
-            layers[name].weight.mul_(mask.to(layers[name].weight.dtype))
+            w = layers[name].weight
+            w.masked_fill_(~mask | (w == 0), 0.0)
 
 
 def sparsity_report(layers: Mapping[str, torch.nn.Module]) -> dict[str, Any]:

@@ -4,8 +4,8 @@ A tensor with enough exact zeros is stored as two ordinary named tensors: a bitm
 entries (``<name>@mask``, uint8, ``numpy.packbits`` order) and its nonzero values in row-major order
 (``<name>@values``, same dtype). The file's metadata (key ``slimkit.sparse``) lists the sparse
 tensors with their shape and dtype, so :func:`load_tensors` rebuilds them. Every other tensor is
-stored dense, as usual. The round trip is bit-exact: "zero" means all bits zero, so ``-0.0`` and NaN
-survive.
+stored dense, as usual. The round trip is exact (``torch.equal``; NaN survives); it is bit-exact
+except that ``-0.0`` comes back as ``+0.0`` unless ``keep_negative_zero=True``.
 
 The bitmask costs 1 bit per element, so a tensor of ``b``-byte elements is stored sparse only when
 that is smaller: above ~3% zeros for fp32, ~12.5% for int8 (e.g. quanto's ``_data`` tensors of a
@@ -39,21 +39,26 @@ __all__ = ["save_tensors", "load_tensors", "read_metadata", "encode", "save_spar
            "untied_state_dict", "SPARSE_KEY"]
 
 
-def _nonzero_bits(t: torch.Tensor) -> torch.Tensor:
-    """True where the element's bit pattern is not all zeros (so -0.0 counts as nonzero)."""
-    return t.reshape(-1).view(_INT_VIEW[t.element_size()]) != 0
+def _nonzero(t: torch.Tensor, keep_negative_zero: bool) -> torch.Tensor:
+    """True where the element is stored as a value: nonzero, NaN, and -0.0 when ``keep_negative_zero``."""
+    flat = t.reshape(-1)
+    if keep_negative_zero or not t.is_floating_point():
+        return flat.view(_INT_VIEW[t.element_size()]) != 0
+    return (flat != 0) | flat.isnan()
 
 
 def _encodable(t: torch.Tensor) -> bool:
     return t.dtype != torch.bool and not t.is_complex() and t.element_size() in _INT_VIEW and t.numel() >= MIN_ELEMENTS
 
 
-def encode(tensors: Mapping[str, torch.Tensor], min_saving: float = 0.0
+def encode(tensors: Mapping[str, torch.Tensor], min_saving: float = 0.0, keep_negative_zero: bool = False
            ) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
     """Split ``tensors`` into what is written (dense tensors, and mask/values pairs) and the sparse index.
 
     A tensor is stored sparse when its bitmask + nonzero values are smaller than the dense bytes by
-    more than the fraction ``min_saving``.
+    more than the fraction ``min_saving``. By default a float ``-0.0`` counts as zero and comes back as
+    ``+0.0`` (equal under ``==`` and ``torch.equal``; fine-tuning with masks leaves many of them);
+    ``keep_negative_zero=True`` keeps it as a value, for a bit-exact round trip.
     """
     out: dict[str, torch.Tensor] = {}
     index: dict[str, dict] = {}
@@ -62,7 +67,7 @@ def encode(tensors: Mapping[str, torch.Tensor], min_saving: float = 0.0
             raise ArtifactError(f"tensor name {name!r} ends with a suffix reserved for sparse storage ({MASK}, {VALUES})")
         t = tensor.detach().cpu().contiguous()
         if _encodable(t):
-            keep = _nonzero_bits(t)
+            keep = _nonzero(t, keep_negative_zero)
             nnz = int(keep.sum())
             dense_bytes = t.numel() * t.element_size()
             sparse_bytes = (t.numel() + 7) // 8 + nnz * t.element_size()
@@ -77,10 +82,12 @@ def encode(tensors: Mapping[str, torch.Tensor], min_saving: float = 0.0
 
 
 def save_tensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike,
-                 metadata: Mapping[str, str] | None = None, min_saving: float = 0.0) -> dict[str, int]:
+                 metadata: Mapping[str, str] | None = None, min_saving: float = 0.0,
+                 keep_negative_zero: bool = False) -> dict[str, int]:
     """Write ``tensors`` to a safetensors file at ``path``, storing sparse ones as bitmask + values.
 
-    ``metadata`` (str → str) is kept in the file; returns ``{"sparse_tensors": n, "dense_tensors": m}``.
+    ``metadata`` (str → str) is kept in the file; ``min_saving`` and ``keep_negative_zero``: see
+    :func:`encode`. Returns ``{"sparse_tensors": n, "dense_tensors": m}``.
     Shared storages must be deduplicated by the caller (safetensors refuses them), as for ``save_file``.
     """
     from safetensors.torch import save_file
@@ -88,7 +95,7 @@ def save_tensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike,
     meta = dict(metadata or {})
     if SPARSE_KEY in meta:
         raise ArtifactError(f"metadata key {SPARSE_KEY!r} is reserved for the sparse index")
-    out, index = encode(tensors, min_saving)
+    out, index = encode(tensors, min_saving, keep_negative_zero)
     meta[SPARSE_KEY] = json.dumps(index, separators=(",", ":"))
     save_file(out, str(path), metadata=meta)
     return {"sparse_tensors": len(index), "dense_tensors": len(tensors) - len(index)}

@@ -277,3 +277,26 @@ def test_sensitivity_guided_pruning_through_the_config(state):
     assert sorted(alloc.values()) == pytest.approx([0.4, 0.4 + 0.2 / 3, 0.6 - 0.2 / 3, 0.6], abs=1e-4)
     assert metrics["sparsity"] == pytest.approx(0.5, abs=5e-3)
     assert (state.work_dir / "sensitivity.png").is_file()
+
+
+def test_pruned_zeros_are_positive_zeros(state):
+    """-0.0 would be stored as a value by bit-exact storage; masks write +0.0."""
+    MagnitudePruner(MagnitudeConfig(sparsity=0.5)).apply(state)
+    for name, m in _linears(state.model).items():
+        zeros = m.weight[m.weight == 0]
+        assert zeros.numel() and not torch.signbit(zeros).any(), name
+
+
+@pytest.mark.parametrize("preset,backend", [("wanda_2of4", "wanda"), ("magnitude_iterative", "magnitude"),
+                                            ("wanda_sensitivity", "wanda")])
+def test_presets_compose_into_valid_configs(preset, backend):
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from slimkit.config import register_configs
+
+    register_configs()
+    with initialize_config_module("slimkit.conf", version_base=None):
+        cfg = compose("config", overrides=[f"pruner={preset}"])
+    stage, info = resolve_stages(OmegaConf.to_container(cfg, resolve=True), default_registry())[0]
+    assert info.name == backend and stage.config.sparsity == 0.5

@@ -24,7 +24,8 @@ def _bits(t):
     return t.reshape(-1).view({1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
 
 
-def test_round_trip_is_bit_exact(tmp_path):
+@pytest.mark.parametrize("keep_negative_zero", [True, False])
+def test_round_trip_is_exact(tmp_path, keep_negative_zero):
     w = _sparse((128, 96), 0.6)
     w[0, 0], w[0, 1], w[0, 2] = -0.0, float("nan"), float("inf")
     tensors = {
@@ -37,7 +38,8 @@ def test_round_trip_is_bit_exact(tmp_path):
         "mask": torch.rand(40, 40) > 0.5,
         "int64": torch.arange(2048).reshape(32, 64) * (torch.arange(2048).reshape(32, 64) % 3 == 0),
     }
-    counts = save_tensors(tensors, tmp_path / "t.safetensors", metadata={"format": "pt", "note": "x"})
+    counts = save_tensors(tensors, tmp_path / "t.safetensors", metadata={"format": "pt", "note": "x"},
+                          keep_negative_zero=keep_negative_zero)
     assert counts["sparse_tensors"] == 4  # w, bf16, int8, int64; the others are small, dense or bool
     loaded = load_tensors(tmp_path / "t.safetensors")
     assert set(loaded) == set(tensors)
@@ -45,9 +47,21 @@ def test_round_trip_is_bit_exact(tmp_path):
         assert loaded[name].dtype == t.dtype and loaded[name].shape == t.shape, name
         if t.dtype == torch.bool:
             assert torch.equal(loaded[name], t)
-        else:
+        elif keep_negative_zero:
             assert torch.equal(_bits(loaded[name]), _bits(t)), name  # bit-exact: -0.0 and NaN survive
+        else:
+            assert torch.equal(loaded[name].nan_to_num(7.0), t.nan_to_num(7.0)), name
+            assert loaded[name].isnan().sum() == t.isnan().sum()
+    assert torch.signbit(load_tensors(tmp_path / "t.safetensors")["w"][0, 0]) == keep_negative_zero
     assert read_metadata(tmp_path / "t.safetensors") == {"format": "pt", "note": "x"}
+
+
+def test_negative_zeros_count_as_zeros_by_default(tmp_path):
+    w = -_sparse((128, 128), 0.0).abs()
+    w[:, :64] = -0.0  # what masked fine-tuning leaves behind
+    for keep in (False, True):
+        save_tensors({"w": w}, tmp_path / f"{keep}.safetensors", keep_negative_zero=keep)
+    assert (tmp_path / "False.safetensors").stat().st_size < 0.6 * (tmp_path / "True.safetensors").stat().st_size
 
 
 def test_plain_safetensors_files_load(tmp_path):
