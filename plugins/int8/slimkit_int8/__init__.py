@@ -1,0 +1,178 @@
+"""Int8 weights + per-token dynamic int8 activations on fast CPU kernels, with SmoothQuant
+equalization, as a slimkit quantizer.
+
+Sample config (``conf`` group ``quantizer``)::
+
+    quantizer: int8
+    quantizer.smooth: true          # SmoothQuant: fold activation outliers into the weights
+    quantizer.alpha: 0.5            # migration strength (0: none, 1: all into the weights)
+    quantizer.activations: token    # int8 scale per token ('tensor': one per call, faster prefill)
+    quantizer.keep_float: 0         # keep the N Linear layers with the largest int8 error in float
+    quantizer.exclude: []           # glob patterns kept in float (lm_head is quantized by default)
+    quantizer.overrides: {"model.layers.0.*": float}
+
+CLI: ``slimkit quantizer=int8 quantizer.alpha=0.6 quantizer.keep_float=4``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, ClassVar, List, Mapping
+
+import torch
+
+from slimkit import ArtifactError, ConfigError, DataError, Kind, Stage, check_choice, check_range
+from slimkit.quantization import MixedPrecisionConfig, plan_precision, precision_summary
+
+from ._kernels import ACTIVATION_MODES, Int8Linear, quantize_tokens, quantize_weight, simulated_int8
+from ._smooth import int8_errors, smooth
+
+WEIGHTS = "model.safetensors"
+MODULE_MAP = "int8_modules.json"
+
+
+@dataclasses.dataclass
+class Int8Config(MixedPrecisionConfig):
+    """int8 backend settings (shares ``bits``/``include``/``exclude``/``overrides`` with every quantizer)."""
+
+    #: glob patterns of Linear modules kept in float (default: none; lm_head gets its own int8 copy)
+    exclude: List[str] = dataclasses.field(default_factory=list)
+    #: apply SmoothQuant equalization calibrated on the calibration slice before quantizing
+    smooth: bool = True
+    #: SmoothQuant migration strength in [0, 1]
+    alpha: float = 0.5
+    #: activation scales: 'token' (one per token) or 'tensor' (one per call)
+    activations: str = "token"
+    #: keep this many quantized Linear layers with the largest (smoothed) int8 error in float
+    keep_float: int = 0
+
+    ALLOWED_BITS: ClassVar[tuple[int, ...]] = (8,)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range("quantizer.alpha", self.alpha, 0.0, 1.0)
+        check_choice("quantizer.activations", self.activations, ACTIVATION_MODES)
+        if isinstance(self.keep_float, bool) or not isinstance(self.keep_float, int):
+            raise ConfigError("quantizer.keep_float", self.keep_float, "a non-negative integer")
+        check_range("quantizer.keep_float", self.keep_float, 0)
+
+
+def _swap(model: torch.nn.Module, name: str, new: torch.nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def _untied_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    seen: set[tuple[int, int, tuple]] = set()
+    out = {}
+    for name, tensor in model.state_dict().items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if key in seen:
+            continue
+        seen.add(key)
+        out[name] = tensor.detach().contiguous()
+    return out
+
+
+class Int8Quantizer(Stage):
+    """SmoothQuant-equalized int8 W8A8 (per-channel weights, per-token dynamic activations).
+
+    Prefill runs ``torch._int_mm`` (oneDNN VNNI int8 GEMM); batch-1 decode runs fbgemm's fused
+    dynamic int8 linear, whose single-row scale is per token. The artifact stores int8 codes and
+    float scales in safetensors and rebuilds the modules on load.
+    """
+
+    kind = Kind.QUANTIZER
+    name = "int8"
+    Config = Int8Config
+    requires = {"safetensors": "pip install safetensors"}
+
+    def check_before_load(self, settings: Mapping[str, Any]) -> None:
+        needs_data = self.config.smooth or self.config.keep_float > 0
+        samples = (settings.get("data") or {}).get("calibration_samples") if isinstance(settings, Mapping) else None
+        if needs_data and samples is not None and samples < 1:
+            raise ConfigError("data.calibration_samples", samples,
+                              "at least 1 when quantizer.smooth is true or quantizer.keep_float > 0")
+
+    @staticmethod
+    def make_quantized(name: str, linear: torch.nn.Module, bits: int) -> torch.nn.Module:
+        """A quantized copy of one float Linear (for the shared sensitivity scan)."""
+        return Int8Linear.from_float(linear)
+
+    def apply(self, state) -> dict[str, Any]:
+        cfg = self.config
+        model = state.model
+        plan, metrics = plan_precision(state, cfg, self.make_quantized, backend=self.name)
+        chosen = {n for n, b in plan.items() if b is not None}
+        windows = state.data.calibration
+        if (cfg.smooth or cfg.keep_float) and windows.shape[0] == 0:
+            raise DataError("the int8 backend needs calibration windows for quantizer.smooth / quantizer.keep_float "
+                            "(set data.calibration_samples >= 1, or quantizer.smooth=false and keep_float=0)")
+        if cfg.smooth:
+            metrics["smoothing"] = {"alpha": cfg.alpha, "calibration_windows": int(windows.shape[0]),
+                                    **smooth(model, windows, cfg.alpha, chosen)}
+        if cfg.keep_float:
+            errors = int8_errors(model, sorted(chosen), windows)
+            worst = sorted(errors, key=errors.get, reverse=True)[: cfg.keep_float]
+            for n in worst:
+                plan[n] = None
+            chosen -= set(worst)
+            metrics["kept_float"] = {n: round(errors[n], 5) for n in worst}
+        if not chosen:
+            raise ConfigError("quantizer.keep_float", cfg.keep_float, "fewer than the number of selected modules")
+        if cfg.keep_float:  # the shared summary, recomputed for the final plan (before the swap)
+            metrics.update(precision_summary(model, plan))
+        modules = dict(model.named_modules())
+        for n in sorted(chosen):
+            _swap(model, n, Int8Linear.from_float(modules[n], cfg.activations))
+        metrics.update({"quantized_modules": len(chosen), "weight_bits": 8, "activation_bits": 8,
+                        "activation_scales": cfg.activations})
+        state.artifact_writer = self
+        return metrics
+
+    # --- artifact ---------------------------------------------------------------------------------
+    def save(self, model: torch.nn.Module, directory: Path) -> None:
+        from safetensors.torch import save_file
+
+        model.config.save_pretrained(directory)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(directory)
+        layout = {n: {"in_features": m.in_features, "out_features": m.out_features, "bias": m.bias is not None,
+                      "activations": m.activations}
+                  for n, m in model.named_modules() if isinstance(m, Int8Linear)}
+        save_file(_untied_state_dict(model), str(directory / WEIGHTS), metadata={"format": "pt", "quantizer": "int8"})
+        (directory / MODULE_MAP).write_text(json.dumps(layout, indent=1))
+
+    @classmethod
+    def load(cls, directory: Path, manifest: Mapping[str, Any]) -> torch.nn.Module:
+        from safetensors.torch import load_file
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        directory = Path(directory)
+        for f in (WEIGHTS, MODULE_MAP):
+            if not (directory / f).is_file():
+                raise ArtifactError(f"{directory} has no {f}: not an int8 artifact")
+        config = AutoConfig.from_pretrained(str(directory), trust_remote_code=False)
+        # a real skeleton (not meta): non-persistent buffers such as rotary inv_freq are computed
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        layout = json.loads((directory / MODULE_MAP).read_text())
+        for name, spec in layout.items():
+            _swap(model, name, Int8Linear(spec["in_features"], spec["out_features"], spec["bias"], spec["activations"]))
+        state_dict = load_file(str(directory / WEIGHTS))
+        result = model.load_state_dict(state_dict, strict=False)
+        if result.unexpected_keys:
+            raise ArtifactError(f"{directory} holds tensors the model does not have: {result.unexpected_keys[:5]}")
+        if result.missing_keys:
+            if isinstance(getattr(model, "lm_head", None), torch.nn.Linear):
+                model.tie_weights()
+            expected = set(_untied_state_dict(model))
+            missing = sorted(expected - set(state_dict))
+            if missing:
+                raise ArtifactError(f"{directory} is missing tensors {missing[:5]}{'…' if len(missing) > 5 else ''}")
+        return model.eval()
+
+
+__all__ = ["Int8Config", "Int8Linear", "Int8Quantizer", "quantize_tokens", "quantize_weight", "simulated_int8"]

@@ -1,0 +1,144 @@
+import copy
+
+import pytest
+import torch
+
+from slimkit import ConfigError, DataError
+from slimkit.evaluate import model_logits
+from slimkit.testing import StageContract, tiny_state
+from slimkit_int8 import Int8Config, Int8Linear, Int8Quantizer
+from slimkit_int8._smooth import smooth
+
+torch.set_num_threads(1)
+
+
+class TestInt8Contract(StageContract):
+    stage_cls = Int8Quantizer
+    configs = [{}, {"smooth": False}, {"activations": "tensor", "alpha": 0.8},
+               {"keep_float": 3, "overrides": {"model.layers.0.*": "float"}}, {"exclude": ["lm_head"]}]
+    # the artifact holds the exact int8 codes and scales and the same kernels run on reload, so the
+    # logits are reproduced bit for bit up to float reassociation; 1e-4 is the shared default
+    reload_atol = 1e-4
+
+
+def _smoothed_pair():
+    state = tiny_state()
+    # give the float model real activation outliers so smoothing has something to move
+    with torch.no_grad():
+        for layer in state.model.model.layers:
+            layer.input_layernorm.weight[:3] *= 20
+            layer.post_attention_layernorm.weight[5:7] *= 15
+    before = copy.deepcopy(state.model)
+    return state, before
+
+
+def test_smoothing_preserves_the_float_function():
+    state, before = _smoothed_pair()
+    metrics = smooth(state.model, state.data.calibration, alpha=0.5)
+    assert metrics["smoothed_groups"] == 4 * len(state.model.model.layers)
+    probe = state.data.eval[:2, :48]
+    ref, out = model_logits(before, probe), model_logits(state.model, probe)
+    assert (ref - out).abs().max().item() < 1e-4
+    # and it really changed the weights (otherwise this test would prove nothing)
+    w0 = before.model.layers[0].self_attn.q_proj.weight
+    assert (state.model.model.layers[0].self_attn.q_proj.weight - w0).abs().max() > 1e-3
+
+
+def test_smoothing_reduces_int8_error_with_outliers():
+    from slimkit_int8._smooth import int8_errors
+
+    state, before = _smoothed_pair()
+    names = [n for n, m in state.model.named_modules() if n.endswith(("q_proj", "gate_proj"))]
+    raw = int8_errors(before, names, state.data.calibration)
+    smooth(state.model, state.data.calibration, alpha=0.5)
+    smoothed = int8_errors(state.model, names, state.data.calibration)
+    assert sum(smoothed.values()) < sum(raw.values())
+
+
+def test_gqa_v_to_o_fold_is_exact():
+    # 4 query heads share 2 KV heads in the tiny model: the V->O fold must tie scales per KV head
+    state = tiny_state()
+    before = copy.deepcopy(state.model)
+    smooth(state.model, state.data.calibration, alpha=0.9)
+    probe = state.data.eval[:1, :40]
+    assert (model_logits(before, probe) - model_logits(state.model, probe)).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("rows", [1, 7, 64])
+@pytest.mark.parametrize("activations", ["token", "tensor"])
+def test_int8_linear_close_to_float(rows, activations):
+    torch.manual_seed(rows)
+    lin = torch.nn.Linear(96, 48)
+    q = Int8Linear.from_float(lin, activations)
+    x = torch.randn(2, rows, 96)
+    with torch.no_grad():
+        ref, out = lin(x), q(x)
+    rel = ((out - ref).norm() / ref.norm()).item()
+    assert out.shape == ref.shape
+    assert rel < 0.03, rel
+
+
+def test_per_token_scales_beat_per_tensor_on_outlier_tokens():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 32, bias=False)
+    x = torch.randn(16, 64)
+    x[3] *= 200  # one loud token
+    with torch.no_grad():
+        ref = lin(x)
+        tok, ten = Int8Linear.from_float(lin, "token")(x), Int8Linear.from_float(lin, "tensor")(x)
+    quiet = [i for i in range(16) if i != 3]
+    err = lambda y: ((y[quiet] - ref[quiet]).norm() / ref[quiet].norm()).item()
+    assert err(tok) < err(ten) / 5
+
+
+def test_single_row_and_multi_row_kernels_agree():
+    torch.manual_seed(1)
+    lin = torch.nn.Linear(128, 64)
+    q = Int8Linear.from_float(lin)
+    x = torch.randn(5, 128)
+    with torch.no_grad():
+        batch = q(x)
+        rows = torch.cat([q(x[i:i + 1]) for i in range(5)])
+    assert ((batch - rows).norm() / batch.norm()).item() < 0.02
+
+
+def test_unsupported_bits_names_allowed_values():
+    with pytest.raises(ConfigError, match=r"quantizer.bits=4.*8"):
+        Int8Config(bits=4)
+    with pytest.raises(ConfigError, match="quantizer.alpha"):
+        Int8Config(alpha=1.5)
+    with pytest.raises(ConfigError, match="quantizer.activations.*'token'"):
+        Int8Config(activations="channel")
+    with pytest.raises(ConfigError, match="quantizer.keep_float"):
+        Int8Config(keep_float=-1)
+    with pytest.raises(ConfigError, match=r"overrides"):
+        Int8Config(overrides={"lm_head": 4})
+
+
+def test_missing_calibration_data_is_an_error():
+    state = tiny_state()
+    state.data.calibration_samples = 0
+    with pytest.raises(DataError, match="calibration"):
+        Int8Quantizer(Int8Config()).apply(state)
+    with pytest.raises(ConfigError, match="data.calibration_samples"):
+        Int8Quantizer(Int8Config()).check_before_load({"data": {"calibration_samples": 0}})
+    # without smoothing no calibration is needed
+    Int8Quantizer(Int8Config(smooth=False)).apply(state)
+
+
+def test_keep_float_keeps_the_worst_layers_in_float():
+    state = tiny_state()
+    metrics = Int8Quantizer(Int8Config(keep_float=2)).apply(state)
+    assert len(metrics["kept_float"]) == 2
+    for name in metrics["kept_float"]:
+        assert type(state.model.get_submodule(name)) is torch.nn.Linear
+    assert metrics["precision_counts"]["float32"] == 2
+
+
+def test_quantized_model_tracks_float_logits():
+    state = tiny_state()
+    probe = state.data.eval[:2, :48]
+    ref = model_logits(state.model, probe)
+    Int8Quantizer(Int8Config()).apply(state)
+    out = model_logits(state.model, probe)
+    assert ((out - ref).norm() / ref.norm()).item() < 0.05
