@@ -139,6 +139,9 @@ class KDConfig(StageConfig):
             self.layer_map = [list(p) for p in pairs]
         if self.seed is not None:
             check_range("distiller.seed", self.seed, 0)
+        if self.patience and not (self.eval_every and self.val_fraction > 0):
+            raise ConfigError("distiller.patience", self.patience, "0 unless validation runs (distiller.eval_every > 0 "
+                              "and distiller.val_fraction > 0)", "early stopping watches the validation loss")
 
 
 def _hash_weights(model: torch.nn.Module) -> str:

@@ -22,6 +22,13 @@ def test_bad_config_values(key, value):
     assert f"distiller.{key}" in str(info.value) and repr(value) in str(info.value)
 
 
+def test_early_stopping_needs_validation():
+    with pytest.raises(ConfigError, match=r"distiller.patience=2 .*eval_every"):
+        KDConfig(patience=2, eval_every=0)
+    with pytest.raises(ConfigError, match=r"distiller.patience=2 .*val_fraction"):
+        KDConfig(patience=2, val_fraction=0.0)
+
+
 def test_teacher_path_must_be_a_model_folder(tmp_path):
     with pytest.raises(ConfigError, match="distiller.teacher_path"):
         KDDistiller(KDConfig(teacher_path=str(tmp_path / "nope"))).check_before_load({})
