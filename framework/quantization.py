@@ -153,9 +153,11 @@ def float_bits(module: torch.nn.Module) -> int:
     return torch.finfo(dtype).bits if dtype.is_floating_point else 32
 
 
-def precision_summary(model: torch.nn.Module, plan: Mapping[str, Optional[int]]) -> dict[str, Any]:
+def precision_summary(model: torch.nn.Module, plan: Mapping[str, Optional[int]],
+                      label: Callable[[int], str] = lambda bits: f"int{bits}") -> dict[str, Any]:
     """Effective average bits per weight over all Linear weights, float ones counted at their dtype's
-    bits (32 for fp32, 16 for bf16/fp16), plus the per-module precision map.
+    bits (32 for fp32, 16 for bf16/fp16), plus the per-module precision map (``label(bits)`` names a
+    quantized format, e.g. ``int4`` or ``nf4``).
 
     Bits are nominal code bits: scales, zero-points and outlier columns are not counted. Call this
     on the float model, before the modules are replaced.
@@ -172,7 +174,7 @@ def precision_summary(model: torch.nn.Module, plan: Mapping[str, Optional[int]])
         if bits is not None:
             q_bits += n * bits
             q_total += n
-        precision[name] = f"int{bits}" if bits is not None else f"float{float_bits(m)}"
+        precision[name] = label(bits) if bits is not None else f"float{float_bits(m)}"
     counts: dict[str, int] = {}
     for v in precision.values():
         counts[v] = counts.get(v, 0) + 1
@@ -363,7 +365,8 @@ def allocate_bits(weights: Mapping[str, int], delta: Mapping[tuple[str, int], fl
 # --- the whole planning step a backend calls ----------------------------------------------------
 
 def plan_precision(state: Any, cfg: MixedPrecisionConfig, make_quantized: Optional[MakeQuantized] = None,
-                   backend: str = "quantizer", types: tuple[type, ...] = (torch.nn.Linear,)
+                   backend: str = "quantizer", types: tuple[type, ...] = (torch.nn.Linear,),
+                   label: Callable[[int], str] = lambda bits: f"int{bits}",
                    ) -> tuple[dict[str, Optional[int]], dict[str, Any]]:
     """Resolve the precision plan for ``state.model`` (running the scan and the allocator in budget
     mode) and return ``(plan, metrics)``; metrics hold the effective bits and the precision map."""
@@ -403,7 +406,7 @@ def plan_precision(state: Any, cfg: MixedPrecisionConfig, make_quantized: Option
             "scan_unit": cfg.scan_unit, "scan_windows": int(windows.shape[0]), "base_loss": scan["base_loss"],
             "estimated_delta_loss": sum(delta[(u, chosen[u])] for u in units), "files": files,
         }
-    metrics.update(precision_summary(model, plan))
+    metrics.update(precision_summary(model, plan, label))
     return plan, metrics
 
 

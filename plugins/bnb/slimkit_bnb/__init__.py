@@ -162,7 +162,8 @@ class BnbQuantizer(Stage):
 
     def apply(self, state) -> dict[str, Any]:
         cfg = self.config
-        plan, metrics = plan_precision(state, cfg, self.make_quantized, backend=self.name)
+        plan, metrics = plan_precision(state, cfg, self.make_quantized, backend=self.name,
+                                       label=lambda bits: "int8" if bits == 8 else cfg.quant_type)
         modules = dict(state.model.named_modules())
         specs = {}
         for module_name, bits in plan.items():

@@ -61,7 +61,7 @@ def test_quantized_modules_are_bnb_layers():
     assert isinstance(mods["model.layers.1.mlp.up_proj"], bnb.nn.Linear4bit)
     assert mods["model.layers.1.mlp.up_proj"].weight.quant_type == "nf4"
     assert type(mods["lm_head"]) is torch.nn.Linear
-    assert metrics["precision_counts"] == {"int8": 7, "int4": 21, "float32": 1}
+    assert metrics["precision_counts"] == {"int8": 7, "nf4": 21, "float32": 1}
 
 
 @pytest.mark.parametrize("values, key", [({"bits": 2}, "quantizer.bits"), ({"bits": 3}, "quantizer.bits"),
