@@ -494,6 +494,9 @@ class UnstructuredPruner(Stage):
 
         metrics["schedule"] = run_schedule(state, prune_to, cfg.schedule, desc=f"{self.name} pruning")
         metrics.update(sparsity_report(layers))
+        from .models import count_parameters
+
+        metrics["model_sparsity"] = metrics["zeroed_weights"] / count_parameters(state.model)
         if metrics["zeroed_weights"]:
             state.artifact_writer = self
         return metrics

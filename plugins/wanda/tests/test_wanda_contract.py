@@ -1,13 +1,23 @@
 import copy
 import functools
 
-from slimkit.testing import StageContract, tiny_state
+import torch
+
+from slimkit.data import DataSplits
+from slimkit.models import tiny_model, tiny_tokenizer
+from slimkit.state import PipelineState
+from slimkit.testing import StageContract
 from slimkit_wanda import WandaPruner
 
 
 @functools.lru_cache(maxsize=1)
 def _cached_state():
-    return tiny_state()  # building the tiny splits takes ~20 s; share it
+    """The tiny model on random token windows (tiny_state() tokenizes the corpus: 20-50 s on a busy machine)."""
+    g = torch.Generator().manual_seed(0)
+    data = DataSplits(train=torch.randint(0, 512, (16, 64), generator=g), eval=torch.randint(0, 512, (4, 64), generator=g),
+                      seq_len=64, calibration_samples=4, info={"source": "random token ids"})
+    model = tiny_model(0)
+    return PipelineState(model, tiny_tokenizer(), data, copy.deepcopy(model).requires_grad_(False))
 
 
 class TestWandaContract(StageContract):
