@@ -40,6 +40,9 @@ SETTINGS = {
         "1 of 3 KV groups": dict(sparsity=0.0, heads_sparsity=1 / 3),
         "MLP 30% + 1 of 3 KV groups": dict(sparsity=0.3, heads_sparsity=1 / 3),
         "MLP 30% (taylor)": dict(sparsity=0.3, importance="taylor"),
+        "MLP 30% (activation)": dict(sparsity=0.3, importance="activation"),
+        "MLP 50% (activation)": dict(sparsity=0.5, importance="activation"),
+        "MLP 30% + 1 of 3 KV groups (activation)": dict(sparsity=0.3, heads_sparsity=1 / 3, importance="activation"),
     },
     "gemma3-270m": {  # 4 query heads on 1 KV head: heads can only go within the group
         "MLP 30%": dict(sparsity=0.3),
@@ -60,7 +63,9 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--eval-tokens", type=int, default=4096, help="held-out tokens from the end of the text")
     parser.add_argument("--only", nargs="*", help="run only these settings (names as in the table)")
+    parser.add_argument("--skip", nargs="*", default=[], help="leave out these settings")
     parser.add_argument("--repeats", type=int, default=3, help="latency rounds (alternating)")
+    parser.add_argument("--tag", default="", help="a separate results file and table section for this run")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -68,8 +73,9 @@ def main() -> None:
     base = loaded.model.requires_grad_(False)
     data = build_splits(loaded.tokenizer, seq_len=args.seq_len, train_tokens=max(32768, args.steps * 4 * args.seq_len),
                         calibration_samples=8, eval_tokens=args.eval_tokens)
-    out_json = HERE / f"structured_{args.model}.json"
-    results = {"model": args.model, "provenance": loaded.provenance, "steps": args.steps, "seq_len": args.seq_len,
+    section = args.model + (f" ({args.tag})" if args.tag else "")
+    out_json = HERE / f"structured_{args.model}{'_' + args.tag if args.tag else ''}.json"
+    results = {"model": args.model, "section": section, "provenance": loaded.provenance, "steps": args.steps, "seq_len": args.seq_len,
                "data": data.info, "threads": 1, "command": "OMP_NUM_THREADS=1 python " + " ".join(sys.argv),
                "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                         cwd=HERE).stdout.strip(), "rows": {}}
@@ -81,7 +87,7 @@ def main() -> None:
     # prune every setting first: the timing needs only the shapes, so it runs before the (slow) fine-tunes
     models, states = {"fp32 (unpruned)": base}, {}
     for name, kw in SETTINGS[args.model].items():
-        if args.only and name not in args.only:
+        if (args.only and name not in args.only) or name in args.skip:
             continue
         model = copy.deepcopy(base).requires_grad_(True)
         state = PipelineState(model, loaded.tokenizer, data, reference=base, seed=0)
@@ -122,7 +128,7 @@ def write_markdown(results: dict) -> None:
     """Replace this model's section of benchmarks/structured.md with a table of ``results``."""
     rows, base = results["rows"], results["rows"]["fp32 (unpruned)"]
     ev = results["data"]["eval"]
-    lines = [f"## {results['model']}", "",
+    lines = [f"## {results['section']}", "",
              f"Command: `{results['command']}` (commit {results['commit']}). Model: {results['provenance']}. "
              f"Held-out perplexity on the last tokens {ev['tokens']} of the Wikipedia sample "
              f"({ev['windows']} windows of {results['seq_len']} tokens; never used for pruning or fine-tuning). "
@@ -153,7 +159,7 @@ def write_markdown(results: dict) -> None:
     text = md.read_text() if md.is_file() else (
         "# Structured pruning benchmark (slimkit-torch-pruning)\n\n"
         "Produced by `benchmarks/structured.py`; raw numbers in `benchmarks/structured_<model>.json`.\n\n")
-    pattern = re.compile(rf"^## {re.escape(results['model'])}\n.*?(?=^## |\Z)", re.S | re.M)
+    pattern = re.compile(rf"^## {re.escape(results['section'])}\n.*?(?=^## |\Z)", re.S | re.M)
     text = pattern.sub(section + "\n", text) if pattern.search(text) else text + section + "\n"
     md.write_text(text)
 

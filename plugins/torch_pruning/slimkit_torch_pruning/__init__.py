@@ -6,7 +6,7 @@ Sample config (``conf`` group ``pruner``)::
     pruner.sparsity: 0.3              # fraction of MLP channels (intermediate size) removed
     pruner.heads_sparsity: 0.3333     # fraction of KV groups removed (1 of SmolLM2's 3); 0 = heads untouched
     pruner.heads_structure: kv_groups # kv_groups: a KV head and its query heads; query_heads: query heads per KV head
-    pruner.importance: l2             # l2 (weight magnitude), taylor (|w * grad| on calibration data), random
+    pruner.importance: l2             # l2 (weights), activation (weights x calibration inputs), taylor (|w * grad|), random
     pruner.round_to: 1                # kept MLP channels are a multiple of this
 
 or ``slimkit pruner=torch_pruning pruner.sparsity=0.3 pruner.heads_sparsity=0.3333``.
@@ -34,9 +34,9 @@ from slimkit.models import count_parameters
 from slimkit.modules import select_modules
 
 from .structure import (Arch, LayerDims, UnsupportedArchitectureError, inspect, layer_scores, prune_layer,
-                        query_keep, select_keep, target_keep, taylor_gradients)
+                        input_energy, query_keep, select_keep, target_keep, taylor_gradients)
 
-IMPORTANCES = ("l2", "taylor", "random")
+IMPORTANCES = ("l2", "activation", "taylor", "random")
 HEAD_STRUCTURES = ("kv_groups", "query_heads")
 #: how far a requested fraction may be from the nearest realisable one (0.33 stands for 1/3)
 TOLERANCE = 0.01
@@ -56,7 +56,8 @@ class StructuredPruningConfig(StageConfig):
     heads_sparsity: float = 0.0
     #: 'kv_groups' removes KV heads with their query heads; 'query_heads' removes query heads within every KV group
     heads_structure: str = "kv_groups"
-    #: 'l2' (sum of squared weights of the coupled rows/columns), 'taylor' (|w * dL/dw| on the calibration slice), 'random'
+    #: 'l2' (sum of squared weights of the coupled rows/columns), 'activation' (output-projection column norm x input
+    #: norm on the calibration slice), 'taylor' (|w * dL/dw| on the calibration slice), 'random'
     importance: str = "l2"
     #: kept MLP channels are a multiple of this (e.g. 64 for friendlier matmul shapes)
     round_to: int = 1
@@ -131,18 +132,22 @@ class StructuredPruner(Stage):
         targets = {i: self._targets(original[i], arch.dims[i]) for i in selected}   # bad ratio -> error here
         params_before = count_parameters(model)
 
-        grads = None
-        if cfg.importance == "taylor" and any(t != arch.dims[i] for i, t in targets.items()):
-            grads = taylor_gradients(model, arch, state.data.calibration)
+        grads = energy = None
+        if any(t != arch.dims[i] for i, t in targets.items()):
+            if cfg.importance == "taylor":
+                grads = taylor_gradients(model, arch, state.data.calibration)
+            elif cfg.importance == "activation":
+                energy = input_energy(model, arch, state.data.calibration)
         generator = torch.Generator().manual_seed(state.seed)
         plans = {}
         for i, target in targets.items():
             dims = arch.dims[i]
-            scores = layer_scores(arch.layers[i], dims, arch.head_dim, cfg.importance, grads, generator)
+            scores = layer_scores(arch.layers[i], dims, arch.head_dim, cfg.importance, grads, generator,
+                                  energy[i] if energy else None)
             kv_keep = select_keep(scores["kv"], target.kv_heads)
             q_keep = query_keep(scores["q"], kv_keep, dims.queries_per_kv, target.queries_per_kv)
             plans[i] = (select_keep(scores["mlp"], target.intermediate), kv_keep, q_keep)
-        del grads
+        del grads, energy
 
         heads_kept = {}
         for i, (mlp_keep, kv_keep, q_keep) in plans.items():

@@ -139,13 +139,24 @@ def _score(grads: dict[torch.Tensor, torch.Tensor] | None, slices: Sequence[tupl
 
 
 def layer_scores(layer: torch.nn.Module, dims: LayerDims, head_dim: int, importance: str,
-                 grads: dict | None, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Scores of one layer's MLP channels, KV groups and query heads (higher = more important)."""
+                 grads: dict | None, generator: torch.Generator,
+                 activations: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Scores of one layer's MLP channels, KV groups and query heads (higher = more important).
+
+    ``activations`` (importance 'activation') holds this layer's summed squared inputs of
+    ``down_proj`` and ``o_proj`` on calibration data; a channel scores
+    ||its column of the output projection||^2 * ||its input||^2 (Wanda's weight x activation
+    criterion applied to whole channels), so rare high-magnitude channels are kept.
+    """
     attn, mlp = layer.self_attn, layer.mlp
     if importance == "random":
         return {"mlp": torch.rand(dims.intermediate, generator=generator, dtype=torch.float64),
                 "kv": torch.rand(dims.kv_heads, generator=generator, dtype=torch.float64),
                 "q": torch.rand(dims.heads, generator=generator, dtype=torch.float64)}
+    if importance == "activation":
+        mlp_score = mlp.down_proj.weight.detach().double().pow(2).sum(0) * activations["mlp"]
+        q = (attn.o_proj.weight.detach().double().pow(2).sum(0) * activations["attn"]).reshape(dims.heads, -1).sum(1)
+        return {"mlp": mlp_score, "kv": q.reshape(dims.kv_heads, -1).sum(1), "q": q}
     g = grads if importance == "taylor" else None
     mlp_slices = [(mlp.gate_proj.weight, 0), (mlp.up_proj.weight, 0), (mlp.down_proj.weight, 1)]
     q_slices = [(attn.q_proj.weight, 0), (attn.o_proj.weight, 1)]
@@ -153,6 +164,33 @@ def layer_scores(layer: torch.nn.Module, dims: LayerDims, head_dim: int, importa
     q = _score(g, q_slices, dims.heads)
     kv = _score(g, kv_slices, dims.kv_heads) + q.reshape(dims.kv_heads, -1).sum(1)
     return {"mlp": _score(g, mlp_slices, dims.intermediate), "kv": kv, "q": q}
+
+
+@torch.no_grad()
+def input_energy(model: torch.nn.Module, arch: Arch, windows: torch.Tensor, batch_size: int = 4) -> list[dict]:
+    """Per layer, the summed squared inputs of ``mlp.down_proj`` and ``self_attn.o_proj`` over ``windows``."""
+    stats = [{"mlp": 0.0, "attn": 0.0} for _ in arch.layers]
+    hooks = []
+
+    def hook(i: int, key: str):
+        def accumulate(module, args):
+            x = args[0].detach().double()
+            stats[i][key] = stats[i][key] + x.pow(2).reshape(-1, x.shape[-1]).sum(0)
+        return accumulate
+
+    for i, layer in enumerate(arch.layers):
+        hooks.append(layer.mlp.down_proj.register_forward_pre_hook(hook(i, "mlp")))
+        hooks.append(layer.self_attn.o_proj.register_forward_pre_hook(hook(i, "attn")))
+    was_training = model.training
+    try:
+        model.eval()
+        for start in range(0, windows.shape[0], batch_size):
+            model(input_ids=windows[start:start + batch_size], use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return stats
 
 
 def taylor_gradients(model: torch.nn.Module, arch: Arch, windows: torch.Tensor, batch_size: int = 4) -> dict:

@@ -32,6 +32,7 @@ class TestStructuredContract(StageContract):
     configs = [
         {"sparsity": 0.5},
         {"sparsity": 0.25, "heads_sparsity": 0.5},                                   # 1 of 2 KV groups
+        {"sparsity": 0.25, "heads_sparsity": 0.5, "importance": "activation"},
         {"sparsity": 0.0, "heads_sparsity": 0.5, "heads_structure": "query_heads", "importance": "random"},
         {"sparsity": 0.5, "importance": "taylor", "round_to": 16},
         {"sparsity": 0.5, "exclude": ["model.layers.0"]},                            # non-uniform: plugin's loader
@@ -174,3 +175,18 @@ def test_excluded_layers_reload_through_the_plugin(tmp_path):
     reloaded = StructuredPruner.load(tmp_path, {})
     assert count_parameters(reloaded) == metrics["parameters_after"]
     assert torch.equal(model_logits(reloaded, probe), expected)
+
+
+@pytest.mark.parametrize("importance, kept", [("l2", True), ("activation", False)])
+def test_activation_importance_sees_dead_channels(importance, kept):
+    """A channel with a large down_proj column but a zero gate never fires: weight magnitude keeps
+    it, the activation-aware score removes it."""
+    state = fresh_state()
+    mlp = state.model.model.layers[0].mlp
+    with torch.no_grad():
+        mlp.gate_proj.weight[7] = 0
+        mlp.down_proj.weight[:, 7] *= 10
+        marker = mlp.up_proj.weight[7].clone()
+    _prune(state, sparsity=0.25, importance=importance)
+    survived = bool((state.model.model.layers[0].mlp.up_proj.weight == marker).all(1).any())
+    assert survived is kept
