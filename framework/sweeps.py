@@ -350,7 +350,13 @@ class Job:
 
     @property
     def other_overrides(self) -> list[str]:
-        return [o for o in self.overrides if _override_key(o) not in COLUMN_KEYS]
+        return [o for o in self.config_overrides if _override_key(o) not in COLUMN_KEYS]
+
+    @property
+    def config_overrides(self) -> list[str]:
+        """The overrides that define the job's result (not the launcher/search preset or objective)."""
+        keep = set(identity(self.overrides))
+        return [o for o in self.overrides if o in keep]
 
     def as_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -619,8 +625,8 @@ def render_markdown(result: SweepResult) -> str:
 
 
 def _describe(job: Job) -> str:
-    if job.overrides:
-        text = " ".join(job.overrides)
+    if job.config_overrides:
+        text = " ".join(job.config_overrides)
     else:
         parts = [f"{k}={v}" for k, v in job.backends.items() if v]
         parts += [f"sparsity={job.sparsity}"] if job.sparsity is not None else []
@@ -887,8 +893,8 @@ def expand_sweep(overrides: Sequence[str], sweeper_params: Mapping[str, Any] | N
     prefix = "hydra.sweeper.params."
     for text in overrides:  # hydra.sweeper.params.<key>=... on the command line edits the search space
         key, _, value = text.partition("=")
-        if key.startswith(prefix):
-            params[key[len(prefix):]] = value
+        if key.startswith(prefix):  # Hydra needs these quoted: hydra.sweeper.params.x='choice(1,2)'
+            params[key[len(prefix):]] = value[1:-1] if value[:1] in "'\"" and value[-1:] == value[:1] else value
     for text in overrides:
         if text.startswith(prefix) or _override_key(text).startswith("hydra"):
             continue

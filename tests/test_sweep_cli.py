@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 SLIMKIT = [shutil.which("slimkit")] if shutil.which("slimkit") else [sys.executable, "-m", "slimkit.cli"]
 
@@ -19,6 +21,7 @@ def slimkit(*args: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedPr
     return subprocess.run([*SLIMKIT, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow  # two multiruns of 4 tiny jobs: ~2 minutes on 2 busy cores
 def test_multirun_writes_table_plots_html_and_skips_complete_jobs(tmp_path: Path):
     sweep = tmp_path / "sweep"
     args = ["-m", "experiment=tiny", "pruner=magnitude", "pruner.sparsity=0,0.5", "quantizer=quanto",

@@ -271,9 +271,9 @@ def test_validate_rejects_a_value_no_backend_supports_before_launch():
     assert validate_sweep(["-m", "experiment=tiny", "pruner.sparsity=0,0.5", "quantizer.bits=4,8"]) == 4
     # Optuna's search space from the preset is expanded too (pruner x sparsity x quantizer x bits)
     assert validate_sweep(["-m", "experiment=tiny", "+sweep=optuna_size"]) == 2 * 4 * 1 * 3
-    assert validate_sweep(["-m", "experiment=tiny", "+sweep=optuna_size", "hydra.sweeper.params.pruner=choice(magnitude)"]) == 4 * 3
+    assert validate_sweep(["-m", "experiment=tiny", "+sweep=optuna_size", "hydra.sweeper.params.pruner='choice(magnitude)'"]) == 4 * 3
     with pytest.raises(SweepError, match="quantizer.bits=3"):
-        validate_sweep(["-m", "experiment=tiny", "+sweep=optuna_size", "hydra.sweeper.params.quantizer.bits=choice(3,5)"])
+        validate_sweep(["-m", "experiment=tiny", "+sweep=optuna_size", "hydra.sweeper.params.quantizer.bits='choice(3,5)'"])
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
