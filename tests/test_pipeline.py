@@ -134,3 +134,14 @@ def test_latency_compares_baseline_and_final_with_pinned_threads(tiny_cfg, tmp_p
     for metrics in (report["baseline"], report["final"]):
         assert metrics["threads"] == 1 and metrics["prefill_ms"] > 0 and metrics["decode_tokens_per_s"] > 0
     assert torch.get_num_threads() >= 1
+
+
+def test_hub_id_offline_says_so(tiny_cfg, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="offline"):
+        slimkit.run(tiny_cfg("model.name=some-org/some-model"), tmp_path)
+
+
+def test_unknown_model_name_lists_choices(tiny_cfg, tmp_path):
+    with pytest.raises(slimkit.ConfigError, match="model.name.*smollm2-135m"):
+        slimkit.run(tiny_cfg("model.name=smollm3"), tmp_path)
