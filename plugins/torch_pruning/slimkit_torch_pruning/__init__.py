@@ -102,6 +102,10 @@ class StructuredPruner(Stage):
                                "MLP channels")
         kv, per_kv = original.kv_heads, original.queries_per_kv
         if cfg.heads_structure == "kv_groups":
+            if original.kv_heads == 1 and cfg.heads_sparsity > 0:
+                raise ConfigError("pruner.heads_sparsity", cfg.heads_sparsity, "0 with heads_structure=kv_groups",
+                                  "the model has a single KV head; set pruner.heads_structure=query_heads "
+                                  "to remove query heads within it")
             kv = target_keep("pruner.heads_sparsity", cfg.heads_sparsity, original.kv_heads, 1, TOLERANCE,
                              "KV heads (each with its query heads)")
         else:

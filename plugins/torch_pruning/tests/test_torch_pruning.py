@@ -190,3 +190,35 @@ def test_activation_importance_sees_dead_channels(importance, kept):
     _prune(state, sparsity=0.25, importance=importance)
     survived = bool((state.model.model.layers[0].mlp.up_proj.weight == marker).all(1).any())
     assert survived is kept
+
+
+def _tiny_gemma3():
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    config = Gemma3TextConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16,
+                              sliding_window=32, max_position_embeddings=256)
+    torch.manual_seed(0)
+    return Gemma3ForCausalLM(config).eval()
+
+
+def test_gemma3_query_heads_reload_with_plain_from_pretrained(tmp_path):
+    """Gemma-3 (q/k norms, 4 query heads on 1 KV head): query heads go within the group."""
+    state = fresh_state()
+    state.model, state.reference = _tiny_gemma3(), _tiny_gemma3()
+    metrics = _prune(state, sparsity=0.5, heads_sparsity=0.5, heads_structure="query_heads")
+    cfg = state.model.config
+    assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size, cfg.head_dim) == (2, 1, 64, 16)
+    assert metrics["parameters_after"] < metrics["parameters_before"]
+    probe = state.data.eval[:2, :48]
+    expected = model_logits(state.model, probe)
+    state.model.save_pretrained(tmp_path, safe_serialization=True)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    assert torch.equal(model_logits(reloaded, probe), expected)
+
+
+def test_gemma3_single_kv_group_cannot_be_removed():
+    state = fresh_state()
+    state.model, state.reference = _tiny_gemma3(), _tiny_gemma3()
+    with pytest.raises(ConfigError, match="single KV head; set pruner.heads_structure=query_heads"):
+        _prune(state, heads_sparsity=0.5)
