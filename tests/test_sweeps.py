@@ -296,3 +296,24 @@ def test_html_page_renders_in_headless_chromium(sweep: Path, tmp_path: Path):
 
     image = matplotlib.image.imread(shot)
     assert image.shape[:2] == (1800, 1400) and image.std() > 0.05  # not a blank page
+
+
+def test_sweep_job_frees_the_model_between_jobs(tmp_path: Path, hydra_job):
+    """A model caught in a reference cycle (as HF modules often are) is collected when the job returns."""
+    import weakref
+
+    import torch
+
+    from slimkit.sweeps import sweep_job
+
+    cfg = hydra_job(tmp_path)
+    refs = []
+
+    def runner(cfg, out):
+        model = torch.nn.Linear(256, 256)
+        model.cycle = [model]  # a cycle: refcounting alone would not free it
+        refs.append(weakref.ref(model))
+        return {"baseline": dict(BASE), "final": {"perplexity": 10.0, "size_bytes": 1e6}}
+
+    sweep_job(cfg, tmp_path / "job", runner=runner)
+    assert refs and refs[0]() is None
