@@ -12,6 +12,9 @@ plan ``{module name: bits or None}`` (``None`` = keep float)::
     quantizer.exclude: [lm_head]                        # kept in float unless an override names them
     quantizer.budget_bits: 4.5                          # or: choose bit-widths from a sensitivity scan
 
+On the command line a dict value needs Hydra's force-add prefix (the field starts empty and the
+composed config is in struct mode): ``slimkit ++quantizer.overrides='{lm_head:8, model.layers.0.*:8}'``.
+
 Resolution order: every ``Linear`` matching ``include`` and no ``exclude`` gets ``bits``; then each
 ``overrides`` glob, in order (later wins), sets the bit-width of every Linear it matches, excluded or
 not (``null``/``"float"`` keeps it float). A glob that matches no Linear is an error naming it.
