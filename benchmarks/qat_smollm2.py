@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
 import time
 from pathlib import Path
@@ -87,6 +88,8 @@ def main() -> None:
                                 "group_sizes(in_features, group)": group_sizes(quantized),
                                 **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str, type(None)))}}
         print(arm, json.dumps(results["arms"][arm]), flush=True)
+        del model, quantized  # one student at a time: this machine has little memory to spare
+        gc.collect()
         Path(args.out).write_text(json.dumps(results, indent=1))
 
 
