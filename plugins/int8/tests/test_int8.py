@@ -1,15 +1,30 @@
 import copy
+import dataclasses
+import functools
 
 import pytest
 import torch
 
 from slimkit import ConfigError, DataError
 from slimkit.evaluate import model_logits
-from slimkit.testing import StageContract, tiny_state
+from slimkit.testing import StageContract
+from slimkit.testing import tiny_state as _tiny_state
 from slimkit_int8 import Int8Config, Int8Linear, Int8Quantizer
 from slimkit_int8._smooth import smooth
 
 torch.set_num_threads(1)
+
+
+@functools.lru_cache(maxsize=1)
+def _base_state():
+    return _tiny_state()  # tokenizes the Wikipedia sample: build it once per session
+
+
+def tiny_state():
+    """A fresh tiny state (deep copies of the cached model, data and reference)."""
+    base = _base_state()
+    return dataclasses.replace(base, model=copy.deepcopy(base.model), data=copy.deepcopy(base.data),
+                               reference=copy.deepcopy(base.reference), settings=dict(base.settings))
 
 
 class TestInt8Contract(StageContract):
@@ -19,6 +34,9 @@ class TestInt8Contract(StageContract):
     # the artifact holds the exact int8 codes and scales and the same kernels run on reload, so the
     # logits are reproduced bit for bit up to float reassociation; 1e-4 is the shared default
     reload_atol = 1e-4
+
+    def _state(self):
+        return tiny_state()
 
 
 def _smoothed_pair():

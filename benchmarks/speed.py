@@ -1,0 +1,115 @@
+"""Speed vs quality of the int8 backend (slimkit-int8) against fp32 on a real model, 1 thread.
+
+Arms: fp32; int8 per-token without smoothing; int8 per-token with SmoothQuant (alpha); the same with
+the N worst Linear layers kept float; int8 per-tensor (fbgemm everywhere) with and without smoothing.
+Quality: held-out perplexity on the last ``--eval-windows`` x ``--seq-len`` tokens of the Wikipedia
+sample (calibration uses the first windows of the train slice, disjoint), and few-shot sentiment
+accuracy (``slimkit.tasks``). Size: the artifact's safetensors files. Speed: prefill of a
+``--prompt``-token prompt (ms) and greedy decode with the KV cache (tokens/s), timed alternately
+in one process (``slimkit.evaluate.latency``), medians, threads=1.
+
+    OMP_NUM_THREADS=1 python benchmarks/speed.py --model smollm2-135m --out benchmarks/speed_smollm2.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from slimkit.data import build_splits
+from slimkit.evaluate import latency, perplexity
+from slimkit.models import load_model
+from slimkit.state import PipelineState
+from slimkit_int8 import Int8Config, Int8Quantizer
+
+
+def folder_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.iterdir() if f.suffix == ".safetensors") / 1e6
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--eval-windows", type=int, default=16)
+    p.add_argument("--calibration", type=int, default=16)
+    p.add_argument("--alpha", type=float, default=0.5)
+    p.add_argument("--keep-float", type=int, default=4)
+    p.add_argument("--arms", default="fp32,int8_raw,int8_smooth,int8_smooth_keep,tensor_raw,tensor_smooth")
+    p.add_argument("--sentiment", type=int, default=200, help="sentiment examples (0: skip)")
+    p.add_argument("--prompt", type=int, default=128)
+    p.add_argument("--decode-tokens", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--out", default="benchmarks/speed_results.json")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+
+    loaded = load_model(args.model)
+    tok = loaded.tokenizer
+    data = build_splits(tok, seq_len=args.seq_len, train_tokens=args.calibration * args.seq_len,
+                        calibration_samples=args.calibration, eval_tokens=args.eval_windows * args.seq_len)
+    arms_cfg = {
+        "int8_raw": dict(smooth=False),
+        "int8_smooth": dict(smooth=True, alpha=args.alpha),
+        "int8_smooth_keep": dict(smooth=True, alpha=args.alpha, keep_float=args.keep_float),
+        "tensor_raw": dict(smooth=False, activations="tensor"),
+        "tensor_smooth": dict(smooth=True, alpha=args.alpha, activations="tensor"),
+    }
+    wanted = args.arms.split(",")
+    models, rows = {}, {}
+    tmp = Path(tempfile.mkdtemp(prefix="speed-"))
+    for arm in wanted:
+        t0 = time.perf_counter()
+        if arm == "fp32":
+            model = loaded.model
+            model.save_pretrained(tmp / arm, safe_serialization=True)
+            extra = {}
+        else:
+            model = copy.deepcopy(loaded.model)
+            state = PipelineState(model, tok, data, loaded.model, work_dir=tmp)
+            stage = Int8Quantizer(Int8Config(**arms_cfg[arm]))
+            extra = stage.apply(state)
+            (tmp / arm).mkdir()
+            stage.save(state.model, tmp / arm)
+            model = state.model
+        quant_s = time.perf_counter() - t0
+        models[arm] = model
+        row = {"config": arms_cfg.get(arm, {}), "quantize_s": round(quant_s, 1), "artifact_mb": round(folder_mb(tmp / arm), 1),
+               "perplexity": perplexity(model, data.eval, batch_size=4, desc=arm)}
+        if args.sentiment:
+            from slimkit.tasks import sentiment_accuracy
+
+            row["sentiment_accuracy"] = sentiment_accuracy(model, tok, samples=args.sentiment, desc=arm)
+        if "kept_float" in extra:
+            row["kept_float"] = extra["kept_float"]
+        if "smoothing" in extra:
+            row["smoothing"] = extra["smoothing"]
+        rows[arm] = row
+        print(arm, {k: v for k, v in row.items() if k not in ("kept_float", "smoothing")}, flush=True)
+    prompt = data.eval[:1, : args.prompt]
+    timing = latency(models, prompt, threads=1, repeats=args.repeats, decode_tokens=args.decode_tokens)
+    base = timing["fp32"]
+    for arm in wanted:
+        t = timing[arm]
+        rows[arm].update(prefill_ms=t["prefill_ms"], decode_tokens_per_s=t["decode_tokens_per_s"],
+                         prefill_speedup=base["prefill_ms"] / t["prefill_ms"],
+                         decode_speedup=t["decode_tokens_per_s"] / base["decode_tokens_per_s"],
+                         ppl_ratio=rows[arm]["perplexity"] / rows["fp32"]["perplexity"])
+        print(arm, {k: (round(v, 3) if isinstance(v, float) else v) for k, v in rows[arm].items()
+                    if k not in ("kept_float", "smoothing", "config")}, flush=True)
+    out = {"model": args.model, "provenance": loaded.provenance, "threads": 1, "torch": torch.__version__,
+           "eval_slice": data.info["eval"], "calibration_slice": data.info["calibration"], "seq_len": args.seq_len,
+           "prompt_tokens": args.prompt, "decode_tokens": args.decode_tokens, "repeats": args.repeats,
+           "sentiment_samples": args.sentiment, "arms": rows}
+    Path(args.out).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
