@@ -33,3 +33,24 @@ def test_case_study_tiny_runs_through_the_cli(tmp_path):
     model = slimkit.load(tmp_path / "model")
     assert model.config.num_hidden_layers == 2
     assert torch.isfinite(model(input_ids=torch.tensor([[1, 2, 3]])).logits).all()
+
+
+def test_case_study_presets_compose_and_resolve():
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from slimkit.config import register_configs
+    from slimkit.pipeline import resolve_stages
+    from slimkit.registry import default_registry
+
+    register_configs()
+    with initialize_config_module("slimkit.conf", version_base="1.3"):
+        for preset in ("case_study", "case_study_tiny"):
+            cfg = OmegaConf.to_container(compose("config", overrides=[f"experiment={preset}"]), resolve=True)
+            stages = resolve_stages(cfg, default_registry())  # configs validated, nothing loaded
+            names = [(info.kind.value, info.name) for _, info in stages]
+            assert ("distiller", "kd") in names and names[-1][0] == "quantizer"
+            assert stages[[n for n, _ in names].index("distiller")][0].config.student_layers == "every_other"
+        cfg = compose("config", overrides=["distiller=kd_qat4", "quantizer=quanto", "quantizer.bits=4"])
+        kd = resolve_stages(OmegaConf.to_container(cfg, resolve=True), default_registry())
+        assert [s.config.qat_bits for s, i in kd if i.name == "kd"] == [4]
