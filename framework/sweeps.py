@@ -6,6 +6,7 @@ pre-launch validation of every combination, and one aggregated report with Paret
     slimkit -m +sweep=optuna_size            # Optuna: smallest artifact with quality >= 97%
     slimkit -m +sweep=ray pruner.sparsity=0,0.5        # same sweep on a Ray cluster
     slimkit -m +sweep=submitit_local pruner.sparsity=0,0.5   # or through submitit (SLURM: +sweep=slurm)
+    slimkit -m '+sweep=[optuna_size,ray]' hydra.sweeper.n_jobs=4  # presets combine: 4 trials at a time on Ray
 
 Quality is ``baseline perplexity / perplexity`` (1.0 = unchanged); a configuration is *feasible*
 when its quality is at least ``sweep.min_quality``. Each job's folder is named after its overrides,
