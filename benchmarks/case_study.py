@@ -52,6 +52,7 @@ def main() -> None:
     ap.add_argument("--run", required=True, help="hydra.run.dir of a case study run")
     ap.add_argument("--quantizers", default="none,quanto8,int8")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--eval-windows", type=int, default=0, help="use only the first N windows of the eval slice")
     ap.add_argument("--out", default="benchmarks/case_study_bounded.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -63,6 +64,9 @@ def main() -> None:
     cfg = OmegaConf.to_container(OmegaConf.load(run / ".hydra" / "config.yaml"), resolve=True)
     loaded = load_model(cfg["model"]["name"], cfg["model"].get("path"))
     data = build_splits(loaded.tokenizer, **cfg["data"])
+    if args.eval_windows:
+        data.eval = data.eval[: args.eval_windows]
+        data.info["eval"] = {**data.info["eval"], "windows_used": args.eval_windows}
     original = loaded.model.eval()
     keep = resolve_layers(cfg["distiller"]["student_layers"], len(decoder_layers(original)[1]))
     student = drop_layers(original, keep)
