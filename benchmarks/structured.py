@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
 import math
 import re
@@ -32,22 +33,24 @@ from slimkit_torch_pruning import StructuredPruner, StructuredPruningConfig
 
 HERE = Path(__file__).resolve().parent
 
+# name -> (pruner config, recovery fine-tune steps; None = the --steps value, 0 = none)
 SETTINGS = {
     "smollm2-135m": {
-        "MLP 20%": dict(sparsity=0.2),
-        "MLP 30%": dict(sparsity=0.3),
-        "MLP 50%": dict(sparsity=0.5),
-        "1 of 3 KV groups": dict(sparsity=0.0, heads_sparsity=1 / 3),
-        "MLP 30% + 1 of 3 KV groups": dict(sparsity=0.3, heads_sparsity=1 / 3),
-        "MLP 30% (taylor)": dict(sparsity=0.3, importance="taylor"),
-        "MLP 30% (activation)": dict(sparsity=0.3, importance="activation"),
-        "MLP 50% (activation)": dict(sparsity=0.5, importance="activation"),
-        "MLP 30% + 1 of 3 KV groups (activation)": dict(sparsity=0.3, heads_sparsity=1 / 3, importance="activation"),
+        "MLP 30% (activation)": (dict(sparsity=0.3, importance="activation"), None),
+        "MLP 30% (l2)": (dict(sparsity=0.3, importance="l2"), 0),
+        "1 of 3 KV groups (activation)": (dict(sparsity=0.0, heads_sparsity=1 / 3, importance="activation"), 0),
+        "MLP 30% + 1 of 3 KV groups (activation)": (dict(sparsity=0.3, heads_sparsity=1 / 3, importance="activation"), 0),
+        "MLP 50% (activation)": (dict(sparsity=0.5, importance="activation"), None),
+        "MLP 20% (activation)": (dict(sparsity=0.2, importance="activation"), 0),
+        "MLP 20% (l2)": (dict(sparsity=0.2, importance="l2"), 0),
+        "1 of 3 KV groups (l2)": (dict(sparsity=0.0, heads_sparsity=1 / 3, importance="l2"), 0),
+        "MLP 30% (taylor)": (dict(sparsity=0.3, importance="taylor"), 0),
     },
     "gemma3-270m": {  # 4 query heads on 1 KV head: heads can only go within the group
-        "MLP 30%": dict(sparsity=0.3),
-        "MLP 50%": dict(sparsity=0.5),
-        "1 of 4 query heads": dict(sparsity=0.0, heads_sparsity=0.25, heads_structure="query_heads"),
+        "MLP 30% (activation)": (dict(sparsity=0.3, importance="activation"), 0),
+        "MLP 30% (l2)": (dict(sparsity=0.3, importance="l2"), 0),
+        "1 of 4 query heads (activation)": (dict(sparsity=0.0, heads_sparsity=0.25, heads_structure="query_heads",
+                                                 importance="activation"), 0),
     },
 }
 
@@ -75,7 +78,7 @@ def main() -> None:
                         calibration_samples=8, eval_tokens=args.eval_tokens)
     section = args.model + (f" ({args.tag})" if args.tag else "")
     out_json = HERE / f"structured_{args.model}{'_' + args.tag if args.tag else ''}.json"
-    results = {"model": args.model, "section": section, "provenance": loaded.provenance, "steps": args.steps, "seq_len": args.seq_len,
+    results = {"model": args.model, "section": section, "provenance": loaded.provenance, "steps": args.steps, "repeats": args.repeats, "seq_len": args.seq_len,
                "data": data.info, "threads": 1, "command": "OMP_NUM_THREADS=1 python " + " ".join(sys.argv),
                "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                         cwd=HERE).stdout.strip(), "rows": {}}
@@ -84,42 +87,37 @@ def main() -> None:
     results["rows"]["fp32 (unpruned)"] = {"parameters": count_parameters(base), "ppl": perplexity(base, data.eval)}
     log(f"baseline ppl {results['rows']['fp32 (unpruned)']['ppl']:.2f} ({time.perf_counter() - t:.0f} s)")
 
-    # prune every setting first: the timing needs only the shapes, so it runs before the (slow) fine-tunes
-    models, states = {"fp32 (unpruned)": base}, {}
-    for name, kw in SETTINGS[args.model].items():
+    # one pruned model at a time (memory is shared): prune, time against fp32, perplexity, fine-tune, perplexity
+    prompt = data.eval[:1, :128]
+    for name, (kw, steps) in SETTINGS[args.model].items():
         if (args.only and name not in args.only) or name in args.skip:
             continue
+        steps = args.steps if steps is None else steps
         model = copy.deepcopy(base).requires_grad_(True)
         state = PipelineState(model, loaded.tokenizer, data, reference=base, seed=0)
         t = time.perf_counter()
         metrics = StructuredPruner(StructuredPruningConfig(**kw)).apply(state)
-        results["rows"][name] = {"config": kw, "parameters": metrics["parameters_after"], "prune_s": time.perf_counter() - t,
-                                 "intermediate_size": metrics["intermediate_size"], "heads": metrics["num_attention_heads"],
-                                 "kv_heads": metrics["num_key_value_heads"]}
-        models[name], states[name] = model, state
-        log(f"{name}: {metrics['parameters_after']:,} params ({results['rows'][name]['prune_s']:.0f} s)")
-
-    prompt = data.eval[:1, :128]
-    log(f"latency: {len(models)} models alternated, {args.repeats} rounds, 1 thread")
-    timing = latency(models, prompt, threads=1, repeats=args.repeats, decode_tokens=32)
-    for name, row in results["rows"].items():
-        row["prefill_ms"], row["decode_tok_s"] = timing[name]["prefill_ms"], timing[name]["decode_tokens_per_s"]
-    out_json.write_text(json.dumps(results, indent=1))
-    write_markdown(results)
-
-    for name, state in states.items():
-        row = results["rows"][name]
-        row["ppl_pruned"] = perplexity(state.model, data.eval)
-        log(f"{name}: ppl {row['ppl_pruned']:.1f} before fine-tune")
-        t = time.perf_counter()
-        ft = finetune(state, args.steps)
-        row["finetune"] = ft | {"seconds": time.perf_counter() - t}
-        row["ppl_finetuned"] = perplexity(state.model, data.eval)
-        log(f"{name}: ppl {row['ppl_finetuned']:.2f} after {args.steps} steps ({row['finetune']['seconds']:.0f} s)")
+        row = {"config": kw, "parameters": metrics["parameters_after"], "prune_s": time.perf_counter() - t,
+               "intermediate_size": metrics["intermediate_size"], "heads": metrics["num_attention_heads"],
+               "kv_heads": metrics["num_key_value_heads"]}
+        log(f"{name}: {row['parameters']:,} params ({row['prune_s']:.0f} s)")
+        model.requires_grad_(False)
+        timing = latency({"fp32": base, name: model}, prompt, threads=1, repeats=args.repeats, decode_tokens=16)
+        row |= {"prefill_ms": timing[name]["prefill_ms"], "decode_tok_s": timing[name]["decode_tokens_per_s"],
+                "fp32_prefill_ms": timing["fp32"]["prefill_ms"], "fp32_decode_tok_s": timing["fp32"]["decode_tokens_per_s"]}
+        row["ppl_pruned"] = perplexity(model, data.eval)
+        log(f"{name}: ppl {row['ppl_pruned']:.1f} before fine-tune; prefill x{row['prefill_ms'] / row['fp32_prefill_ms']:.2f}")
+        if steps:
+            model.requires_grad_(True)
+            t = time.perf_counter()
+            row["finetune"] = finetune(state, steps) | {"seconds": time.perf_counter() - t}
+            row["ppl_finetuned"] = perplexity(model, data.eval)
+            log(f"{name}: ppl {row['ppl_finetuned']:.2f} after {steps} steps ({row['finetune']['seconds']:.0f} s)")
+        results["rows"][name] = row
         out_json.write_text(json.dumps(results, indent=1))
         write_markdown(results)
-        states[name] = None
-        models.pop(name)
+        del model, state
+        gc.collect()
     write_markdown(results)
     log("done")
 
@@ -132,28 +130,25 @@ def write_markdown(results: dict) -> None:
              f"Command: `{results['command']}` (commit {results['commit']}). Model: {results['provenance']}. "
              f"Held-out perplexity on the last tokens {ev['tokens']} of the Wikipedia sample "
              f"({ev['windows']} windows of {results['seq_len']} tokens; never used for pruning or fine-tuning). "
-             f"Recovery fine-tune: {results['steps']} AdamW steps (lr 5e-5) of batch 4 x {results['seq_len']} tokens "
+             f"Recovery fine-tune (where the steps column says): AdamW steps (lr 5e-5) of batch 4 x {results['seq_len']} tokens "
              f"from the start of the text. Latency: `slimkit.evaluate.latency`, all models alternated in one process, "
-             f"threads=1, prompt 128 tokens, 32 greedy decode tokens with KV cache, median; ratios against the "
-             f"unpruned fp32 model on a shared, loaded 2-core machine (timed on the pruned models before fine-tuning; fine-tuning does not change shapes).", "",
+             f"threads=1, prompt 128 tokens, 16 greedy decode tokens with KV cache, median of {results['repeats']} rounds; "
+             f"each pruned model alternated with the unpruned fp32 model in its own call (ratios against that fp32 "
+             f"timing) on a shared, heavily loaded 2-core machine, so ratios are noisy (about +-10%).", "",
              "| setting | inter. | heads / kv | params (M) | params ratio | ppl pruned | ppl after fine-tune | "
-             "prefill ms (ratio) | decode tok/s (speedup) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "fine-tune steps | prefill time ratio | decode speedup |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in rows.items():
         is_base = row is base
-        pre = row.get("prefill_ms", math.nan)
-        dec = row.get("decode_tok_s", math.nan)
-        lines.append("| " + " | ".join([
-            name,
-            "" if is_base else str(row["intermediate_size"]),
-            "" if is_base else f"{row['heads']} / {row['kv_heads']}",
-            f"{row['parameters'] / 1e6:.1f}",
-            f"{row['parameters'] / base['parameters']:.3f}",
-            f"{base['ppl']:.2f}" if is_base else (f"{row['ppl_pruned']:.1f}" if "ppl_pruned" in row else "pending"),
-            "" if is_base else (f"{row['ppl_finetuned']:.2f}" if "ppl_finetuned" in row else "pending"),
-            f"{pre:.0f} ({pre / base.get('prefill_ms', math.nan):.2f})",
-            f"{dec:.1f} ({dec / base.get('decode_tok_s', math.nan):.2f})",
-        ]) + " |")
+        if is_base:
+            cells = [name, "", "", f"{row['parameters'] / 1e6:.1f}", "1.000", f"{row['ppl']:.2f}", "", "", "1.00", "1.00"]
+        else:
+            ft = row.get("finetune", {}).get("steps", 0)
+            cells = [name, str(row["intermediate_size"]), f"{row['heads']} / {row['kv_heads']}",
+                     f"{row['parameters'] / 1e6:.1f}", f"{row['parameters'] / base['parameters']:.3f}",
+                     f"{row['ppl_pruned']:,.1f}", f"{row['ppl_finetuned']:.2f}" if ft else "not run", str(ft or ""),
+                     f"{row['prefill_ms'] / row['fp32_prefill_ms']:.2f}", f"{row['decode_tok_s'] / row['fp32_decode_tok_s']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     section = "\n".join(lines) + "\n"
     md = HERE / "structured.md"
     text = md.read_text() if md.is_file() else (
