@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +34,36 @@ def folder_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.iterdir() if f.suffix == ".safetensors") / 1e6
 
 
+def render(paths: list[str]) -> str:
+    """A markdown table per results JSON (``--render a.json b.json``)."""
+    out = []
+    for path in paths:
+        d = json.loads(Path(path).read_text())
+        ev = d["eval_slice"]
+        out.append(f"### {d['model']} ({path})\n\n{d['provenance']}; torch {d['torch']}, threads={d['threads']}; "
+                   f"perplexity on eval tokens {ev['tokens']} of the Wikipedia sample ({ev['windows']} windows of "
+                   f"{d['seq_len']}); calibration tokens {d['calibration_slice']['tokens']}; prefill = {d['prompt_tokens']}-token "
+                   f"prompt; decode = {d['decode_tokens']} greedy tokens with KV cache; medians of {d['repeats']} "
+                   f"alternating rounds; sentiment = {d['sentiment_samples']} balanced few-shot examples (slimkit.tasks).\n")
+        out.append("| arm | config | ppl | ppl ×fp32 | sentiment acc | artifact MB | prefill ms | prefill speedup | decode tok/s | decode speedup |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|")
+        for arm, r in d["arms"].items():
+            acc = f"{r['sentiment_accuracy']:.3f}" if "sentiment_accuracy" in r else "—"
+            cfg = ", ".join(f"{k}={v}" for k, v in r["config"].items()) or "—"
+            out.append(f"| {arm} | {cfg} | {r['perplexity']:.2f} | {r['ppl_ratio']:.3f} | {acc} | {r['artifact_mb']:.0f} | "
+                       f"{r['prefill_ms']:.0f} | {r['prefill_speedup']:.2f} | {r['decode_tokens_per_s']:.1f} | {r['decode_speedup']:.2f} |")
+        kept = {a: r["kept_float"] for a, r in d["arms"].items() if "kept_float" in r}
+        for a, k in kept.items():
+            out.append(f"\n{a} kept float (relative int8 output error on calibration): " +
+                       ", ".join(f"`{n}` {e}" for n, e in k.items()))
+        out.append("")
+    return "\n".join(out)
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--render":
+        print(render(sys.argv[2:]))
+        return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--seq-len", type=int, default=256)
@@ -41,8 +71,10 @@ def main() -> None:
     p.add_argument("--calibration", type=int, default=16)
     p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--keep-float", type=int, default=4)
-    p.add_argument("--arms", default="fp32,int8_raw,int8_smooth,int8_smooth_keep,tensor_raw,tensor_smooth")
+    p.add_argument("--arms", default="fp32,int8_raw,int8_smooth,int8_smooth_keep,tensor_smooth",
+                   help="also: tensor_raw (per-tensor, unsmoothed: like torch quantize_dynamic)")
     p.add_argument("--sentiment", type=int, default=200, help="sentiment examples (0: skip)")
+    p.add_argument("--sentiment-arms", default="fp32,int8_smooth", help="arms scored on sentiment ('all': every arm)")
     p.add_argument("--prompt", type=int, default=128)
     p.add_argument("--decode-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=5)
@@ -83,7 +115,7 @@ def main() -> None:
         models[arm] = model
         row = {"config": arms_cfg.get(arm, {}), "quantize_s": round(quant_s, 1), "artifact_mb": round(folder_mb(tmp / arm), 1),
                "perplexity": perplexity(model, data.eval, batch_size=4, desc=arm)}
-        if args.sentiment:
+        if args.sentiment and (args.sentiment_arms == "all" or arm in args.sentiment_arms.split(",")):
             from slimkit.tasks import sentiment_accuracy
 
             row["sentiment_accuracy"] = sentiment_accuracy(model, tok, samples=args.sentiment, desc=arm)

