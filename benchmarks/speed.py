@@ -75,6 +75,7 @@ def main() -> None:
                    help="also: tensor_raw (per-tensor, unsmoothed: like torch quantize_dynamic)")
     p.add_argument("--sentiment", type=int, default=200, help="sentiment examples (0: skip)")
     p.add_argument("--sentiment-arms", default="fp32,int8_smooth", help="arms scored on sentiment ('all': every arm)")
+    p.add_argument("--batch-size", type=int, default=4, help="perplexity batch (1 for Gemma's 262k vocabulary)")
     p.add_argument("--prompt", type=int, default=128)
     p.add_argument("--decode-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=5)
@@ -114,7 +115,7 @@ def main() -> None:
         quant_s = time.perf_counter() - t0
         models[arm] = model
         row = {"config": arms_cfg.get(arm, {}), "quantize_s": round(quant_s, 1), "artifact_mb": round(folder_mb(tmp / arm), 1),
-               "perplexity": perplexity(model, data.eval, batch_size=4, desc=arm)}
+               "perplexity": perplexity(model, data.eval, batch_size=args.batch_size, desc=arm)}
         if args.sentiment and (args.sentiment_arms == "all" or arm in args.sentiment_arms.split(",")):
             from slimkit.tasks import sentiment_accuracy
 
