@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import platform
 import sys
 import tempfile
@@ -75,7 +74,7 @@ def _sizes(model: torch.nn.Module, int8: bool) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--part", choices=["oneshot", "schedule"], default=None)
+    ap.add_argument("--part", choices=["oneshot", "schedule", "sensitivity"], default=None)
     ap.add_argument("--report", action="store_true")
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--eval-tokens", type=int, default=4096)
@@ -141,6 +140,19 @@ def main() -> None:
             _save_row(key, row, meta)
             del model
 
+    if args.part == "sensitivity":
+        # per-block scan on the real model: magnitude scores, 1 calibration window of 256 tokens
+        from slimkit.modules import select_modules
+        from slimkit.pruning import sensitivity_scan
+
+        layers = select_modules(dense, ["*"], ["lm_head"])
+        out = HERE / "unstructured_sensitivity"
+        start = time.time()
+        table = sensitivity_scan(state_for(dense), layers, {n: m.weight.detach().abs() for n, m in layers.items()},
+                                 [float(s) for s in args.sparsities.split(",")], windows=1, out_dir=out,
+                                 label="magnitude")
+        print(f"sensitivity scan: {time.time() - start:.0f} s, files {table['files']}")
+
     if args.part == "schedule":
         # recovery trains on 128-token windows (cheaper steps); validation (for the stop criterion) and
         # recovery never touch the eval slice
@@ -195,8 +207,11 @@ def write_report() -> None:
              f"Perplexity on the eval slice: tokens {meta.get('eval')} of the Wikipedia sample (the pipeline's "
              "eval split: the tail of the stream, never used for calibration or recovery).",
              f"Wanda calibration: tokens {meta.get('calibration')} (head of the stream).",
-             "Commands: `OMP_NUM_THREADS=1 python benchmarks/unstructured.py --part oneshot`, "
-             "`... --part schedule`, then `python benchmarks/unstructured.py --report` (this file).",
+             "Commands (2-core x86_64 CPU shared with other jobs, threads=1): "
+             "`OMP_NUM_THREADS=1 python benchmarks/unstructured.py --part oneshot`; "
+             "`OMP_NUM_THREADS=1 python benchmarks/unstructured.py --part schedule --criteria magnitude --steps 4 "
+             "--recovery-steps 6`; `OMP_NUM_THREADS=1 python benchmarks/unstructured.py --part sensitivity "
+             "--sparsities 0.5,0.7,0.9`; then `python benchmarks/unstructured.py --report` (writes this file).",
              "Magnitude compares weights per layer (scope=layer), Wanda per output row (scope=row, as in the paper); "
              "`lm_head` (tied to the embedding) is excluded, so 'sparsity' is over the 210 decoder Linear layers.",
              "Bytes: the whole state dict (tied embedding once) written with `safetensors.save_file` (dense) vs "
