@@ -33,6 +33,10 @@ ROWS = {
     "bnb nf4 (dq)": ("bnb", {"bits": 4, "quant_type": "nf4", "double_quant": True}),
     "quanto budget 4.0 b {2,4,8}": ("quanto", {"bits": 4, "budget_bits": 4.0, "budget_candidates": [2, 4, 8],
                                                "scan_unit": "block", "scan_windows": 2}),
+    # equal average bits (4.267 over the decoder Linears): hand-picked first/last block at int8 vs the scan's pick
+    "quanto w4 + int8 blocks 0,29": ("quanto", {"bits": 4, "overrides": {"model.layers.0.*": 8, "model.layers.29.*": 8}}),
+    "quanto budget 4.267 b {4,8}": ("quanto", {"bits": 4, "budget_bits": 4.2667, "budget_candidates": [4, 8],
+                                               "scan_unit": "block", "scan_windows": 2}),
 }
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import fnmatch
+import functools
 import json
 import math
 import re
@@ -316,10 +317,10 @@ def allocate_bits(weights: Mapping[str, int], delta: Mapping[tuple[str, int], fl
     ``Σ delta[(unit, bits)]`` subject to ``(Σ weights·bits + fixed_bits) / (Σ weights + fixed_weights)
     <= budget_bits``.
 
-    A multiple-choice knapsack solved exactly by dynamic programming over the extra cost above the
-    all-lowest-width assignment. Costs are rounded *up* to ``capacity / resolution`` quanta, so the
-    result never exceeds the budget and is optimal up to that rounding (exact when costs are
-    integers no larger than ``resolution``). Raises :class:`ConfigError` if even the lowest widths
+    A multiple-choice knapsack solved by dynamic programming over the extra cost above the
+    all-lowest-width assignment. Integer costs are divided by their gcd and solved exactly (the usual
+    case: layer sizes share large factors); otherwise costs are rounded *up* to ``capacity / resolution``
+    quanta, so the result never exceeds the budget and is optimal up to that rounding. Raises :class:`ConfigError` if even the lowest widths
     do not fit.
     """
     import numpy as np
@@ -336,8 +337,15 @@ def allocate_bits(weights: Mapping[str, int], delta: Mapping[tuple[str, int], fl
     if not units:
         return {}
     capacity = max(capacity, 0.0)
-    exact = capacity <= resolution and all(float(weights[u] * (b - low)).is_integer() for u in units for b in cands)
-    quantum = 1.0 if exact else max(capacity / resolution, 1e-12)
+    # exact integer costs when possible: divide every extra cost by their gcd (real models' layer sizes
+    # share large factors, so the scaled capacity stays small); otherwise round costs up to quanta
+    extra = [weights[u] * (b - low) for u in units for b in cands]
+    if all(float(c).is_integer() for c in extra) and any(extra):
+        g = functools.reduce(math.gcd, (int(c) for c in extra if c))
+        exact = capacity / g <= max(resolution, 2_000_000)
+    else:
+        g, exact = 1, False
+    quantum = float(g) if exact else max(capacity / resolution, 1e-12)
     slots = int(math.floor(capacity / quantum + 1e-9))
     inf = float("inf")
     best = np.zeros(slots + 1)  # best[c]: min Σdelta over the units so far with extra cost <= c

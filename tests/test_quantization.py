@@ -168,6 +168,16 @@ def test_allocator_matches_brute_force_on_random_tables():
         assert sum(delta[(u, plan[u])] for u in weights) == pytest.approx(best), f"trial {trial}"
 
 
+def test_allocator_is_exact_when_the_budget_equals_a_uniform_width():
+    # regression: rounding every cost up once made uniform int4 "infeasible" at a 4.0-bit budget,
+    # demoting a block to int2 (seen on SmolLM2: 30 blocks of 3,538,944 weights)
+    weights = {f"model.layers.{i}": 3_538_944 for i in range(30)}
+    delta = {(u, b): {2: 0.3 + i / 100, 4: 0.01, 8: 0.0}[b] for i, u in enumerate(weights) for b in (2, 4, 8)}
+    assert set(allocate_bits(weights, delta, [2, 4, 8], 4.0).values()) == {4}
+    plan = allocate_bits(weights, {**delta, ("model.layers.7", 4): 0.5}, [4, 8], 4 + 4 / 30)
+    assert plan["model.layers.7"] == 8 and sum(b == 8 for b in plan.values()) == 1
+
+
 def test_allocator_respects_budget_with_rounded_costs_and_fixed_modules():
     weights = {f"u{i}": 100_003 + i for i in range(40)}
     delta = {(u, b): (1.0 / b) * (1 + i) for i, u in enumerate(weights) for b in (2, 4, 8)}
