@@ -108,6 +108,9 @@ def main() -> None:
         row["ppl_pruned"] = perplexity(model, data.eval)
         log(f"{name}: ppl {row['ppl_pruned']:.1f} before fine-tune; prefill x{row['prefill_ms'] / row['fp32_prefill_ms']:.2f}")
         if steps:
+            if args.only and len(args.only) == 1:  # last use of the fp32 model: free its memory for the fine-tune
+                state.reference = loaded.model = base = None
+                gc.collect()
             model.requires_grad_(True)
             t = time.perf_counter()
             row["finetune"] = finetune(state, steps) | {"seconds": time.perf_counter() - t}
