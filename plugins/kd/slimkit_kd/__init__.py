@@ -355,4 +355,4 @@ class KDDistiller(Stage):
                                 desc="recovery distillation", key="distiller")
         metrics = train_loop(state.model, self._loss_fn(teacher, None), state.data.train, settings)
         state.model.eval()
-        return metrics
+        return {"method": "kd", **metrics}

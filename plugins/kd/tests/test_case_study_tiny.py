@@ -24,7 +24,8 @@ def test_case_study_tiny_runs_through_the_cli(tmp_path):
     kinds = [(s["kind"], s["backend"]) for s in report["stages"]]
     assert kinds == [("pruner", "magnitude"), ("distiller", "kd"), ("quantizer", "int8")]
     pruner, kd, _ = (s["metrics"] for s in report["stages"])
-    assert [h["recovery"]["steps"] for h in pruner["schedule"]["history"]] == [2, 2]  # kd.recover between steps
+    recoveries = [h["recovery"] for h in pruner["schedule"]["history"]]
+    assert [(r["method"], r["steps"]) for r in recoveries] == [("kd", 2), ("kd", 2)]  # kd.recover between steps
     assert kd["kept_layers"] == [0, 2] and kd["steps"] == 6 and kd["masked_parameters"] > 0
     assert kd["student_parameters"] < kd["teacher_parameters"]
     assert (tmp_path / "checkpoints" / "step-0000006" / "model.safetensors").is_file()

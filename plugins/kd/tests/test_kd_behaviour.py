@@ -154,7 +154,7 @@ def test_kd_is_the_recovery_hook_of_pruning_schedules():
     state = fresh_state()
     before = _weights(state.model)
     metrics = hook(state, 3)
-    assert metrics["steps"] == 3 and math.isfinite(metrics["last_loss"])
+    assert metrics["method"] == "kd" and metrics["steps"] == 3 and math.isfinite(metrics["last_loss"])
     assert any(not torch.equal(before[k], v) for k, v in state.model.state_dict().items())
 
 
