@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="run only these settings (names as in the table)")
     parser.add_argument("--skip", nargs="*", default=[], help="leave out these settings")
     parser.add_argument("--repeats", type=int, default=3, help="latency rounds (alternating)")
+    parser.add_argument("--eval-batch", type=int, default=4, help="windows per perplexity forward (1 for big vocabularies)")
     parser.add_argument("--tag", default="", help="a separate results file and table section for this run")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -84,7 +85,7 @@ def main() -> None:
                                         cwd=HERE).stdout.strip(), "rows": {}}
     log(f"{args.model}: {count_parameters(base):,} parameters; eval {data.info['eval']}")
     t = time.perf_counter()
-    results["rows"]["fp32 (unpruned)"] = {"parameters": count_parameters(base), "ppl": perplexity(base, data.eval)}
+    results["rows"]["fp32 (unpruned)"] = {"parameters": count_parameters(base), "ppl": perplexity(base, data.eval, args.eval_batch)}
     log(f"baseline ppl {results['rows']['fp32 (unpruned)']['ppl']:.2f} ({time.perf_counter() - t:.0f} s)")
 
     # one pruned model at a time (memory is shared): prune, time against fp32, perplexity, fine-tune, perplexity
@@ -105,7 +106,7 @@ def main() -> None:
         timing = latency({"fp32": base, name: model}, prompt, threads=1, repeats=args.repeats, decode_tokens=16)
         row |= {"prefill_ms": timing[name]["prefill_ms"], "decode_tok_s": timing[name]["decode_tokens_per_s"],
                 "fp32_prefill_ms": timing["fp32"]["prefill_ms"], "fp32_decode_tok_s": timing["fp32"]["decode_tokens_per_s"]}
-        row["ppl_pruned"] = perplexity(model, data.eval)
+        row["ppl_pruned"] = perplexity(model, data.eval, args.eval_batch)
         log(f"{name}: ppl {row['ppl_pruned']:.1f} before fine-tune; prefill x{row['prefill_ms'] / row['fp32_prefill_ms']:.2f}")
         if steps:
             if args.only and len(args.only) == 1:  # last use of the fp32 model: free its memory for the fine-tune
@@ -114,7 +115,7 @@ def main() -> None:
             model.requires_grad_(True)
             t = time.perf_counter()
             row["finetune"] = finetune(state, steps) | {"seconds": time.perf_counter() - t}
-            row["ppl_finetuned"] = perplexity(model, data.eval)
+            row["ppl_finetuned"] = perplexity(model, data.eval, args.eval_batch)
             log(f"{name}: ppl {row['ppl_finetuned']:.2f} after {steps} steps ({row['finetune']['seconds']:.0f} s)")
         results["rows"][name] = row
         out_json.write_text(json.dumps(results, indent=1))
@@ -149,7 +150,7 @@ def write_markdown(results: dict) -> None:
             ft = row.get("finetune", {}).get("steps", 0)
             cells = [name, str(row["intermediate_size"]), f"{row['heads']} / {row['kv_heads']}",
                      f"{row['parameters'] / 1e6:.1f}", f"{row['parameters'] / base['parameters']:.3f}",
-                     f"{row['ppl_pruned']:,.1f}", f"{row['ppl_finetuned']:.2f}" if ft else "not run", str(ft or ""),
+                     f"{row['ppl_pruned']:,.1f}", f"{row['ppl_finetuned']:.2f}" if ft else "not run", str(ft),
                      f"{row['prefill_ms'] / row['fp32_prefill_ms']:.2f}", f"{row['decode_tok_s'] / row['fp32_decode_tok_s']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     section = "\n".join(lines) + "\n"
