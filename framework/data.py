@@ -71,6 +71,18 @@ class DataSplits:
         return self.train[: self.calibration_samples]
 
 
+_STREAMS: dict[tuple, list[int]] = {}
+
+
+def _token_stream(source: str, tokenizer) -> list[int]:
+    """The whole source tokenized once per process and tokenizer (tests build many splits)."""
+    key = (source, getattr(tokenizer, "name_or_path", ""), len(tokenizer), tokenizer.eos_token)
+    if key not in _STREAMS:
+        eos = tokenizer.eos_token or ""
+        _STREAMS[key] = tokenizer(eos.join(SOURCES[source][0]()), return_tensors=None)["input_ids"]
+    return _STREAMS[key]
+
+
 def build_splits(tokenizer, source: str = "wikipedia", seq_len: int = 256, train_tokens: int = 32768,
                  calibration_samples: int = 16, eval_tokens: int = 8192) -> DataSplits:
     """Tokenize the source once and cut a head slice (train/calibration) and a tail slice (eval)."""
@@ -83,8 +95,7 @@ def build_splits(tokenizer, source: str = "wikipedia", seq_len: int = 256, train
         raise DataError(f"data.calibration_samples={calibration_samples} windows of {seq_len} tokens need "
                         f"{calibration_samples * seq_len} tokens, more than data.train_tokens={train_tokens}")
     read, description = SOURCES[source]
-    eos = tokenizer.eos_token or ""
-    ids = tokenizer(eos.join(read()), return_tensors=None)["input_ids"]
+    ids = _token_stream(source, tokenizer)
     n_train = (train_tokens // seq_len) * seq_len
     n_eval = (eval_tokens // seq_len) * seq_len
     if n_train < seq_len or n_eval < seq_len:

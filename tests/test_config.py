@@ -24,7 +24,8 @@ def shipped_options():
 
 @pytest.mark.parametrize("group,option", list(shipped_options()))
 def test_every_yaml_composes(group, option):
-    overrides = [f"{group}={option}"]
+    # sweep presets configure Hydra's sweeper/launcher and are appended (+sweep=...), never defaults
+    overrides = [f"+{group}={option}" if group == "sweep" else f"{group}={option}"]
     if group == "model" and option == "local":
         overrides.append("model.path=/some/folder")
     cfg = compose(*overrides)
