@@ -17,7 +17,7 @@ from . import artifact
 from .config import stage_config
 from .data import build_splits
 from .errors import ArtifactError, ConfigError, StageOrderError
-from .evaluate import latency, model_logits, pinned_threads, quality_metrics
+from .evaluate import latency, model_logits, quality_metrics
 from .models import load_model
 from .plugin import Kind, Stage
 from .registry import PluginInfo, Registry, default_registry

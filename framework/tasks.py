@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from .errors import DataError
 
 SDIST = "vaderSentiment-3.3.2.tar.gz"
-FETCH_HINT = f"pip download --no-deps --no-binary :all: vaderSentiment==3.3.2 -d \"$SLIMKIT_CACHE/sdist\""
+FETCH_HINT = "pip download --no-deps --no-binary :all: vaderSentiment==3.3.2 -d \"$SLIMKIT_CACHE/sdist\""
 LABELS = ("negative", "positive")
 DEMO_POOL = 1000
 

@@ -25,6 +25,7 @@ import torch
 
 from slimkit import ArtifactError, ConfigError, DataError, Kind, Stage, check_choice, check_range
 from slimkit.quantization import MixedPrecisionConfig, plan_precision, precision_summary
+from slimkit.storage import untied_state_dict as _untied_state_dict
 
 from ._kernels import ACTIVATION_MODES, Int8Linear, quantize_tokens, quantize_weight, simulated_int8
 from ._smooth import int8_errors, smooth
@@ -64,17 +65,6 @@ def _swap(model: torch.nn.Module, name: str, new: torch.nn.Module) -> None:
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
 
-
-def _untied_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    seen: set[tuple[int, int, tuple]] = set()
-    out = {}
-    for name, tensor in model.state_dict().items():
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
-        if key in seen:
-            continue
-        seen.add(key)
-        out[name] = tensor.detach().contiguous()
-    return out
 
 
 class Int8Quantizer(Stage):

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from slimkit import ArtifactError, ConfigError, DataError, Kind, Stage, check_choice
 from slimkit.quantization import MixedPrecisionConfig, plan_precision
+from slimkit.storage import untied_state_dict as _untied_state_dict
 
 WEIGHT_BITS = (2, 4, 8)
 ACTIVATION_BITS = (None, 8)
@@ -56,18 +57,6 @@ def _qtype(bits: int):
 
     return {8: quanto.qint8, 4: quanto.qint4, 2: quanto.qint2}[bits]
 
-
-def _untied_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict with each shared storage kept once (safetensors refuses shared tensors)."""
-    seen: set[tuple[int, int, tuple]] = set()
-    out = {}
-    for name, tensor in model.state_dict().items():
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
-        if key in seen:
-            continue
-        seen.add(key)
-        out[name] = tensor.detach().contiguous()
-    return out
 
 
 def _output_quantized(module: torch.nn.Module) -> bool:
@@ -132,7 +121,6 @@ class QuantoQuantizer(Stage):
     def save(self, model: torch.nn.Module, directory: Path) -> None:
         from optimum.quanto import quantization_map
         from optimum.quanto.nn import QModuleMixin
-        from safetensors.torch import save_file
 
         model.config.save_pretrained(directory)
         if getattr(model, "generation_config", None) is not None:
@@ -152,7 +140,6 @@ class QuantoQuantizer(Stage):
     @classmethod
     def load(cls, directory: Path, manifest: Mapping[str, Any]) -> torch.nn.Module:
         from optimum.quanto import requantize
-        from safetensors.torch import load_file
         from transformers import AutoConfig, AutoModelForCausalLM
 
         config = AutoConfig.from_pretrained(str(directory), trust_remote_code=False)
