@@ -216,7 +216,8 @@ def group_units(names: Sequence[str], unit: str) -> dict[str, list[str]]:
     return groups
 
 
-def _swap(model: torch.nn.Module, name: str, new: torch.nn.Module) -> torch.nn.Module:
+def swap_module(model: torch.nn.Module, name: str, new: torch.nn.Module) -> torch.nn.Module:
+    """Put ``new`` where the submodule ``name`` was; return the old module."""
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     old = getattr(parent, child)
@@ -261,11 +262,11 @@ def sensitivity_scan(model: torch.nn.Module, units: Mapping[str, Sequence[str]],
             originals = {}
             try:
                 for n in names:
-                    originals[n] = _swap(model, n, make_quantized(n, modules[n], bits))
+                    originals[n] = swap_module(model, n, make_quantized(n, modules[n], bits))
                 loss = calibration_loss(model, windows, batch_size)
             finally:
                 for n, old in originals.items():
-                    _swap(model, n, old)
+                    swap_module(model, n, old)
             rows.append({"unit": unit, "modules": len(names), "weights": weights, "bits": bits,
                          "loss": loss, "delta_loss": loss - base})
             bar.update(1)

@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Mapping
 import torch
 
 from slimkit import ArtifactError, Kind, Stage, check_choice, check_range
-from slimkit.quantization import MixedPrecisionConfig, plan_precision
+from slimkit.quantization import MixedPrecisionConfig, plan_precision, swap_module
 
 BITS = (4, 8)
 QUANT_TYPES = ("nf4", "fp4")
@@ -129,14 +129,6 @@ class _Frozen(torch.nn.Module):
             destination[prefix + key] = value
 
 
-def _swap(model: torch.nn.Module, name: str, new: torch.nn.Module) -> torch.nn.Module:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    old = getattr(parent, child)
-    setattr(parent, child, new)
-    return old
-
-
 def _untied(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     seen, out = set(), {}
     for name, tensor in state_dict.items():
@@ -170,7 +162,7 @@ class BnbQuantizer(Stage):
             if bits is None:
                 continue
             specs[module_name] = _spec(cfg, bits)
-            _swap(state.model, module_name, quantize_linear(modules[module_name], specs[module_name]))
+            swap_module(state.model, module_name, quantize_linear(modules[module_name], specs[module_name]))
         state.model._slimkit_bnb_plan = specs
         metrics.update({"quantized_modules": len(specs), "weight_bits": cfg.bits,
                         "quant_type": cfg.quant_type if 4 in {s["bits"] for s in specs.values()} else None})
@@ -194,11 +186,11 @@ class BnbQuantizer(Stage):
                     tensors = dict(getattr(module, _CANONICAL))
                     if module.bias is not None:
                         tensors["bias"] = module.bias.detach()
-                    swapped[name] = _swap(model, name, _Frozen(tensors))
+                    swapped[name] = swap_module(model, name, _Frozen(tensors))
             state_dict = _untied(model.state_dict())
         finally:
             for name, module in swapped.items():
-                _swap(model, name, module)
+                swap_module(model, name, module)
         save_file(state_dict, str(directory / WEIGHTS), metadata={"format": "pt", "quantizer": "bnb"})
         lm_head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         lm_name = next((n for n, m in model.named_modules() if m is lm_head), None)
@@ -236,7 +228,7 @@ class BnbQuantizer(Stage):
                 _set_bias(module, bias)
             except (KeyError, AttributeError, ValueError) as exc:
                 raise ArtifactError(f"{directory}: cannot rebuild the bnb module {name!r}: {exc}") from exc
-            _swap(model, name, module.eval())
+            swap_module(model, name, module.eval())
         missing, unexpected = model.load_state_dict(state_dict, strict=False)
         if not info.get("output_embeddings_quantized"):
             model.tie_weights()

@@ -24,7 +24,7 @@ from typing import Any, ClassVar, List, Mapping
 import torch
 
 from slimkit import ArtifactError, ConfigError, DataError, Kind, Stage, check_choice, check_range
-from slimkit.quantization import MixedPrecisionConfig, plan_precision, precision_summary
+from slimkit.quantization import MixedPrecisionConfig, plan_precision, precision_summary, swap_module
 from slimkit.storage import untied_state_dict as _untied_state_dict
 
 from ._kernels import ACTIVATION_MODES, Int8Linear, quantize_tokens, quantize_weight, simulated_int8
@@ -58,12 +58,6 @@ class Int8Config(MixedPrecisionConfig):
         if isinstance(self.keep_float, bool) or not isinstance(self.keep_float, int):
             raise ConfigError("quantizer.keep_float", self.keep_float, "a non-negative integer")
         check_range("quantizer.keep_float", self.keep_float, 0)
-
-
-def _swap(model: torch.nn.Module, name: str, new: torch.nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
 
 
 
@@ -119,7 +113,7 @@ class Int8Quantizer(Stage):
             metrics.update(precision_summary(model, plan))
         modules = dict(model.named_modules())
         for n in sorted(chosen):
-            _swap(model, n, Int8Linear.from_float(modules[n], cfg.activations))
+            swap_module(model, n, Int8Linear.from_float(modules[n], cfg.activations))
         metrics.update({"quantized_modules": len(chosen), "weight_bits": 8, "activation_bits": 8,
                         "activation_scales": cfg.activations})
         state.artifact_writer = self
@@ -152,7 +146,7 @@ class Int8Quantizer(Stage):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         layout = json.loads((directory / MODULE_MAP).read_text())
         for name, spec in layout.items():
-            _swap(model, name, Int8Linear(spec["in_features"], spec["out_features"], spec["bias"], spec["activations"]))
+            swap_module(model, name, Int8Linear(spec["in_features"], spec["out_features"], spec["bias"], spec["activations"]))
         state_dict = load_file(str(directory / WEIGHTS))
         result = model.load_state_dict(state_dict, strict=False)
         if result.unexpected_keys:
