@@ -144,7 +144,10 @@ def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 # --- whole models ----------------------------------------------------------------------------------
 
-WEIGHTS = "model.safetensors"
+#: the weights file of every artifact in a backend's own format (sparse, quanto, bnb, int8). Deliberately
+#: not ``model.safetensors``: plain ``from_pretrained`` must refuse such a folder instead of silently
+#: initialising the layers whose tensors it cannot read; ``slimkit.load`` reads it.
+WEIGHTS = "model.slimkit.safetensors"
 
 
 def untied_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:

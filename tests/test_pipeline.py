@@ -145,3 +145,12 @@ def test_hub_id_offline_says_so(tiny_cfg, tmp_path, monkeypatch):
 def test_unknown_model_name_lists_choices(tiny_cfg, tmp_path):
     with pytest.raises(slimkit.ConfigError, match="model.name.*smollm2-135m"):
         slimkit.run(tiny_cfg("model.name=smollm3"), tmp_path)
+
+
+def test_plain_from_pretrained_refuses_a_backend_format_artifact(tiny_cfg, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    report = slimkit.run(tiny_cfg(), tmp_path)  # quanto int8: its own weights format
+    with pytest.raises(OSError):
+        AutoModelForCausalLM.from_pretrained(report["artifact"])
+    assert slimkit.load(report["artifact"]) is not None

@@ -3,6 +3,8 @@
 import copy
 
 import pytest
+
+from slimkit.storage import WEIGHTS
 import torch
 
 from slimkit.data import build_splits
@@ -27,7 +29,7 @@ def test_wanda_two_four_on_smollm2_saves_small_and_reloads_exactly(tmp_path):
     assert state.artifact_writer is stage
     record = _stage_record(default_registry().info(stage.kind, stage.name), stage)
     save_artifact(state, tmp_path / "model", overwrite=False, records=[record], model_info={"name": "smollm2-135m"})
-    weights = (tmp_path / "model" / "model.safetensors").stat().st_size
+    weights = (tmp_path / "model" / WEIGHTS).stat().st_size
     # 106.2M decoder weights at 50% + 1 mask bit each, plus the 28.3M dense embedding, all fp32
     assert weights < 4 * (106.2e6 * (0.5 + 1 / 32) + 28.4e6) * 1.01
     reloaded = load(tmp_path / "model")

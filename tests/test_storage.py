@@ -3,6 +3,8 @@
 import os
 
 import pytest
+
+from slimkit.storage import WEIGHTS
 import torch
 from safetensors.torch import save_file
 
@@ -105,7 +107,7 @@ def test_model_round_trip_keeps_ties_and_logits(tmp_path):
     from slimkit.storage import untied_state_dict
 
     save_file(untied_state_dict(model), str(dense_path))
-    assert (tmp_path / "model.safetensors").stat().st_size < 0.85 * os.path.getsize(dense_path)
+    assert (tmp_path / WEIGHTS).stat().st_size < 0.85 * os.path.getsize(dense_path)
     reloaded = load_sparse_model(tmp_path)
     assert reloaded.lm_head.weight.data_ptr() == reloaded.model.embed_tokens.weight.data_ptr()
     ids = torch.randint(0, 512, (2, 16))
@@ -130,7 +132,7 @@ def test_sparse_int8_with_quanto_shrinks_and_reloads(tmp_path):
     from slimkit.storage import untied_state_dict
 
     save_file(untied_state_dict(state.model), str(tmp_path / "dense.safetensors"))
-    sparse_bytes = (tmp_path / "model.safetensors").stat().st_size
+    sparse_bytes = (tmp_path / WEIGHTS).stat().st_size
     dense_bytes = (tmp_path / "dense.safetensors").stat().st_size
     assert sparse_bytes < dense_bytes, (sparse_bytes, dense_bytes)
     reloaded = QuantoQuantizer.load(tmp_path, {})

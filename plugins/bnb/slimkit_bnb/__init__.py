@@ -39,7 +39,7 @@ BITS = (4, 8)
 QUANT_TYPES = ("nf4", "fp4")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 PLAN = "bnb_plan.json"
-WEIGHTS = "model.safetensors"
+from slimkit.storage import WEIGHTS  # noqa: E402  (not model.safetensors: see slimkit.storage)
 _CANONICAL = "_slimkit_canonical"
 
 

@@ -30,7 +30,7 @@ from slimkit.storage import untied_state_dict as _untied_state_dict
 from ._kernels import ACTIVATION_MODES, Int8Linear, quantize_tokens, quantize_weight, simulated_int8
 from ._smooth import int8_errors, smooth
 
-WEIGHTS = "model.safetensors"
+from slimkit.storage import WEIGHTS  # noqa: E402  (not model.safetensors: see slimkit.storage)
 MODULE_MAP = "int8_modules.json"
 
 

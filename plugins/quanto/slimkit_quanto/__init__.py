@@ -35,7 +35,7 @@ WEIGHT_BITS = (2, 4, 8)
 ACTIVATION_BITS = (None, 8)
 QUANT_MAP = "quanto_qmap.json"
 EXTRA = "slimkit_quanto.json"
-WEIGHTS = "model.safetensors"
+from slimkit.storage import WEIGHTS  # noqa: E402  (not model.safetensors: see slimkit.storage)
 
 
 @dataclasses.dataclass
