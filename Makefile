@@ -1,5 +1,7 @@
 # The two commands of the README. Both set up what they need first (idempotent).
 VENV ?= .venv
+# the venv's console scripts (slimkit) come first on PATH for everything make runs
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: run test setup
 

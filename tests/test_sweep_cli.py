@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-SLIMKIT = [shutil.which("slimkit")] if shutil.which("slimkit") else [sys.executable, "-m", "slimkit.cli"]
+SLIMKIT = [sys.executable, "-m", "slimkit"]  # this environment's slimkit, not the first on PATH
 
 
 def slimkit(*args: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
