@@ -163,14 +163,20 @@ def untied_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def save_model_config(model: torch.nn.Module, directory: str | os.PathLike) -> None:
+    """Write the model's ``config.json`` (and ``generation_config.json`` if it has one): the part of an
+    artifact every backend format shares."""
+    model.config.save_pretrained(directory)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(directory)
+
+
 def save_sparse_model(model: torch.nn.Module, directory: str | os.PathLike) -> dict[str, int]:
     """Write a float model's config and weights (sparse storage) into ``directory``."""
     from pathlib import Path
 
     directory = Path(directory)
-    model.config.save_pretrained(directory)
-    if getattr(model, "generation_config", None) is not None:
-        model.generation_config.save_pretrained(directory)
+    save_model_config(model, directory)
     return save_tensors(untied_state_dict(model), directory / WEIGHTS, metadata={"format": "pt", "writer": "slimkit.storage"})
 
 

@@ -175,9 +175,9 @@ class BnbQuantizer(Stage):
         specs = getattr(model, "_slimkit_bnb_plan", None)
         if specs is None:
             raise ArtifactError("this model was not quantized by the bnb backend (no plan to save)")
-        model.config.save_pretrained(directory)
-        if getattr(model, "generation_config", None) is not None:
-            model.generation_config.save_pretrained(directory)
+        from slimkit.storage import save_model_config
+
+        save_model_config(model, directory)
         swapped = {}
         try:  # never call Linear4bit's own state_dict: it un-packs CPU-packed weights lossily and in place
             for name, spec in specs.items():

@@ -123,9 +123,9 @@ class Int8Quantizer(Stage):
     def save(self, model: torch.nn.Module, directory: Path) -> None:
         from safetensors.torch import save_file
 
-        model.config.save_pretrained(directory)
-        if getattr(model, "generation_config", None) is not None:
-            model.generation_config.save_pretrained(directory)
+        from slimkit.storage import save_model_config
+
+        save_model_config(model, directory)
         layout = {n: {"in_features": m.in_features, "out_features": m.out_features, "bias": m.bias is not None,
                       "activations": m.activations}
                   for n, m in model.named_modules() if isinstance(m, Int8Linear)}

@@ -122,9 +122,9 @@ class QuantoQuantizer(Stage):
         from optimum.quanto import quantization_map
         from optimum.quanto.nn import QModuleMixin
 
-        model.config.save_pretrained(directory)
-        if getattr(model, "generation_config", None) is not None:
-            model.generation_config.save_pretrained(directory)
+        from slimkit.storage import save_model_config
+
+        save_model_config(model, directory)
         from slimkit.storage import save_tensors  # sparse (pruned) tensors stored as bitmask + values
         save_tensors(_untied_state_dict(model), directory / WEIGHTS, metadata={"format": "pt", "quantizer": "quanto"})
         (directory / QUANT_MAP).write_text(json.dumps(quantization_map(model), indent=1))
