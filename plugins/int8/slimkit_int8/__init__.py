@@ -8,6 +8,8 @@ Sample config (``conf`` group ``quantizer``)::
     quantizer.alpha: 0.5            # migration strength (0: none, 1: all into the weights)
     quantizer.activations: token    # int8 scale per token ('tensor': one per call, faster prefill)
     quantizer.keep_float: 0         # keep the N Linear layers with the largest int8 error in float
+    quantizer.embedding: int8       # int8 embedding table (shared with a tied int8 lm_head) or float
+    quantizer.fuse: true            # run Linears that read the same input (q/k/v, gate/up) as one GEMM
     quantizer.exclude: []           # glob patterns kept in float (lm_head is quantized by default)
     quantizer.overrides: {"model.layers.0.*": float}
 
@@ -27,11 +29,13 @@ from slimkit import ArtifactError, ConfigError, DataError, Kind, Stage, check_ch
 from slimkit.quantization import MixedPrecisionConfig, plan_precision, precision_summary, swap_module
 from slimkit.storage import untied_state_dict as _untied_state_dict
 
-from ._kernels import ACTIVATION_MODES, Int8Linear, quantize_tokens, quantize_weight, simulated_int8
+from ._kernels import (ACTIVATION_MODES, FusedGroup, Int8Embedding, Int8Linear, find_shared_inputs, fuse_groups,
+                       quantize_tokens, quantize_weight, simulated_int8)
 from ._smooth import int8_errors, smooth
 
 from slimkit.storage import WEIGHTS  # noqa: E402  (not model.safetensors: see slimkit.storage)
 MODULE_MAP = "int8_modules.json"
+EMBEDDING_MODES = ("int8", "float")
 
 
 @dataclasses.dataclass
@@ -48,6 +52,10 @@ class Int8Config(MixedPrecisionConfig):
     activations: str = "token"
     #: keep this many quantized Linear layers with the largest (smoothed) int8 error in float
     keep_float: int = 0
+    #: the input embedding table: 'int8' (per-row; shares the int8 lm_head's codes when tied) or 'float'
+    embedding: str = "int8"
+    #: fuse Linears that read the same input tensor (q/k/v, gate/up) into one int8 GEMM each
+    fuse: bool = True
 
     ALLOWED_BITS: ClassVar[tuple[int, ...]] = (8,)
 
@@ -58,6 +66,7 @@ class Int8Config(MixedPrecisionConfig):
         if isinstance(self.keep_float, bool) or not isinstance(self.keep_float, int):
             raise ConfigError("quantizer.keep_float", self.keep_float, "a non-negative integer")
         check_range("quantizer.keep_float", self.keep_float, 0)
+        check_choice("quantizer.embedding", self.embedding, EMBEDDING_MODES)
 
 
 
@@ -93,6 +102,11 @@ class Int8Quantizer(Stage):
         model = state.model
         plan, metrics = plan_precision(state, cfg, self.make_quantized, backend=self.name)
         chosen = {n for n, b in plan.items() if b is not None}
+        embedding_name, tied = _embedding_and_tie(model)
+        if cfg.embedding == "int8" and tied and "lm_head" not in chosen:
+            raise ConfigError("quantizer.embedding", cfg.embedding,
+                              "'float' when lm_head stays in float: the embedding is tied to lm_head, and an int8 "
+                              "table beside a float lm_head would store the weights twice")
         windows = state.data.calibration
         if (cfg.smooth or cfg.keep_float) and windows.shape[0] == 0:
             raise DataError("the int8 backend needs calibration windows for quantizer.smooth / quantizer.keep_float "
@@ -101,7 +115,9 @@ class Int8Quantizer(Stage):
             metrics["smoothing"] = {"alpha": cfg.alpha, "calibration_windows": int(windows.shape[0]),
                                     **smooth(model, windows, cfg.alpha, chosen)}
         if cfg.keep_float:
-            errors = int8_errors(model, sorted(chosen), windows)
+            # a tied lm_head carries the int8 embedding table: it is not a candidate for float
+            shares_table = {"lm_head"} if cfg.embedding == "int8" and tied else set()
+            errors = int8_errors(model, sorted(chosen - shares_table), windows)
             worst = sorted(errors, key=errors.get, reverse=True)[: cfg.keep_float]
             for n in worst:
                 plan[n] = None
@@ -116,6 +132,18 @@ class Int8Quantizer(Stage):
             swap_module(model, n, Int8Linear.from_float(modules[n], cfg.activations))
         metrics.update({"quantized_modules": len(chosen), "weight_bits": 8, "activation_bits": 8,
                         "activation_scales": cfg.activations})
+        if cfg.embedding == "int8" and embedding_name is not None:
+            table = Int8Embedding.from_float(model.get_submodule(embedding_name))
+            if tied:
+                table.tie_to(model.get_submodule("lm_head"))
+            swap_module(model, embedding_name, table)
+            metrics["embedding"] = f"int8 per row ({'shared with lm_head' if tied else 'own table'})"
+        else:
+            metrics["embedding"] = "float"
+        if cfg.fuse:
+            groups = find_shared_inputs(model, _probe_ids(model))
+            metrics["fused_linears"] = fuse_groups(model, groups)
+            metrics["fused_groups"] = len(groups)
         state.artifact_writer = self
         return metrics
 
@@ -126,11 +154,24 @@ class Int8Quantizer(Stage):
         from slimkit.storage import save_model_config
 
         save_model_config(model, directory)
-        layout = {n: {"in_features": m.in_features, "out_features": m.out_features, "bias": m.bias is not None,
-                      "activations": m.activations}
-                  for n, m in model.named_modules() if isinstance(m, Int8Linear)}
-        save_file(_untied_state_dict(model), str(directory / WEIGHTS), metadata={"format": "pt", "quantizer": "int8"})
-        (directory / MODULE_MAP).write_text(json.dumps(layout, indent=1))
+        modules = dict(model.named_modules())
+        groups = {id(m._group): m._group for m in modules.values() if isinstance(m, Int8Linear) and m._group is not None}
+        names = {id(m): n for n, m in modules.items()}
+        layout: dict[str, Any] = {}
+        for n, m in modules.items():
+            if isinstance(m, Int8Linear):
+                layout[n] = {"in_features": m.in_features, "out_features": m.out_features, "bias": m.bias is not None,
+                             "activations": m.activations}
+            elif isinstance(m, Int8Embedding):
+                tied = [k for k, o in modules.items() if isinstance(o, Int8Linear) and o.weight_int8 is m.weight_int8]
+                layout[n] = {"kind": "embedding", "num_embeddings": m.num_embeddings, "embedding_dim": m.embedding_dim,
+                             "embed_scale": m.embed_scale, "tied_to": tied[0] if tied else None}
+        fused = [[names[id(m)] for m in g.members] for g in groups.values()]
+        # the fused members' buffers are views of one tensor: store each as its own tensor
+        tensors = {k: v.clone() if v.untyped_storage().nbytes() != v.nbytes else v
+                   for k, v in _untied_state_dict(model).items()}
+        save_file(tensors, str(directory / WEIGHTS), metadata={"format": "pt", "quantizer": "int8"})
+        (directory / MODULE_MAP).write_text(json.dumps({"modules": layout, "fused": fused}, indent=1))
 
     @classmethod
     def load(cls, directory: Path, manifest: Mapping[str, Any]) -> torch.nn.Module:
@@ -144,9 +185,19 @@ class Int8Quantizer(Stage):
         config = AutoConfig.from_pretrained(str(directory), trust_remote_code=False)
         # a real skeleton (not meta): non-persistent buffers such as rotary inv_freq are computed
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        layout = json.loads((directory / MODULE_MAP).read_text())
+        spec_file = json.loads((directory / MODULE_MAP).read_text())
+        layout, fused = (spec_file["modules"], spec_file["fused"]) if "modules" in spec_file else (spec_file, [])
         for name, spec in layout.items():
+            if spec.get("kind") == "embedding":
+                continue
             swap_module(model, name, Int8Linear(spec["in_features"], spec["out_features"], spec["bias"], spec["activations"]))
+        for name, spec in layout.items():
+            if spec.get("kind") == "embedding":
+                table = Int8Embedding(spec["num_embeddings"], spec["embedding_dim"], spec["embed_scale"])
+                if spec["tied_to"]:
+                    table.tie_to(model.get_submodule(spec["tied_to"]))
+                swap_module(model, name, table)
+        fuse_groups(model, fused)
         state_dict = load_file(str(directory / WEIGHTS))
         result = model.load_state_dict(state_dict, strict=False)
         if result.unexpected_keys:
@@ -161,4 +212,20 @@ class Int8Quantizer(Stage):
         return model.eval()
 
 
-__all__ = ["Int8Config", "Int8Linear", "Int8Quantizer", "quantize_tokens", "quantize_weight", "simulated_int8"]
+def _embedding_and_tie(model: torch.nn.Module) -> tuple[str | None, bool]:
+    """The input embedding's module name (None if it is not a plain ``nn.Embedding``) and whether
+    ``lm_head`` shares its weight."""
+    embedding = model.get_input_embeddings()
+    if not isinstance(embedding, torch.nn.Embedding):
+        return None, False
+    name = next(n for n, m in model.named_modules() if m is embedding)
+    head = getattr(model, "lm_head", None)
+    return name, isinstance(head, torch.nn.Linear) and head.weight is embedding.weight
+
+
+def _probe_ids(model: torch.nn.Module) -> torch.Tensor:
+    """A short token sequence: enough to see which Linears read the same tensor."""
+    return torch.arange(8).remainder(model.config.vocab_size).unsqueeze(0)
+
+
+__all__ = ["FusedGroup", "Int8Config", "Int8Embedding", "Int8Linear", "Int8Quantizer", "quantize_tokens", "quantize_weight", "simulated_int8"]

@@ -52,6 +52,32 @@ def quantize_tokens(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.round(x / scale).to(torch.int8), scale
 
 
+def _fbgemm_pack(weight_int8: torch.Tensor, weight_scale: torch.Tensor, bias: Optional[torch.Tensor]):
+    """fbgemm's prepacked form of per-channel int8 weights (derived state, never saved)."""
+    with warnings.catch_warnings():  # torch warns that quantized tensor constructors are deprecated
+        warnings.simplefilter("ignore")
+        qweight = torch._make_per_channel_quantized_tensor(
+            weight_int8, weight_scale.double(), torch.zeros(weight_int8.shape[0], dtype=torch.long), 0)
+        return torch.ops.quantized.linear_prepack(qweight, bias)
+
+
+def _int8_matmul(x: torch.Tensor, packed, weight_int8, weight_scale, bias, out_features: int, fbgemm: bool) -> torch.Tensor:
+    """``x @ W.T (+ bias)`` for int8 ``W``: fbgemm's fused dynamic kernel (``packed()``, one scale per call)
+    or per-token quantized activations times ``torch._int_mm``."""
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1])
+    if x2.dtype != torch.float32:
+        x2 = x2.float()
+    if fbgemm:
+        y = torch.ops.quantized.linear_dynamic(x2.contiguous(), packed(), not _has_vnni())
+    else:
+        xq, xs = quantize_tokens(x2)
+        y = torch._int_mm(xq, weight_int8.t()).mul(weight_scale).mul_(xs)
+        if bias is not None:
+            y.add_(bias)
+    return y.reshape(*shape[:-1], out_features).to(x.dtype)
+
+
 class Int8Linear(torch.nn.Module):
     """A drop-in for ``torch.nn.Linear`` holding int8 weights and per-channel scales (see module docs).
 
@@ -71,6 +97,7 @@ class Int8Linear(torch.nn.Module):
         else:
             self.bias = None
         self._packed: Optional[object] = None
+        self._group: Optional[FusedGroup] = None  # set by fuse_shared_inputs
 
     @classmethod
     def from_float(cls, linear: torch.nn.Linear, activations: str = "token") -> "Int8Linear":
@@ -89,12 +116,17 @@ class Int8Linear(torch.nn.Module):
 
     # the packed weight is derived state: drop it on (de)serialisation and whenever buffers change
     def _load_from_state_dict(self, *args, **kwargs):
-        self._packed = None
+        self._forget_packed()
         return super()._load_from_state_dict(*args, **kwargs)
 
     def _apply(self, fn, *args, **kwargs):
-        self._packed = None
+        self._forget_packed()
         return super()._apply(fn, *args, **kwargs)
+
+    def _forget_packed(self) -> None:
+        self._packed = None
+        if self._group is not None:
+            self._group.packed = None
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -103,31 +135,155 @@ class Int8Linear(torch.nn.Module):
 
     def _fbgemm_weight(self):
         if self._packed is None:
-            with warnings.catch_warnings():  # torch warns that quantized tensor constructors are deprecated
-                warnings.simplefilter("ignore")
-                qweight = torch._make_per_channel_quantized_tensor(
-                    self.weight_int8, self.weight_scale.double(),
-                    torch.zeros(self.out_features, dtype=torch.long), 0)
-                self._packed = torch.ops.quantized.linear_prepack(qweight, self.bias)
+            self._packed = _fbgemm_pack(self.weight_int8, self.weight_scale, self.bias)
         return self._packed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        x2 = x.reshape(-1, shape[-1])
-        if x2.dtype != torch.float32:
-            x2 = x2.float()
-        if x2.shape[0] == 1 or self.activations == "tensor":
-            y = torch.ops.quantized.linear_dynamic(x2.contiguous(), self._fbgemm_weight(), not _has_vnni())
-        else:
-            xq, xs = quantize_tokens(x2)
-            y = torch._int_mm(xq, self.weight_int8.t()).mul(self.weight_scale).mul_(xs)
-            if self.bias is not None:
-                y.add_(self.bias)
-        return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+        if self._group is not None:
+            y = self._group.output_for(self, x)
+            if y is not None:
+                return y
+        if x.shape[:-1].numel() == 1 or self.activations == "tensor":
+            return _int8_matmul(x, self._fbgemm_weight, None, None, None, self.out_features, fbgemm=True)
+        return _int8_matmul(x, None, self.weight_int8, self.weight_scale, self.bias, self.out_features, fbgemm=False)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"weights=int8 per channel, activations=int8 per {self.activations}")
+
+
+class FusedGroup:
+    """Int8Linears that read the same input tensor (q/k/v, gate/up), run as one int8 GEMM.
+
+    The members' buffers become row slices of one concatenated weight (so the state dict, the
+    artifact and in-place loads are unchanged). The first member called with an input computes
+    every member's output; the others take theirs if they are called with that same tensor object,
+    and otherwise compute alone, so a wrong grouping can cost time but never change a result.
+    """
+
+    def __init__(self, members: list[Int8Linear]):
+        if len(members) < 2 or len({m.in_features for m in members}) != 1 or len({m.activations for m in members}) != 1:
+            raise ValueError("a fused group needs >= 2 Int8Linears with the same in_features and activation mode")
+        self.members = list(members)
+        self.splits = [m.out_features for m in members]
+        self.out_features = sum(self.splits)
+        self.activations = members[0].activations
+        self.weight_int8 = torch.cat([m.weight_int8 for m in members])
+        self.weight_scale = torch.cat([m.weight_scale for m in members])
+        has_bias = any(m.bias is not None for m in members)
+        self.bias = torch.cat([m.bias if m.bias is not None else torch.zeros(m.out_features) for m in members]) \
+            if has_bias else None
+        for m, w, s, b in zip(members, self.weight_int8.split(self.splits), self.weight_scale.split(self.splits),
+                              self.bias.split(self.splits) if has_bias else [None] * len(members)):
+            m.weight_int8, m.weight_scale = w, s  # buffers re-pointed at views of the fused tensors
+            if m.bias is not None:
+                m.bias = b
+            m._packed, m._group = None, self
+        self.packed = None
+        self._input: Optional[torch.Tensor] = None
+        self._pending: dict[int, torch.Tensor] = {}
+
+    def _fbgemm_weight(self):
+        if self.packed is None:
+            self.packed = _fbgemm_pack(self.weight_int8, self.weight_scale, self.bias)
+        return self.packed
+
+    def output_for(self, member: Int8Linear, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """``member``'s output for ``x`` from the fused GEMM, or None (the member then runs alone)."""
+        if self._input is x and id(member) in self._pending:
+            y = self._pending.pop(id(member))
+            if not self._pending:
+                self._input = None
+            return y
+        if member is not self.members[0]:
+            return None
+        fbgemm = x.shape[:-1].numel() == 1 or self.activations == "tensor"
+        y = _int8_matmul(x, self._fbgemm_weight, self.weight_int8, self.weight_scale, self.bias,
+                         self.out_features, fbgemm=fbgemm)
+        outputs = y.split(self.splits, dim=-1)
+        self._input = x
+        self._pending = {id(m): o for m, o in zip(self.members[1:], outputs[1:])}
+        return outputs[0]
+
+
+def find_shared_inputs(model: torch.nn.Module, input_ids: torch.Tensor) -> list[list[str]]:
+    """Names of the Int8Linears that one forward pass calls on the same input tensor, grouped in call order."""
+    names = {m: n for n, m in model.named_modules() if isinstance(m, Int8Linear)}
+    calls: list[tuple[str, torch.Tensor]] = []
+    hooks = [m.register_forward_pre_hook(lambda mod, args: calls.append((names[mod], args[0]))) for m in names]
+    try:
+        with torch.no_grad():
+            model(input_ids=input_ids, use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    groups: list[list[str]] = []
+    previous = None
+    for name, tensor in calls:
+        if previous is not None and tensor is previous:
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+        previous = tensor
+    seen: set[str] = set()
+    fused = []
+    for group in groups:  # one forward per layer: a module called twice is not fused again
+        if len(group) > 1 and not seen.intersection(group):
+            fused.append(group)
+        seen.update(group)
+    return fused
+
+
+def fuse_groups(model: torch.nn.Module, groups: list[list[str]]) -> int:
+    """Fuse each named group of Int8Linears (see FusedGroup); returns how many Linears were fused."""
+    count = 0
+    for group in groups:
+        members = [model.get_submodule(n) for n in group]
+        if all(isinstance(m, Int8Linear) for m in members) and len({m.in_features for m in members}) == 1 \
+                and len({m.activations for m in members}) == 1:
+            FusedGroup(members)
+            count += len(members)
+    return count
+
+
+class Int8Embedding(torch.nn.Module):
+    """An embedding table stored as int8 rows with one float scale per row (per-row symmetric).
+
+    Tied to an int8 ``lm_head``, it *shares* that module's buffers: the output projection's per-channel
+    int8 weight is the per-row int8 embedding table, so the artifact stores the table once.
+    ``embed_scale`` carries scaled embeddings (Gemma multiplies the looked-up rows by sqrt(hidden)).
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, embed_scale: float = 1.0):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim, self.embed_scale = num_embeddings, embedding_dim, float(embed_scale)
+        self.register_buffer("weight_int8", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(num_embeddings))
+
+    @classmethod
+    def from_float(cls, embedding: torch.nn.Embedding) -> "Int8Embedding":
+        scale = getattr(embedding, "embed_scale", 1.0)
+        module = cls(embedding.num_embeddings, embedding.embedding_dim, float(scale))
+        q, s = quantize_weight(embedding.weight)
+        module.weight_int8.copy_(q)
+        module.weight_scale.copy_(s)
+        return module
+
+    def tie_to(self, linear: Int8Linear) -> None:
+        """Share ``linear``'s int8 weight and scales (a tied lm_head)."""
+        if (linear.out_features, linear.in_features) != (self.num_embeddings, self.embedding_dim):
+            raise ValueError("the tied Linear's shape does not match the embedding table")
+        self.weight_int8, self.weight_scale = linear.weight_int8, linear.weight_scale
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        rows = torch.nn.functional.embedding(input_ids, self.weight_int8).float()
+        scale = self.weight_scale[input_ids].unsqueeze(-1)
+        if self.embed_scale != 1.0:
+            scale = scale * self.embed_scale
+        return rows.mul_(scale)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, int8 per row, embed_scale={self.embed_scale:g}"
 
 
 def simulated_int8(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

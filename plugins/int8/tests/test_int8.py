@@ -30,7 +30,8 @@ def tiny_state():
 class TestInt8Contract(StageContract):
     stage_cls = Int8Quantizer
     configs = [{}, {"smooth": False}, {"activations": "tensor", "alpha": 0.8},
-               {"keep_float": 3, "overrides": {"model.layers.0.*": "float"}}, {"exclude": ["lm_head"]}]
+               {"keep_float": 3, "overrides": {"model.layers.0.*": "float"}},
+               {"exclude": ["lm_head"], "embedding": "float"}, {"fuse": False, "embedding": "float"}]
     # the artifact holds the exact int8 codes and scales and the same kernels run on reload, so the
     # logits are reproduced bit for bit up to float reassociation; 1e-4 is the shared default
     reload_atol = 1e-4
@@ -160,3 +161,68 @@ def test_quantized_model_tracks_float_logits():
     Int8Quantizer(Int8Config()).apply(state)
     out = model_logits(state.model, probe)
     assert ((out - ref).norm() / ref.norm()).item() < 0.05
+
+
+def test_fused_groups_give_the_unfused_logits_in_prefill_and_decode():
+    state = tiny_state()
+    fused_state = tiny_state()
+    Int8Quantizer(Int8Config(fuse=False)).apply(state)
+    metrics = Int8Quantizer(Int8Config(fuse=True)).apply(fused_state)
+    layers = len(state.model.model.layers)
+    assert metrics["fused_groups"] == 2 * layers  # q/k/v and gate/up in every decoder layer
+    assert metrics["fused_linears"] == 5 * layers
+    attn = fused_state.model.model.layers[0].self_attn
+    assert attn.q_proj._group is attn.k_proj._group is attn.v_proj._group is not None
+    probe = state.data.eval[:2, :32]
+    ref, out = model_logits(state.model, probe), model_logits(fused_state.model, probe)
+    assert (ref - out).abs().max().item() < 1e-4
+    with torch.no_grad():  # one-row inputs take the fbgemm kernel, fused and alone
+        step = probe[:1, :1]
+        ref1 = state.model(input_ids=step, use_cache=False).logits
+        out1 = fused_state.model(input_ids=step, use_cache=False).logits
+    assert (ref1 - out1).abs().max().item() < 1e-4
+
+
+def test_a_fused_member_called_alone_computes_its_own_output():
+    state = tiny_state()
+    Int8Quantizer(Int8Config()).apply(state)
+    k_proj = state.model.model.layers[0].self_attn.k_proj
+    x = torch.randn(5, k_proj.in_features)
+    expected = Int8Linear.from_float(torch.nn.Linear(k_proj.in_features, k_proj.out_features, bias=False))
+    expected.weight_int8.copy_(k_proj.weight_int8)
+    expected.weight_scale.copy_(k_proj.weight_scale)
+    assert torch.allclose(k_proj(x), expected(x))  # not the leader: no stale output from an earlier call
+
+
+def test_int8_embedding_shares_the_tied_lm_head_codes_and_is_stored_once(tmp_path):
+    from safetensors import safe_open
+    from slimkit.storage import WEIGHTS
+    from slimkit_int8 import Int8Embedding
+
+    state = tiny_state()
+    assert state.model.lm_head.weight is state.model.model.embed_tokens.weight  # the tiny model ties them
+    probe = state.data.eval[:2, :32]
+    ref = model_logits(state.model, probe)
+    stage = Int8Quantizer(Int8Config())
+    metrics = stage.apply(state)
+    table = state.model.model.embed_tokens
+    assert isinstance(table, Int8Embedding) and metrics["embedding"].startswith("int8")
+    assert table.weight_int8 is state.model.lm_head.weight_int8
+    out = model_logits(state.model, probe)
+    assert ((out - ref).norm() / ref.norm()).item() < 0.05
+    stage.save(state.model, tmp_path)
+    with safe_open(str(tmp_path / WEIGHTS), "pt") as f:
+        keys = set(f.keys())
+    assert "model.embed_tokens.weight_int8" in keys and "lm_head.weight_int8" not in keys
+    loaded = Int8Quantizer.load(tmp_path, {})
+    assert loaded.model.embed_tokens.weight_int8 is loaded.lm_head.weight_int8
+    assert loaded.model.layers[0].mlp.gate_proj._group is not None  # fusion survives the reload
+    assert (model_logits(loaded, probe) - out).abs().max().item() < 1e-5
+
+
+def test_int8_embedding_with_a_float_tied_lm_head_is_a_config_error():
+    state = tiny_state()
+    with pytest.raises(ConfigError, match="quantizer.embedding"):
+        Int8Quantizer(Int8Config(exclude=["lm_head"])).apply(state)
+    with pytest.raises(ConfigError, match="quantizer.embedding"):
+        Int8Config(embedding="int4")
