@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import sys
 import tempfile
 import time
@@ -44,7 +45,9 @@ def render(paths: list[str]) -> str:
                    f"perplexity on eval tokens {ev['tokens']} of the Wikipedia sample ({ev['windows']} windows of "
                    f"{d['seq_len']}); calibration tokens {d['calibration_slice']['tokens']}; prefill = {d['prompt_tokens']}-token "
                    f"prompt; decode = {d['decode_tokens']} greedy tokens with KV cache; medians of {d['repeats']} "
-                   f"alternating rounds; sentiment = {d['sentiment_samples']} balanced few-shot examples (slimkit.tasks).\n")
+                   f"alternating rounds; sentiment = {d['sentiment_samples']} balanced few-shot examples (slimkit.tasks)"
+                   + (f"; 1-minute load average {d['load_average']['start'][0]:.1f} at start, {d['load_average']['end'][0]:.1f} at end"
+                      if "load_average" in d else "") + ".\n")
         out.append("| arm | config | ppl | ppl ×fp32 | sentiment acc | artifact MB | prefill ms | prefill speedup | decode tok/s | decode speedup |")
         out.append("|---|---|---|---|---|---|---|---|---|---|")
         for arm, r in d["arms"].items():
@@ -79,10 +82,12 @@ def main() -> None:
     p.add_argument("--prompt", type=int, default=128)
     p.add_argument("--decode-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1, help="torch threads for every measurement")
     p.add_argument("--out", default="benchmarks/speed_results.json")
     args = p.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    load_before = os.getloadavg()
 
     loaded = load_model(args.model)
     tok = loaded.tokenizer
@@ -92,6 +97,8 @@ def main() -> None:
         "int8_raw": dict(smooth=False),
         "int8_smooth": dict(smooth=True, alpha=args.alpha),
         "int8_smooth_keep": dict(smooth=True, alpha=args.alpha, keep_float=args.keep_float),
+        # the backend before GEMM fusion and the int8 embedding table (its first benchmarked form)
+        "int8_smooth_unfused": dict(smooth=True, alpha=args.alpha, fuse=False, embedding="float"),
         "tensor_raw": dict(smooth=False, activations="tensor"),
         "tensor_smooth": dict(smooth=True, alpha=args.alpha, activations="tensor"),
     }
@@ -127,7 +134,7 @@ def main() -> None:
         rows[arm] = row
         print(arm, {k: v for k, v in row.items() if k not in ("kept_float", "smoothing")}, flush=True)
     prompt = data.eval[:1, : args.prompt]
-    timing = latency(models, prompt, threads=1, repeats=args.repeats, decode_tokens=args.decode_tokens)
+    timing = latency(models, prompt, threads=args.threads, repeats=args.repeats, decode_tokens=args.decode_tokens)
     base = timing["fp32"]
     for arm in wanted:
         t = timing[arm]
@@ -137,7 +144,8 @@ def main() -> None:
                          ppl_ratio=rows[arm]["perplexity"] / rows["fp32"]["perplexity"])
         print(arm, {k: (round(v, 3) if isinstance(v, float) else v) for k, v in rows[arm].items()
                     if k not in ("kept_float", "smoothing", "config")}, flush=True)
-    out = {"model": args.model, "provenance": loaded.provenance, "threads": 1, "torch": torch.__version__,
+    out = {"model": args.model, "provenance": loaded.provenance, "threads": args.threads, "torch": torch.__version__,
+           "load_average": {"start": load_before, "end": os.getloadavg()},
            "eval_slice": data.info["eval"], "calibration_slice": data.info["calibration"], "seq_len": args.seq_len,
            "prompt_tokens": args.prompt, "decode_tokens": args.decode_tokens, "repeats": args.repeats,
            "sentiment_samples": args.sentiment, "arms": rows}

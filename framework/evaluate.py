@@ -51,10 +51,10 @@ def perplexity(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 
 
 
 def nonzero_parameters(model: torch.nn.Module) -> int:
-    """Nonzero entries of the model's float parameters (tied weights counted once)."""
+    """Nonzero entries of the model's float and int8-code parameters (tied weights counted once)."""
     seen, total = set(), 0
     for p in model.parameters():
-        if id(p) not in seen and p.is_floating_point():
+        if id(p) not in seen and (p.is_floating_point() or p.dtype == torch.int8):
             seen.add(id(p))
             total += int(torch.count_nonzero(p.detach()))
     return total

@@ -52,6 +52,11 @@ def quantize_tokens(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.round(x / scale).to(torch.int8), scale
 
 
+def _frozen(codes: torch.Tensor) -> torch.nn.Parameter:
+    """Integer codes as a Parameter that never takes a gradient (shares ``codes``' storage)."""
+    return torch.nn.Parameter(codes, requires_grad=False)
+
+
 def _fbgemm_pack(weight_int8: torch.Tensor, weight_scale: torch.Tensor, bias: Optional[torch.Tensor]):
     """fbgemm's prepacked form of per-channel int8 weights (derived state, never saved)."""
     with warnings.catch_warnings():  # torch warns that quantized tensor constructors are deprecated
@@ -81,7 +86,7 @@ def _int8_matmul(x: torch.Tensor, packed, weight_int8, weight_scale, bias, out_f
 class Int8Linear(torch.nn.Module):
     """A drop-in for ``torch.nn.Linear`` holding int8 weights and per-channel scales (see module docs).
 
-    Buffers ``weight_int8`` [out, in] and ``weight_scale`` [out] (plus ``bias``) are what the artifact
+    ``weight_int8`` [out, in] (a frozen int8 Parameter) and the buffers ``weight_scale`` [out] (plus ``bias``) are what the artifact
     stores; the fbgemm-packed copy is rebuilt lazily and never saved.
     """
 
@@ -90,7 +95,8 @@ class Int8Linear(torch.nn.Module):
         if activations not in ACTIVATION_MODES:
             raise ValueError(f"activations must be one of {ACTIVATION_MODES}, got {activations!r}")
         self.in_features, self.out_features, self.activations = in_features, out_features, activations
-        self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8))
+        # a frozen Parameter (not a buffer) so parameter counts see the weights; never trained
+        self.weight_int8 = _frozen(torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.ones(out_features))
         if bias:
             self.register_buffer("bias", torch.zeros(out_features))
@@ -175,7 +181,7 @@ class FusedGroup:
             if has_bias else None
         for m, w, s, b in zip(members, self.weight_int8.split(self.splits), self.weight_scale.split(self.splits),
                               self.bias.split(self.splits) if has_bias else [None] * len(members)):
-            m.weight_int8, m.weight_scale = w, s  # buffers re-pointed at views of the fused tensors
+            m.weight_int8, m.weight_scale = _frozen(w), s  # re-pointed at views of the fused tensors
             if m.bias is not None:
                 m.bias = b
             m._packed, m._group = None, self
@@ -257,7 +263,7 @@ class Int8Embedding(torch.nn.Module):
     def __init__(self, num_embeddings: int, embedding_dim: int, embed_scale: float = 1.0):
         super().__init__()
         self.num_embeddings, self.embedding_dim, self.embed_scale = num_embeddings, embedding_dim, float(embed_scale)
-        self.register_buffer("weight_int8", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8))
+        self.weight_int8 = _frozen(torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.ones(num_embeddings))
 
     @classmethod

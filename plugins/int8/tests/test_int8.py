@@ -226,3 +226,15 @@ def test_int8_embedding_with_a_float_tied_lm_head_is_a_config_error():
         Int8Quantizer(Int8Config(exclude=["lm_head"])).apply(state)
     with pytest.raises(ConfigError, match="quantizer.embedding"):
         Int8Config(embedding="int4")
+
+
+def test_parameter_counts_see_the_int8_weights():
+    from slimkit.evaluate import nonzero_parameters
+    from slimkit.models import count_parameters
+
+    state = tiny_state()
+    before = count_parameters(state.model)
+    Int8Quantizer(Int8Config()).apply(state)
+    assert count_parameters(state.model) == before  # same weights, now int8; the tied table once
+    assert nonzero_parameters(state.model) > 0.9 * before
+    assert not any(p.requires_grad for p in state.model.parameters() if p.dtype == torch.int8)
