@@ -1,4 +1,4 @@
-"""The case study's chain (prune with kd recovery -> dropped-layer kd -> quantize) through the CLI."""
+"""The case study's chain (structured prune -> kd recovery from the original -> int8) through the CLI."""
 
 from __future__ import annotations
 
@@ -20,17 +20,16 @@ def test_case_study_tiny_runs_through_the_cli(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
     kinds = [(s["kind"], s["backend"]) for s in report["stages"]]
-    assert kinds == [("pruner", "magnitude"), ("distiller", "kd"), ("quantizer", "int8")]
+    assert kinds == [("pruner", "torch_pruning"), ("distiller", "kd"), ("quantizer", "int8")]
     pruner, kd, _ = (s["metrics"] for s in report["stages"])
-    recoveries = [h["recovery"] for h in pruner["schedule"]["history"]]
-    assert [(r["method"], r["steps"]) for r in recoveries] == [("kd", 2), ("kd", 2)]  # kd.recover between steps
-    assert kd["kept_layers"] == [0, 2] and kd["steps"] == 6 and kd["masked_parameters"] > 0
-    assert kd["student_parameters"] < kd["teacher_parameters"]
+    assert pruner["intermediate_size"] == 80 and pruner["uniform"]       # 37.5% of 128 MLP channels removed
+    assert "kept_layers" not in kd and kd["steps"] == 6                   # same depth: recovery, not layer dropping
+    assert kd["student_parameters"] == pruner["parameters_after"] < kd["teacher_parameters"]
     assert (tmp_path / "checkpoints" / "step-0000006" / "model.safetensors").is_file()
     assert report["final"]["reload_max_abs_logit_diff"] <= 1e-4
     assert report["ratios"]["size"] > 2.0
     model = slimkit.load(tmp_path / "model")
-    assert model.config.num_hidden_layers == 2
+    assert model.config.num_hidden_layers == 4 and model.config.intermediate_size == 80
     assert torch.isfinite(model(input_ids=torch.tensor([[1, 2, 3]])).logits).all()
 
 
@@ -48,8 +47,10 @@ def test_case_study_presets_compose_and_resolve():
             cfg = OmegaConf.to_container(compose("config", overrides=[f"experiment={preset}"]), resolve=True)
             stages = resolve_stages(cfg, default_registry())  # configs validated, nothing loaded
             names = [(info.kind.value, info.name) for _, info in stages]
-            assert ("distiller", "kd") in names and names[-1][0] == "quantizer"
-            assert stages[[n for n, _ in names].index("distiller")][0].config.student_layers == "every_other"
+            assert names == [("pruner", "torch_pruning"), ("distiller", "kd"), ("quantizer", "int8")]
+            pruner, kd = stages[0][0].config, stages[1][0].config
+            assert pruner.importance == "activation" and pruner.sparsity > 0   # l2 scores collapse the model
+            assert kd.student_layers is None                                    # recovery at the pruned depth
         cfg = compose("config", overrides=["distiller=kd_qat4", "quantizer=quanto", "quantizer.bits=4"])
         kd = resolve_stages(OmegaConf.to_container(cfg, resolve=True), default_registry())
         assert [s.config.qat_bits for s, i in kd if i.name == "kd"] == [4]
