@@ -33,6 +33,23 @@ def test_case_study_tiny_runs_through_the_cli(tmp_path):
     assert torch.isfinite(model(input_ids=torch.tensor([[1, 2, 3]])).logits).all()
 
 
+def test_kd_recovers_between_schedule_steps_then_drops_layers_through_the_cli(tmp_path):
+    """The earlier case-study chain (magnitude schedule with kd recovery -> half-depth kd student -> int8)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ["model=tiny", "data=tiny", "eval=fast", "pruner=magnitude", "pruner.sparsity=0.3",
+            "pruner.schedule.steps=2", "pruner.schedule.recovery_steps=2", "distiller=kd",
+            "distiller.student_layers=every_other", "distiller.max_steps=4", "distiller.lr=1e-3", "quantizer=int8"]
+    run = subprocess.run([sys.executable, "-m", "slimkit", *args, f"hydra.run.dir={tmp_path}"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    pruner, kd, _ = (s["metrics"] for s in report["stages"])
+    recoveries = [h["recovery"] for h in pruner["schedule"]["history"]]
+    assert [(r["method"], r["steps"]) for r in recoveries] == [("kd", 2), ("kd", 2)]  # kd.recover between steps
+    assert kd["kept_layers"] == [0, 2] and kd["steps"] == 4 and kd["masked_parameters"] > 0
+    assert slimkit.load(tmp_path / "model").config.num_hidden_layers == 2
+
+
 def test_case_study_presets_compose_and_resolve():
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
