@@ -7,6 +7,11 @@ Results go to ``benchmarks/structured_<model>.json`` (written after every settin
 table to ``benchmarks/structured.md`` (the section for that model is replaced).
 
     OMP_NUM_THREADS=1 python benchmarks/structured.py --model smollm2-135m --steps 20
+    OMP_NUM_THREADS=1 python benchmarks/structured.py --steps 10 --eval-tokens 2048 --tag recovery --accuracy \
+        --recover-all --only "MLP 20% (activation)" "MLP 30% (activation)" "MLP 50% (activation)"
+
+``--accuracy`` adds 2-shot sentiment accuracy (``slimkit.tasks.sentiment_accuracy``) before and after
+the fine-tune; ``--recover-all`` fine-tunes every selected setting for ``--steps`` steps.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from slimkit.data import build_splits
 from slimkit.evaluate import latency, perplexity
 from slimkit.models import count_parameters, load_model
 from slimkit.state import PipelineState
+from slimkit.tasks import sentiment_accuracy
 from slimkit.training import finetune
 from slimkit_torch_pruning import StructuredPruner, StructuredPruningConfig
 
@@ -70,6 +76,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="latency rounds (alternating)")
     parser.add_argument("--eval-batch", type=int, default=4, help="windows per perplexity forward (1 for big vocabularies)")
     parser.add_argument("--tag", default="", help="a separate results file and table section for this run")
+    parser.add_argument("--accuracy", action="store_true", help="2-shot sentiment accuracy before and after fine-tune")
+    parser.add_argument("--task-samples", type=int, default=200)
+    parser.add_argument("--task-batch", type=int, default=8, help="prompts per forward (2 for Gemma's 262k vocabulary)")
+    parser.add_argument("--recover-all", action="store_true", help="fine-tune every selected setting for --steps steps")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -88,12 +98,22 @@ def main() -> None:
     results["rows"]["fp32 (unpruned)"] = {"parameters": count_parameters(base), "ppl": perplexity(base, data.eval, args.eval_batch)}
     log(f"baseline ppl {results['rows']['fp32 (unpruned)']['ppl']:.2f} ({time.perf_counter() - t:.0f} s)")
 
+    def accuracy(model) -> float:
+        t = time.perf_counter()
+        value = sentiment_accuracy(model, loaded.tokenizer, samples=args.task_samples, batch_size=args.task_batch)
+        log(f"sentiment accuracy {value:.3f} ({time.perf_counter() - t:.0f} s)")
+        return value
+
+    if args.accuracy:
+        results["task"] = f"2-shot sentiment, {args.task_samples} balanced Rotten Tomatoes snippets (seed 0)"
+        results["rows"]["fp32 (unpruned)"]["accuracy"] = accuracy(base)
+
     # one pruned model at a time (memory is shared): prune, time against fp32, perplexity, fine-tune, perplexity
     prompt = data.eval[:1, :128]
     for name, (kw, steps) in SETTINGS[args.model].items():
         if (args.only and name not in args.only) or name in args.skip:
             continue
-        steps = args.steps if steps is None else steps
+        steps = args.steps if steps is None or args.recover_all else steps
         model = copy.deepcopy(base).requires_grad_(True)
         state = PipelineState(model, loaded.tokenizer, data, reference=base, seed=0)
         t = time.perf_counter()
@@ -108,6 +128,8 @@ def main() -> None:
                 "fp32_prefill_ms": timing["fp32"]["prefill_ms"], "fp32_decode_tok_s": timing["fp32"]["decode_tokens_per_s"]}
         row["ppl_pruned"] = perplexity(model, data.eval, args.eval_batch)
         log(f"{name}: ppl {row['ppl_pruned']:.1f} before fine-tune; prefill x{row['prefill_ms'] / row['fp32_prefill_ms']:.2f}")
+        if args.accuracy:
+            row["accuracy_pruned"] = accuracy(model)
         if steps:
             if args.only and len(args.only) == 1:  # last use of the fp32 model: free its memory for the fine-tune
                 state.reference = loaded.model = base = None
@@ -117,6 +139,9 @@ def main() -> None:
             row["finetune"] = finetune(state, steps) | {"seconds": time.perf_counter() - t}
             row["ppl_finetuned"] = perplexity(model, data.eval, args.eval_batch)
             log(f"{name}: ppl {row['ppl_finetuned']:.2f} after {steps} steps ({row['finetune']['seconds']:.0f} s)")
+            if args.accuracy:
+                model.requires_grad_(False)
+                row["accuracy_finetuned"] = accuracy(model)
         results["rows"][name] = row
         out_json.write_text(json.dumps(results, indent=1))
         write_markdown(results)
@@ -138,10 +163,19 @@ def write_markdown(results: dict) -> None:
              f"from the start of the text. Latency: `slimkit.evaluate.latency`, all models alternated in one process, "
              f"threads=1, prompt 128 tokens, 16 greedy decode tokens with KV cache, median of {results['repeats']} rounds; "
              f"each pruned model alternated with the unpruned fp32 model in its own call (ratios against that fp32 "
-             f"timing) on a shared, heavily loaded 2-core machine, so ratios are noisy (about +-10%).", "",
-             "| setting | inter. | heads / kv | params (M) | params ratio | ppl pruned | ppl after fine-tune | "
-             "fine-tune steps | prefill time ratio | decode speedup |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             f"timing) on a shared, heavily loaded 2-core machine, so ratios are noisy (about +-10%)."
+             + (f" Accuracy: {results['task']} (slimkit.tasks.sentiment_accuracy; chance 0.50, one binomial standard "
+                "error about 3.5 points)." if "task" in results else ""), ""]
+    acc = "task" in results
+    if acc:
+        lines += ["| setting | inter. | heads / kv | params (M) | params ratio | ppl pruned | ppl after fine-tune | "
+                  "accuracy pruned | accuracy after fine-tune | fine-tune steps (s) | prefill ms (fp32 ms) | "
+                  "prefill time ratio | decode tok/s (fp32) | decode speedup |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    else:
+        lines += ["| setting | inter. | heads / kv | params (M) | params ratio | ppl pruned | ppl after fine-tune | "
+                  "fine-tune steps | prefill time ratio | decode speedup |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in rows.items():
         is_base = row is base
         if is_base:
@@ -152,6 +186,19 @@ def write_markdown(results: dict) -> None:
                      f"{row['parameters'] / 1e6:.1f}", f"{row['parameters'] / base['parameters']:.3f}",
                      f"{row['ppl_pruned']:,.1f}", f"{row['ppl_finetuned']:.2f}" if ft else "not run", str(ft),
                      f"{row['prefill_ms'] / row['fp32_prefill_ms']:.2f}", f"{row['decode_tok_s'] / row['fp32_decode_tok_s']:.2f}"]
+        if acc and is_base:
+            cells = [name, "", "", f"{row['parameters'] / 1e6:.1f}", "1.000", f"{row['ppl']:.2f}", "",
+                     f"{row['accuracy']:.3f}", "", "", "", "1.00", "", "1.00"]
+        elif acc:
+            ft = row.get("finetune", {})
+            cells = [name, str(row["intermediate_size"]), f"{row['heads']} / {row['kv_heads']}",
+                     f"{row['parameters'] / 1e6:.1f}", f"{row['parameters'] / base['parameters']:.3f}",
+                     f"{row['ppl_pruned']:,.1f}", f"{row['ppl_finetuned']:.2f}" if ft else "not run",
+                     f"{row['accuracy_pruned']:.3f}", f"{row['accuracy_finetuned']:.3f}" if "accuracy_finetuned" in row else "",
+                     f"{ft['steps']} ({ft['seconds']:.0f})" if ft else "0",
+                     f"{row['prefill_ms']:.0f} ({row['fp32_prefill_ms']:.0f})", f"{row['prefill_ms'] / row['fp32_prefill_ms']:.2f}",
+                     f"{row['decode_tok_s']:.2f} ({row['fp32_decode_tok_s']:.2f})",
+                     f"{row['decode_tok_s'] / row['fp32_decode_tok_s']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     section = "\n".join(lines) + "\n"
     md = HERE / "structured.md"

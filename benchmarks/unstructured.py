@@ -1,12 +1,18 @@
-"""Unstructured pruning on real SmolLM2-135M: magnitude vs Wanda at 30/50/70% and 2:4, bytes on
-disk with sparse storage (fp32 and quanto int8), and an iterative schedule with recovery vs one-shot.
+"""Unstructured pruning on real models: magnitude vs Wanda vs Taylor at 30/50/70% (and 2:4), held-out
+perplexity, few-shot sentiment accuracy, bytes on disk with sparse storage (fp32 and quanto int8), and
+an iterative schedule with recovery vs one-shot.
 
     OMP_NUM_THREADS=1 python benchmarks/unstructured.py --part oneshot
+    OMP_NUM_THREADS=1 python benchmarks/unstructured.py --part oneshot --criteria magnitude,wanda,taylor --accuracy
+    OMP_NUM_THREADS=1 python benchmarks/unstructured.py --part oneshot --model gemma3-270m --eval-tokens 2048 \
+        --eval-batch 1 --task-batch 2 --accuracy --no-2of4
     OMP_NUM_THREADS=1 python benchmarks/unstructured.py --part schedule
     python benchmarks/unstructured.py --report          # rewrites benchmarks/unstructured.md
 
-Results accumulate in benchmarks/unstructured_results.json (one record per row, rerun-safe).
-Threads = 1. Perplexity: the pipeline's eval slice (the last --eval-tokens tokens of the Wikipedia
+Results accumulate in benchmarks/unstructured_results.json (one record per row, rerun-safe; with
+--accuracy, rows that lack the sentiment accuracy are pruned again (deterministic) to add it).
+In one-shot runs each criterion's scores are computed once from the dense model and reused for every
+sparsity (what each fresh one-shot ``apply`` would compute anyway). Threads = 1. Perplexity: the pipeline's eval slice (the last --eval-tokens tokens of the Wikipedia
 sample in 256-token windows), never used for calibration or recovery.
 """
 
@@ -35,7 +41,9 @@ def _load_results() -> dict:
 def _save_row(key: str, row: dict, meta: dict) -> None:
     results = _load_results()
     results["rows"][key] = row
-    results["meta"].update(meta)
+    if meta.get("model") == "smollm2-135m":  # "meta" describes the SmolLM2 rows (kept for older readers)
+        results["meta"].update(meta)
+    results.setdefault("models", {}).setdefault(meta["model"], {}).update(meta)
     RESULTS.write_text(json.dumps(results, indent=1))
     print(f"[{key}] {json.dumps(row)}", flush=True)
 
@@ -83,6 +91,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--recovery-steps", type=int, default=8)
     ap.add_argument("--recovery-lr", type=float, default=1e-4)
+    ap.add_argument("--accuracy", action="store_true", help="add 2-shot sentiment accuracy (200 samples) to each "
+                    "one-shot row (re-pruning rows that lack it)")
+    ap.add_argument("--task-samples", type=int, default=200)
+    ap.add_argument("--task-batch", type=int, default=8, help="prompts per forward (2 for Gemma's 262k vocabulary)")
+    ap.add_argument("--eval-batch", type=int, default=4, help="windows per perplexity forward")
+    ap.add_argument("--no-2of4", action="store_true", help="skip the 2:4 rows")
     args = ap.parse_args()
     if args.report:
         write_report()
@@ -95,9 +109,11 @@ def main() -> None:
     from slimkit.models import load_model
     from slimkit.state import PipelineState
     from slimkit_magnitude import MagnitudePruner
+    from slimkit_taylor import TaylorPruner
     from slimkit_wanda import WandaPruner
+    from slimkit.tasks import sentiment_accuracy
 
-    pruners = {"magnitude": MagnitudePruner, "wanda": WandaPruner}
+    pruners = {"magnitude": MagnitudePruner, "wanda": WandaPruner, "taylor": TaylorPruner}
     loaded = load_model(args.model)
     data = build_splits(loaded.tokenizer, seq_len=256, train_tokens=32768, calibration_samples=16,
                         eval_tokens=args.eval_tokens)
@@ -105,37 +121,78 @@ def main() -> None:
             "eval": f"{data.info['eval']['tokens']} of {data.info['total_tokens']} tokens "
                     f"({data.eval.shape[0]} windows of 256)",
             "calibration": f"{data.info['calibration']['tokens']} (16 windows of 256)",
-            "command": " ".join(["OMP_NUM_THREADS=1", "python"] + sys.argv), "machine": platform.machine()}
+            "command": " ".join(["OMP_NUM_THREADS=1", "python"] + sys.argv), "machine": platform.machine(),
+            "eval_windows": int(data.eval.shape[0])}
+    if args.accuracy:
+        meta["task"] = (f"2-shot sentiment, {args.task_samples} balanced Rotten Tomatoes snippets "
+                        "(slimkit.tasks.sentiment_accuracy, seed 0)")
     dense = loaded.model
     tag = args.model
 
     def ppl(model):
-        return perplexity(model, data.eval, batch_size=4, desc="eval perplexity")
+        return perplexity(model, data.eval, batch_size=args.eval_batch, desc="eval perplexity")
+
+    def acc(model):
+        start = time.time()
+        value = sentiment_accuracy(model, loaded.tokenizer, samples=args.task_samples, batch_size=args.task_batch)
+        print(f"  sentiment accuracy {value:.3f} ({time.time() - start:.0f} s)", flush=True)
+        return value
+
+    score_cache: dict = {}  # every criterion's scores stay in memory (~4 bytes per pruned weight each)
+    score_seconds: dict = {}
+
+    def cached(cls):
+        """One-shot from the dense model: the scores are the same at every sparsity, so compute them once."""
+        class Cached(cls):
+            def scores(self, state, layers):
+                if cls.name not in score_cache:
+                    start = time.time()
+                    score_cache[cls.name] = super().scores(state, layers)
+                    score_seconds[cls.name] = round(time.time() - start, 1)
+                return score_cache[cls.name]
+        Cached.name = cls.name
+        return Cached
 
     def state_for(model, splits=None):
         return PipelineState(model, loaded.tokenizer, splits or data, dense, work_dir=Path(tempfile.mkdtemp()))
 
     if args.part == "oneshot":
         key = f"{tag}/dense"
-        if key not in _load_results()["rows"]:
+        old = _load_results()["rows"].get(key)
+        if old is None:
             start = time.time()
             row = {"criterion": "dense", "sparsity_target": 0.0, "sparsity": 0.0, "perplexity": ppl(dense)}
             row.update(_sizes(dense, int8=True))
             row["seconds"] = round(time.time() - start, 1)
+            if args.accuracy:
+                row["sentiment_accuracy"] = acc(dense)
             _save_row(key, row, meta)
+        elif args.accuracy and "sentiment_accuracy" not in old:
+            _save_row(key, old | {"sentiment_accuracy": acc(dense)}, meta)
         plans = [(c, float(s), None) for s in args.sparsities.split(",") for c in args.criteria.split(",")]
-        plans += [(c, 0.5, "2:4") for c in args.criteria.split(",")]
+        if not args.no_2of4:
+            plans += [(c, 0.5, "2:4") for c in args.criteria.split(",")]
         for criterion, sparsity, pattern in plans:
             key = f"{tag}/{criterion}/{sparsity}" + (f"/{pattern}" if pattern else "")
-            if key in _load_results()["rows"]:
+            old = _load_results()["rows"].get(key)
+            if old is not None and (not args.accuracy or pattern or "sentiment_accuracy" in old):
                 continue
             model = copy.deepcopy(dense)
-            cls = pruners[criterion]
+            cls = cached(pruners[criterion])
             start = time.time()
             metrics = cls(cls.Config(sparsity=sparsity, pattern=pattern)).apply(state_for(model))
             prune_s = time.time() - start
+            if old is not None:  # an earlier row without accuracy: same deterministic pruning, add the accuracy
+                if abs(metrics["sparsity"] - old["sparsity"]) > 1e-6:
+                    raise RuntimeError(f"{key}: re-pruned sparsity {metrics['sparsity']} != recorded {old['sparsity']}")
+                _save_row(key, old | {"sentiment_accuracy": acc(model), "accuracy_from_rerun": True}, meta)
+                del model
+                continue
             row = {"criterion": criterion, "scope": metrics["scope"], "pattern": pattern, "sparsity_target": sparsity,
-                   "sparsity": metrics["sparsity"], "prune_seconds": round(prune_s, 1), "perplexity": ppl(model)}
+                   "sparsity": metrics["sparsity"], "prune_seconds": round(prune_s, 1),
+                   "score_seconds": score_seconds.get(criterion), "perplexity": ppl(model)}
+            if args.accuracy and not pattern:
+                row["sentiment_accuracy"] = acc(model)
             row.update(_sizes(model, int8=sparsity in (0.5, 0.7) and pattern is None))
             _save_row(key, row, meta)
             del model
@@ -202,36 +259,54 @@ def _mb(n):
 def write_report() -> None:
     results = _load_results()
     rows, meta = results["rows"], results["meta"]
-    lines = ["# Unstructured pruning: magnitude vs Wanda (SmolLM2-135M)", "",
-             f"Model: {meta.get('model')} ({meta.get('provenance')}). Threads: 1. torch {meta.get('torch')}.",
-             f"Perplexity on the eval slice: tokens {meta.get('eval')} of the Wikipedia sample (the pipeline's "
-             "eval split: the tail of the stream, never used for calibration or recovery).",
-             f"Wanda calibration: tokens {meta.get('calibration')} (head of the stream).",
-             "Commands (2-core x86_64 CPU shared with other jobs, threads=1): "
-             "`OMP_NUM_THREADS=1 python benchmarks/unstructured.py --part oneshot`; "
+    models = results.get("models", {})
+    tags = list(dict.fromkeys(k.split("/")[0] for k in rows))
+    lines = ["# Unstructured pruning: magnitude vs Wanda vs Taylor (" + ", ".join(tags) + ")", "",
+             f"Threads: 1. torch {meta.get('torch')}. 2-core x86_64 CPU shared with other jobs.",
+             "Perplexity on each model's eval slice of the Wikipedia sample (the pipeline's eval split: the tail "
+             "of the stream, never used for calibration or recovery); the slice per model is given below.",
+             "Calibration (Wanda activation norms, Taylor gradients): the first 16 windows of 256 tokens (head of "
+             "the stream).",
+             "Sentiment: 2-shot accuracy on 200 balanced Rotten Tomatoes snippets (`slimkit.tasks.sentiment_accuracy`, "
+             "seed 0; chance = 0.50, about +-3.5 points is one binomial standard error).",
+             "Commands: `OMP_NUM_THREADS=1 python benchmarks/unstructured.py --part oneshot` (first rows); "
+             "`OMP_NUM_THREADS=1 python benchmarks/unstructured.py --part oneshot --criteria magnitude,wanda,taylor "
+             "--accuracy` (accuracy column, Taylor rows); the per-model command is below; "
              "`OMP_NUM_THREADS=1 python benchmarks/unstructured.py --part schedule --criteria magnitude --steps 4 "
              "--recovery-steps 6`; `OMP_NUM_THREADS=1 python benchmarks/unstructured.py --part sensitivity "
              "--sparsities 0.5,0.7,0.9`; then `python benchmarks/unstructured.py --report` (writes this file).",
-             "Magnitude compares weights per layer (scope=layer), Wanda per output row (scope=row, as in the paper); "
-             "`lm_head` (tied to the embedding) is excluded, so 'sparsity' is over the 210 decoder Linear layers.",
+             "Magnitude compares weights per layer (scope=layer); Wanda (|W|·‖X_j‖₂) and Taylor (Σ over windows "
+             "of (W·∂L/∂W)², next-token loss, one window per backward) per output row (scope=row); `lm_head` (tied "
+             "to the embedding) is excluded, so 'sparsity' is over the decoder Linear layers. One-shot rows reuse "
+             "each criterion's scores (computed once from the dense model) across sparsities. Rows marked * had "
+             "their accuracy added by a later deterministic re-prune (same sparsity checked; perplexity and bytes "
+             "from the first run).",
              "Bytes: the whole state dict (tied embedding once) written with `safetensors.save_file` (dense) vs "
              "`slimkit.storage.save_tensors` (bitmask + nonzero values for tensors where that is smaller); int8 = "
-             "optimum-quanto qint8 weights, lm_head/embedding kept fp32.", "",
-             "| model/criterion | pattern | target | actual sparsity | perplexity | × dense | fp32 dense MB | fp32 sparse MB | int8 dense MB | int8 sparse MB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "optimum-quanto qint8 weights, lm_head/embedding kept fp32."]
     dense_ppl = {k.split("/")[0]: r["perplexity"] for k, r in rows.items() if r["criterion"] == "dense"}
-    for key, r in rows.items():
-        if "schedule" in r:
-            continue
-        base = dense_ppl.get(key.split("/")[0])
-        lines.append(f"| {key.split('/')[0]}/{r['criterion']} | {r.get('pattern') or '-'} | {r['sparsity_target']:.2f} | "
-                     f"{r['sparsity']:.4f} | {r['perplexity']:.2f} | {r['perplexity'] / base:.2f} | "
-                     f"{_mb(r['fp32_dense_bytes'])} | {_mb(r['fp32_sparse_bytes'])} | "
-                     f"{_mb(r['int8_dense_bytes']) if 'int8_dense_bytes' in r else '-'} | "
-                     f"{_mb(r['int8_sparse_bytes']) if 'int8_sparse_bytes' in r else '-'} |")
+    for tag in tags:
+        m = models.get(tag) or (meta if meta.get("model") == tag else {})
+        lines += ["", f"## {tag}", "", f"Model: {m.get('provenance')}. Eval slice: tokens {m.get('eval')}. "
+                  f"Last command: `{m.get('command')}`.", "",
+                  "| criterion | pattern | target | actual sparsity | perplexity | × dense | sentiment acc | fp32 dense MB | "
+                  "fp32 sparse MB | int8 dense MB | int8 sparse MB |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        order = {"dense": 0, "magnitude": 1, "wanda": 2, "taylor": 3}
+        keys = sorted((k for k, r in rows.items() if k.split("/")[0] == tag and "schedule" not in r),
+                      key=lambda k: (bool(rows[k].get("pattern")), rows[k]["sparsity_target"], order.get(rows[k]["criterion"], 9)))
+        for key in keys:
+            r, base = rows[key], dense_ppl.get(tag)
+            accuracy = f"{r['sentiment_accuracy']:.3f}" + ("*" if r.get("accuracy_from_rerun") else "") \
+                if "sentiment_accuracy" in r else "-"
+            lines.append(f"| {r['criterion']} | {r.get('pattern') or '-'} | {r['sparsity_target']:.2f} | "
+                         f"{r['sparsity']:.4f} | {r['perplexity']:,.2f} | {r['perplexity'] / base:,.2f} | {accuracy} | "
+                         f"{_mb(r['fp32_dense_bytes'])} | {_mb(r['fp32_sparse_bytes'])} | "
+                         f"{_mb(r['int8_dense_bytes']) if 'int8_dense_bytes' in r else '-'} | "
+                         f"{_mb(r['int8_sparse_bytes']) if 'int8_sparse_bytes' in r else '-'} |")
     sched = {k: r for k, r in rows.items() if "schedule" in r}
     if sched:
-        lines += ["", "## Iterative schedule with recovery vs one-shot, 50%", "",
+        lines += ["", "## Iterative schedule with recovery vs one-shot, 50% (smollm2-135m)", "",
                   "| model/criterion | schedule | recovery steps (total) | actual sparsity | perplexity | × dense | seconds |",
                   "|---|---|---|---|---|---|---|"]
         for key, r in rows.items():
