@@ -90,6 +90,11 @@ def measure_memory(directory: str, prompt_file: str, decode_steps: int) -> dict:
     if status.is_file():  # cross-check: the high-water RSS of this process image alone
         hwm = [line.split()[1] for line in status.read_text().splitlines() if line.startswith("VmHWM:")]
         out["vm_hwm_mb"] = int(hwm[0]) / 1024 if hwm else None
+    del result, cache
+    gc.collect()
+    if status.is_file():  # what stays resident once loading is over (the peak may be a transient of the load)
+        rss = [line.split()[1] for line in status.read_text().splitlines() if line.startswith("VmRSS:")]
+        out["rss_end_mb"] = int(rss[0]) / 1024 if rss else None
     out.update({"prompt_tokens": prompt.shape[1], "decode_steps": decode_steps})
     return out
 
@@ -147,6 +152,8 @@ def main(argv=None) -> int:
                         help="columns not to measure")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--render", nargs="*", default=None, help="print the tables of these result JSON files and exit")
+    parser.add_argument("--merge", nargs="*", default=None,
+                        help="print one table of these result JSON files, later files filling columns by row label")
     parser.add_argument("--measure-memory", default=None, help=argparse.SUPPRESS)  # the peak-memory subprocess
     parser.add_argument("--prompt-file", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -158,6 +165,9 @@ def main(argv=None) -> int:
     if args.render is not None:
         for f in args.render:
             print(f"### {f}\n\n{table(json.loads(Path(f).read_text()))}\n")
+        return 0
+    if args.merge is not None:  # columns measured in a second pass (e.g. --skip everything but sentiment)
+        print(table(merge([json.loads(Path(f).read_text()) for f in args.merge])))
         return 0
     unknown = [r for r in args.rows if r not in ROWS]
     if unknown:
@@ -270,6 +280,21 @@ def main(argv=None) -> int:
     return 0
 
 
+def merge(parts: list[dict]) -> dict:
+    """The first results file, with each row's measured fields filled in from later files' rows of the same label."""
+    merged = copy.deepcopy(parts[0])
+    for extra in parts[1:]:
+        if extra["model"] != merged["model"]:
+            raise ValueError(f"cannot merge results of {extra['model']!r} into {merged['model']!r}")
+        by_label = {r["label"]: r for r in extra["rows"]}
+        for row in merged["rows"]:
+            for key in ("perplexity", "sentiment_accuracy", "sentiment_samples", "memory", "prefill_speedup",
+                        "decode_speedup"):
+                if key not in row and key in by_label.get(row["label"], {}):
+                    row[key] = by_label[row["label"]][key]
+    return merged
+
+
 def _fmt(value, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
@@ -284,8 +309,8 @@ def table(results) -> str:
     """The results as a markdown table (– where a column was not measured)."""
     base = next((r for r in results["rows"] if r["backend"] is None), None)
     lines = ["| config | bits (quantized set) | eff. bits (all Linear) | ppl | ppl ×fp32 | sentiment acc | acc ×fp32 "
-             "| MB on disk | peak RSS MB | peak ×fp32 | prefill speedup | decode speedup | reload Δ |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| MB on disk | peak RSS MB | peak ×fp32 | RSS at end MB | prefill speedup | decode speedup | reload Δ |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
         bits = r.get("effective_bits_per_weight")
         qbits = r.get("quantized_bits_per_weight")
@@ -296,6 +321,7 @@ def table(results) -> str:
                  _fmt(r.get("sentiment_accuracy"), ".3f"), _fmt(_ratio(r, base, "sentiment_accuracy"), ".3f"),
                  _fmt(r["size_bytes"] / 1e6, ".1f"), _fmt(peak, ".0f"),
                  _fmt(peak / base_peak if peak and base_peak else None, ".2f"),
+                 _fmt((r.get("memory") or {}).get("rss_end_mb"), ".0f"),
                  _fmt(r.get("prefill_speedup"), ".2f"), _fmt(r.get("decode_speedup"), ".2f"),
                  _fmt(r.get("reload_max_abs_logit_diff", 0), ".1g")]
         lines.append("| " + " | ".join(cells) + " |")
