@@ -312,7 +312,7 @@ def write_report() -> None:
         for key, r in rows.items():
             if "schedule" in r or r["criterion"] == "dense" or r["sparsity_target"] != 0.5 or r.get("pattern"):
                 continue
-            if any(s["criterion"] == r["criterion"] for s in sched.values()):
+            if any(s["criterion"] == r["criterion"] and k.split("/")[0] == key.split("/")[0] for k, s in sched.items()):
                 base = dense_ppl[key.split("/")[0]]
                 lines.append(f"| {key.split('/')[0]}/{r['criterion']} | one-shot, no recovery | 0 | {r['sparsity']:.4f} | "
                              f"{r['perplexity']:.2f} | {r['perplexity'] / base:.2f} | - |")
