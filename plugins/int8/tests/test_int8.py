@@ -29,7 +29,7 @@ def tiny_state():
 
 class TestInt8Contract(StageContract):
     stage_cls = Int8Quantizer
-    configs = [{}, {"smooth": True}, {"activations": "tensor", "alpha": 0.8},
+    configs = [{}, {"smooth": False}, {"activations": "tensor", "alpha": 0.8},
                {"keep_float": 3, "overrides": {"model.layers.0.*": "float"}},
                {"exclude": ["lm_head"], "embedding": "float"}, {"fuse": False, "embedding": "float"}]
     # the artifact holds the exact int8 codes and scales and the same kernels run on reload, so the
@@ -138,9 +138,9 @@ def test_missing_calibration_data_is_an_error():
     state = tiny_state()
     state.data.calibration_samples = 0
     with pytest.raises(DataError, match="calibration"):
-        Int8Quantizer(Int8Config(smooth=True)).apply(state)
+        Int8Quantizer(Int8Config()).apply(state)
     with pytest.raises(ConfigError, match="data.calibration_samples"):
-        Int8Quantizer(Int8Config(smooth=True)).check_before_load({"data": {"calibration_samples": 0}})
+        Int8Quantizer(Int8Config()).check_before_load({"data": {"calibration_samples": 0}})
     # without smoothing no calibration is needed
     Int8Quantizer(Int8Config(smooth=False)).apply(state)
 
