@@ -54,6 +54,8 @@ SETTINGS = {
     },
     "gemma3-270m": {  # 4 query heads on 1 KV head: heads can only go within the group
         "MLP 30% (activation)": (dict(sparsity=0.3, importance="activation"), 0),
+        "MLP 20% (activation)": (dict(sparsity=0.2, importance="activation"), 0),
+        "MLP 50% (activation)": (dict(sparsity=0.5, importance="activation"), 0),
         "MLP 30% (l2)": (dict(sparsity=0.3, importance="l2"), 0),
         "1 of 4 query heads (activation)": (dict(sparsity=0.0, heads_sparsity=0.25, heads_structure="query_heads",
                                                  importance="activation"), 0),
