@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 
-from ..data import build_splits
+from ..data import DataSplits, build_splits
 from ..models import tiny_model, tiny_tokenizer
 from ..state import PipelineState
 
@@ -23,6 +24,21 @@ def tiny_state(seed: int = 0, **model_kwargs) -> PipelineState:
     return PipelineState(model, tokenizer, data, reference, settings={"seed": seed}, seed=seed)
 
 
+@functools.lru_cache(maxsize=1)
+def _random_token_state() -> PipelineState:
+    g = torch.Generator().manual_seed(0)
+    data = DataSplits(train=torch.randint(0, 512, (16, 64), generator=g), eval=torch.randint(0, 512, (4, 64), generator=g),
+                      seq_len=64, calibration_samples=4, info={"source": "random token ids"})
+    model = tiny_model(0)
+    return PipelineState(model, tiny_tokenizer(), data, copy.deepcopy(model).requires_grad_(False))
+
+
+def random_token_state() -> PipelineState:
+    """A fresh copy of the tiny model on random token windows: no corpus to tokenize (tiny_state() takes
+    20-50 s on a busy machine), for tests that only need shapes and calibration windows."""
+    return copy.deepcopy(_random_token_state())
+
+
 from .contract import StageContract  # noqa: E402
 
-__all__ = ["StageContract", "TINY_DATA", "tiny_state"]
+__all__ = ["StageContract", "TINY_DATA", "random_token_state", "tiny_state"]

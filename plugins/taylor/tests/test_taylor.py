@@ -1,33 +1,19 @@
 import copy
 import dataclasses
-import functools
 
 import pytest
 import torch
 
-from slimkit.data import DataSplits
 from slimkit.errors import ConfigError, DataError
-from slimkit.models import tiny_model, tiny_tokenizer
-from slimkit.state import PipelineState
-from slimkit.testing import StageContract
+from slimkit.testing import StageContract, random_token_state
 from slimkit.training import next_token_loss
 from slimkit_magnitude import MagnitudePruner
 from slimkit_taylor import TaylorConfig, TaylorPruner, taylor_scores
 from slimkit_wanda import WandaPruner
 
 
-@functools.lru_cache(maxsize=1)
-def _cached_state():
-    """The tiny model on random token windows (tiny_state() tokenizes the corpus: 20-50 s on a busy machine)."""
-    g = torch.Generator().manual_seed(0)
-    data = DataSplits(train=torch.randint(0, 512, (16, 64), generator=g), eval=torch.randint(0, 512, (4, 64), generator=g),
-                      seq_len=64, calibration_samples=4, info={"source": "random token ids"})
-    model = tiny_model(0)
-    return PipelineState(model, tiny_tokenizer(), data, copy.deepcopy(model).requires_grad_(False))
-
-
 def _state():
-    return copy.deepcopy(_cached_state())
+    return random_token_state()
 
 
 class TestTaylorContract(StageContract):
