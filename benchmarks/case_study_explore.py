@@ -105,17 +105,20 @@ def main() -> None:
         Int8Quantizer(Int8Config()).apply(state)
         return state.model
 
-    if args.baseline:
-        row = {"setting": "fp32 original", "params": count_parameters(original), "load": load_avg(),
-               "ppl": perplexity(original, held_out, 4)}
+    def add_scores(row: dict, scored: torch.nn.Module) -> None:
+        """Sentiment of ``scored``, and perplexity + sentiment after int8 (as the flags ask)."""
         if sentiment:
-            row["sentiment"] = sentiment_accuracy(original, tok, samples=sentiment)
+            row["sentiment"] = sentiment_accuracy(scored, tok, samples=sentiment)
         if args.int8 and not args.ppl_only:
-            q = int8(original)
+            q = int8(scored)
             row["ppl_int8"] = perplexity(q, held_out, 4)
             if sentiment:
                 row["sentiment_int8"] = sentiment_accuracy(q, tok, samples=sentiment)
-            del q
+
+    if args.baseline:
+        row = {"setting": "fp32 original", "params": count_parameters(original), "load": load_avg(),
+               "ppl": perplexity(original, held_out, 4)}
+        add_scores(row, original)
         print(json.dumps(row), flush=True)
         results["rows"].append(row)
         save()
@@ -174,14 +177,7 @@ def main() -> None:
                    s_per_step=round(sum(step_times) / max(1, len(step_times)), 2),
                    s_per_step_median=round(sorted(step_times)[len(step_times) // 2], 2) if step_times else None,
                    load_end=load_avg())
-        if sentiment:
-            row["sentiment"] = sentiment_accuracy(model, tok, samples=sentiment)
-        if args.int8 and not args.ppl_only:
-            q = int8(model)
-            row["ppl_int8"] = perplexity(q, held_out, 4)
-            if sentiment:
-                row["sentiment_int8"] = sentiment_accuracy(q, tok, samples=sentiment)
-            del q
+        add_scores(row, model)
         print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
         results["rows"].append(row)
         save()
