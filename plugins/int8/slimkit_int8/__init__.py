@@ -176,6 +176,7 @@ class Int8Quantizer(Stage):
 
     @classmethod
     def load(cls, directory: Path, manifest: Mapping[str, Any]) -> torch.nn.Module:
+        from accelerate import init_empty_weights
         from safetensors.torch import load_file
         from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -184,32 +185,37 @@ class Int8Quantizer(Stage):
             if not (directory / f).is_file():
                 raise ArtifactError(f"{directory} has no {f}: not an int8 artifact")
         config = AutoConfig.from_pretrained(str(directory), trust_remote_code=False)
-        # a real skeleton (not meta): non-persistent buffers such as rotary inv_freq are computed
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        # parameters on the meta device (never allocated in fp32), buffers real: non-persistent ones such
+        # as rotary inv_freq are computed by the model's constructor
+        with init_empty_weights(include_buffers=False):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         spec_file = json.loads((directory / MODULE_MAP).read_text())
         layout, fused = (spec_file["modules"], spec_file["fused"]) if "modules" in spec_file else (spec_file, [])
+        tables = {name: spec for name, spec in layout.items() if spec.get("kind") == "embedding"}
         for name, spec in layout.items():
-            if spec.get("kind") == "embedding":
-                continue
-            swap_module(model, name, Int8Linear(spec["in_features"], spec["out_features"], spec["bias"], spec["activations"]))
-        for name, spec in layout.items():
-            if spec.get("kind") == "embedding":
-                table = Int8Embedding(spec["num_embeddings"], spec["embedding_dim"], spec["embed_scale"])
-                if spec["tied_to"]:
-                    table.tie_to(model.get_submodule(spec["tied_to"]))
-                swap_module(model, name, table)
-        fuse_groups(model, fused)
+            if name not in tables:
+                swap_module(model, name, Int8Linear(spec["in_features"], spec["out_features"], spec["bias"],
+                                                    spec["activations"]))
+        for name, spec in tables.items():
+            swap_module(model, name, Int8Embedding(spec["num_embeddings"], spec["embedding_dim"], spec["embed_scale"]))
         state_dict = load_file(str(directory / WEIGHTS))
-        result = model.load_state_dict(state_dict, strict=False)
+        result = model.load_state_dict(state_dict, strict=False, assign=True)
         if result.unexpected_keys:
             raise ArtifactError(f"{directory} holds tensors the model does not have: {result.unexpected_keys[:5]}")
-        if result.missing_keys:
-            if isinstance(getattr(model, "lm_head", None), torch.nn.Linear):
-                model.tie_weights()
-            expected = set(_untied_state_dict(model))
-            missing = sorted(expected - set(state_dict))
-            if missing:
-                raise ArtifactError(f"{directory} is missing tensors {missing[:5]}{'…' if len(missing) > 5 else ''}")
+        for name, spec in tables.items():  # tie after loading (assign=True replaced tensors): the file holds one copy
+            if spec["tied_to"]:
+                table, head = model.get_submodule(name), model.get_submodule(spec["tied_to"])
+                if f"{name}.weight_int8" in state_dict:
+                    head.weight_int8, head.weight_scale = table.weight_int8, table.weight_scale
+                else:
+                    table.tie_to(head)
+        if isinstance(getattr(model, "lm_head", None), torch.nn.Linear) and "lm_head.weight" not in state_dict:
+            model.tie_weights()
+        del state_dict  # fusion below copies the members into one tensor: let the loaded ones go
+        missing = sorted(n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta)
+        if missing:
+            raise ArtifactError(f"{directory} is missing tensors {missing[:5]}{'…' if len(missing) > 5 else ''}")
+        fuse_groups(model, fused)  # after loading, so the members become views of one concatenated weight
         return model.eval()
 
 

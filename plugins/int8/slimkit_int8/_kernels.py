@@ -37,6 +37,10 @@ def _has_vnni() -> bool:
     return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
+# fbgemm's u8*s8 products can saturate without VNNI; reduce_range avoids it (decided once per process)
+_REDUCE_RANGE = not _has_vnni()
+
+
 def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 per output channel: ``(int8 [out, in], float scales [out])``."""
     w = weight.detach().float()
@@ -74,13 +78,14 @@ def _int8_matmul(x: torch.Tensor, packed, weight_int8, weight_scale, bias, out_f
     if x2.dtype != torch.float32:
         x2 = x2.float()
     if fbgemm:
-        y = torch.ops.quantized.linear_dynamic(x2.contiguous(), packed(), not _has_vnni())
+        y = torch.ops.quantized.linear_dynamic(x2.contiguous(), packed(), _REDUCE_RANGE)
     else:
         xq, xs = quantize_tokens(x2)
         y = torch._int_mm(xq, weight_int8.t()).mul(weight_scale).mul_(xs)
         if bias is not None:
             y.add_(bias)
-    return y.reshape(*shape[:-1], out_features).to(x.dtype)
+    y = y.view(*shape[:-1], out_features)
+    return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
 class Int8Linear(torch.nn.Module):
@@ -149,7 +154,7 @@ class Int8Linear(torch.nn.Module):
             y = self._group.output_for(self, x)
             if y is not None:
                 return y
-        if x.shape[:-1].numel() == 1 or self.activations == "tensor":
+        if x.numel() == x.shape[-1] or self.activations == "tensor":
             return _int8_matmul(x, self._fbgemm_weight, None, None, None, self.out_features, fbgemm=True)
         return _int8_matmul(x, None, self.weight_int8, self.weight_scale, self.bias, self.out_features, fbgemm=False)
 
@@ -203,7 +208,7 @@ class FusedGroup:
             return y
         if member is not self.members[0]:
             return None
-        fbgemm = x.shape[:-1].numel() == 1 or self.activations == "tensor"
+        fbgemm = x.numel() == x.shape[-1] or self.activations == "tensor"
         y = _int8_matmul(x, self._fbgemm_weight, self.weight_int8, self.weight_scale, self.bias,
                          self.out_features, fbgemm=fbgemm)
         outputs = y.split(self.splits, dim=-1)

@@ -238,3 +238,19 @@ def test_parameter_counts_see_the_int8_weights():
     assert count_parameters(state.model) == before  # same weights, now int8; the tied table once
     assert nonzero_parameters(state.model) > 0.9 * before
     assert not any(p.requires_grad for p in state.model.parameters() if p.dtype == torch.int8)
+
+
+def test_reload_names_a_tensor_missing_from_the_artifact(tmp_path):
+    from safetensors.torch import load_file, save_file
+    from slimkit.errors import ArtifactError
+    from slimkit.storage import WEIGHTS
+
+    state = tiny_state()
+    stage = Int8Quantizer(Int8Config())
+    stage.apply(state)
+    stage.save(state.model, tmp_path)
+    tensors = load_file(str(tmp_path / WEIGHTS))
+    del tensors["model.norm.weight"]  # a float tensor: the skeleton's meta placeholder must not survive
+    save_file(tensors, str(tmp_path / WEIGHTS))
+    with pytest.raises(ArtifactError, match="model.norm.weight"):
+        Int8Quantizer.load(tmp_path, {})
