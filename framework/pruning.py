@@ -492,6 +492,7 @@ class UnstructuredPruner(Stage):
             apply_masks(layers, masks)
             return sparsity_report(layers)
 
+        state.zero_masks = True  # recovery between schedule steps and any later training keep the zeros
         metrics["schedule"] = run_schedule(state, prune_to, cfg.schedule, desc=f"{self.name} pruning")
         metrics.update(sparsity_report(layers))
         from .models import count_parameters

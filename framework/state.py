@@ -32,6 +32,9 @@ class PipelineState:
     artifact_writer: Optional[Stage] = None
     #: kinds applied so far, in order
     applied: list[str] = dataclasses.field(default_factory=list)
+    #: an unstructured pruner zeroed weights: later training (recovery, distillation) keeps exact zeros of
+    #: 2-D weights at zero. Structured pruners remove weights instead and leave this False.
+    zero_masks: bool = False
     #: ``recover(state, steps)`` fine-tunes ``state.model`` to recover quality; pruning schedules call it
     #: between steps. The pipeline sets plain fine-tuning, or a configured distiller's ``recover``.
     recover: Optional[Callable[["PipelineState", int], dict[str, Any]]] = None

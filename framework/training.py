@@ -353,7 +353,7 @@ def finetune(state, steps: int, lr: float = 5e-5, batch_size: int = 4) -> dict[s
         return next_token_loss(model, batch), {}
 
     settings = LoopSettings(max_steps=steps, lr=lr, batch_size=batch_size, seed=state.seed, grad_clip=0.0,
-                            desc="recovery fine-tune")
+                            keep_zeros=state.zero_masks, desc="recovery fine-tune")
     metrics = train_loop(state.model, loss_fn, state.data.train, settings)
     metrics["last_perplexity_train"] = math.exp(metrics["last_loss_mean5"])
     return metrics

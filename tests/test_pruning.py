@@ -300,3 +300,9 @@ def test_presets_compose_into_valid_configs(preset, backend):
         cfg = compose("config", overrides=[f"pruner={preset}"])
     stage, info = resolve_stages(OmegaConf.to_container(cfg, resolve=True), default_registry())[0]
     assert info.name == backend and stage.config.sparsity == 0.5
+
+
+def test_unstructured_pruning_marks_its_zeros_as_masks_for_later_training(state):
+    assert state.zero_masks is False
+    MagnitudePruner(MagnitudeConfig(sparsity=0.3)).apply(state)
+    assert state.zero_masks is True

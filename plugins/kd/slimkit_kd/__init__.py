@@ -22,7 +22,7 @@ Sample config (``conf`` group ``distiller``)::
     distiller.qat_bits: 4                   # quantization-aware distillation for quantizer.bits=4
 
 Multi-GPU: ``accelerate launch --num_processes N -m slimkit.cli distiller=kd distiller.cpu=false ...``.
-If a pruner ran before (``state.applied``), exact zeros of 2-D weights are masks and stay zero.
+If an unstructured pruner ran before (``state.zero_masks``), exact zeros of 2-D weights are masks and stay zero.
 When a ``kd`` distiller is configured, pruning schedules call :meth:`KDDistiller.recover` between
 their steps, so recovery distils from the original model instead of plain fine-tuning.
 """
@@ -320,7 +320,7 @@ class KDDistiller(Stage):
             warmup_steps=cfg.warmup_steps, grad_clip=cfg.grad_clip, eval_every=cfg.eval_every, patience=cfg.patience,
             checkpoint_every=cfg.checkpoint_every, checkpoint_dir=checkpoint_dir if (cfg.checkpoint_every or cfg.resume)
             else None, keep_checkpoints=cfg.keep_checkpoints, resume=cfg.resume, fingerprint=fingerprint,
-            keep_zeros="pruner" in state.applied, cpu=cfg.cpu, desc="distilling" + (f" (QAT int{cfg.qat_bits})" if cfg.qat_bits else ""), key="distiller")
+            keep_zeros=state.zero_masks, cpu=cfg.cpu, desc="distilling" + (f" (QAT int{cfg.qat_bits})" if cfg.qat_bits else ""), key="distiller")
         try:
             metrics = train_loop(student, self._loss_fn(teacher, layer_map), train, settings, validation=validation)
         finally:
@@ -352,7 +352,7 @@ class KDDistiller(Stage):
         settings = LoopSettings(max_steps=steps, lr=cfg.lr, batch_size=cfg.batch_size,
                                 seed=state.seed if cfg.seed is None else cfg.seed, weight_decay=cfg.weight_decay,
                                 warmup_steps=cfg.warmup_steps, grad_clip=cfg.grad_clip, cpu=cfg.cpu,
-                                desc="recovery distillation", key="distiller")
+                                keep_zeros=state.zero_masks, desc="recovery distillation", key="distiller")
         metrics = train_loop(state.model, self._loss_fn(teacher, None), state.data.train, settings)
         state.model.eval()
         return {"method": "kd", **metrics}

@@ -128,8 +128,8 @@ def test_early_stop_when_validation_stops_improving():
 @pytest.mark.parametrize("pruned", [True, False])
 def test_pruned_zeros_stay_zero(pruned):
     state = fresh_state()
-    if pruned:
-        state.applied = ["pruner"]
+    state.applied = ["pruner"]  # a pruner ran in both cases: unstructured (zero masks) or structured (none)
+    state.zero_masks = pruned
     weight = state.model.model.layers[0].mlp.up_proj.weight
     with torch.no_grad():
         weight[:, ::2] = 0.0
@@ -137,9 +137,9 @@ def test_pruned_zeros_stay_zero(pruned):
     metrics = KDDistiller(KDConfig(max_steps=4, lr=1e-2, eval_every=0)).apply(state)
     after = state.model.model.layers[0].mlp.up_proj.weight
     assert not torch.equal(after[~zeros], before[~zeros])  # the rest did train
-    if pruned:  # a pruner ran: its zeros are masks and stay
+    if pruned:  # an unstructured pruner ran: its zeros are masks and stay
         assert torch.all(after[zeros] == 0) and metrics["masked_parameters"] >= 1
-    else:  # zeros of a dense model (e.g. dequantized GGUF grids) are ordinary weights
+    else:  # after a structured pruner (or none), zeros (e.g. of dequantized GGUF grids) are ordinary weights
         assert not torch.all(after[zeros] == 0) and metrics["masked_parameters"] == 0
 
 

@@ -64,6 +64,7 @@ def test_parameter_count_and_config_patched():
     assert metrics["per_layer"]["model.layers.3"] == {"intermediate": 64, "heads": 2, "kv_heads": 1}
     assert all(len(heads) == 2 for heads in metrics["heads_kept"].values())
     assert metrics["uniform"] is True
+    assert state.zero_masks is False  # weights were removed, not zeroed: later training masks nothing
 
 
 def test_plain_from_pretrained_gives_identical_logits(tmp_path):
