@@ -1,4 +1,4 @@
-"""Does quantization-aware distillation recover what post-training int4 loses on SmolLM2-135M?
+"""Does quantization-aware distillation recover what post-training int4 loses? (SmolLM2-135M, Gemma-3-270M)
 
 Arms (all end in the same real export: optimum-quanto int4 weights, lm_head/embedding kept fp32):
   ptq       quanto int4 on the original weights (round to nearest)
@@ -8,7 +8,8 @@ Arms (all end in the same real export: optimum-quanto int4 weights, lm_head/embe
 Perplexity on the held-out tail of the Wikipedia sample (never trained on); training windows from
 the head, validation from the end of the training slice. threads=1.
 
-    OMP_NUM_THREADS=1 python benchmarks/qat_smollm2.py --steps 60 --out benchmarks/qat_smollm2.json
+    OMP_NUM_THREADS=1 python benchmarks/qat.py --steps 60 --out benchmarks/qat_smollm2.json
+    OMP_NUM_THREADS=1 python benchmarks/qat.py --model gemma3-270m --ppl-batch 1 --out benchmarks/qat_gemma3.json
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ def group_sizes(model: torch.nn.Module) -> dict[str, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--ppl-batch", type=int, default=4, help="perplexity batch (1 for Gemma's 262k vocabulary)")
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--lr", type=float, default=2e-5)
     ap.add_argument("--batch-size", type=int, default=4)
@@ -58,14 +61,14 @@ def main() -> None:
     torch.set_num_threads(1)
     from slimkit_kd import KDConfig, KDDistiller
 
-    loaded = load_model("smollm2-135m")
+    loaded = load_model(args.model)
     data = build_splits(loaded.tokenizer, seq_len=args.seq_len, train_tokens=args.train_tokens,
                         calibration_samples=4, eval_tokens=args.eval_tokens)
     reference = loaded.model.eval().requires_grad_(False)
-    results: dict = {"model": "SmolLM2-135M-Instruct (fp32 from the Q4_1 GGUF)", "threads": 1,
+    results: dict = {"model": loaded.provenance, "threads": 1,
                      "eval_slice": data.info["eval"], "train_slice": data.info["train"], "args": vars(args), "arms": {}}
     t = time.perf_counter()
-    results["fp32_perplexity"] = perplexity(reference, data.eval, 4, desc="ppl fp32")
+    results["fp32_perplexity"] = perplexity(reference, data.eval, args.ppl_batch, desc="ppl fp32")
     print("fp32", results["fp32_perplexity"], f"{time.perf_counter() - t:.0f}s", flush=True)
     for arm in args.arms.split(","):
         model = copy.deepcopy(reference)
@@ -79,10 +82,10 @@ def main() -> None:
                                          val_fraction=0.02))
             metrics = stage.apply(state)
             model = state.model
-            metrics["float_perplexity_after_training"] = perplexity(model, data.eval, 4, desc=f"ppl {arm} float")
+            metrics["float_perplexity_after_training"] = perplexity(model, data.eval, args.ppl_batch, desc=f"ppl {arm} float")
         train_s = time.perf_counter() - start
         quantized = int4(model, data)
-        ppl = perplexity(quantized, data.eval, 4, desc=f"ppl {arm} int4")
+        ppl = perplexity(quantized, data.eval, args.ppl_batch, desc=f"ppl {arm} int4")
         results["arms"][arm] = {"int4_perplexity": ppl, "ratio_to_fp32": ppl / results["fp32_perplexity"],
                                 "train_seconds": round(train_s, 1),
                                 "group_sizes(in_features, group)": group_sizes(quantized),
