@@ -254,3 +254,28 @@ def test_reload_names_a_tensor_missing_from_the_artifact(tmp_path):
     save_file(tensors, str(tmp_path / WEIGHTS))
     with pytest.raises(ArtifactError, match="model.norm.weight"):
         Int8Quantizer.load(tmp_path, {})
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_onednn_prefill_kernel_is_bit_identical_to_int_mm(bias):
+    from slimkit_int8._kernels import onednn_available
+
+    if not onednn_available():
+        pytest.skip("oneDNN's int8 linear is not available in this torch build")
+    torch.manual_seed(0)
+    module = Int8Linear.from_float(torch.nn.Linear(96, 40, bias=bias))
+    x = torch.randn(3, 17, 96) * torch.linspace(0.1, 20, 96)  # uneven channels, several rows
+    fast = module(x)
+    module.use_onednn = False
+    reference = module(x)
+    assert module._onednn is not None  # the fast call did go through oneDNN
+    assert torch.equal(fast, reference)
+
+
+def test_a_model_with_packed_kernels_deep_copies_and_still_matches():
+    state = tiny_state()
+    Int8Quantizer(Int8Config()).apply(state)
+    probe = state.data.eval[:2, :16]
+    before = model_logits(state.model, probe)  # builds the prepacked copies
+    copied = copy.deepcopy(state.model)
+    assert torch.equal(model_logits(copied, probe), before)
