@@ -73,7 +73,8 @@ class Int8Config(MixedPrecisionConfig):
 class Int8Quantizer(Stage):
     """SmoothQuant-equalized int8 W8A8 (per-channel weights, per-token dynamic activations).
 
-    Prefill runs ``torch._int_mm`` (oneDNN VNNI int8 GEMM); batch-1 decode runs fbgemm's fused
+    Prefill runs oneDNN's int8 linear on prepacked weights (``torch._int_mm`` where oneDNN is missing);
+    batch-1 decode runs fbgemm's fused
     dynamic int8 linear, whose single-row scale is per token. The artifact stores int8 codes and
     float scales in safetensors and rebuilds the modules on load. Measured (benchmarks/speed.md):
     with the int8 embedding table, smoothing helps SmolLM2-135M (perplexity x1.040 -> x1.018, sentiment
