@@ -30,12 +30,13 @@ from slimkit.quantization import MixedPrecisionConfig, plan_precision, precision
 from slimkit.storage import untied_state_dict as _untied_state_dict
 
 from ._kernels import (ACTIVATION_MODES, FusedGroup, Int8Embedding, Int8Linear, find_shared_inputs, fuse_groups,
-                       quantize_tokens, quantize_weight, simulated_int8)
+                       onednn_available, quantize_tokens, quantize_weight, set_prefill_kernel, simulated_int8)
 from ._smooth import int8_errors, smooth
 
 from slimkit.storage import WEIGHTS  # noqa: E402  (not model.safetensors: see slimkit.storage)
 MODULE_MAP = "int8_modules.json"
 EMBEDDING_MODES = ("int8", "float")
+PREFILL_KERNELS = ("auto", "onednn", "int_mm")
 
 
 @dataclasses.dataclass
@@ -56,6 +57,10 @@ class Int8Config(MixedPrecisionConfig):
     embedding: str = "int8"
     #: fuse Linears that read the same input tensor (q/k/v, gate/up) into one int8 GEMM each
     fuse: bool = True
+    #: kernel for several-row calls (prefill, scoring): 'onednn' (prepacked weights, ~10% faster prefill on
+    #: SmolLM2, one more in-memory copy of the int8 weights), 'int_mm' (torch._int_mm on the stored codes),
+    #: or 'auto' (onednn where this torch build has it). Results are bit-identical.
+    prefill_kernel: str = "auto"
 
     ALLOWED_BITS: ClassVar[tuple[int, ...]] = (8,)
 
@@ -67,6 +72,10 @@ class Int8Config(MixedPrecisionConfig):
             raise ConfigError("quantizer.keep_float", self.keep_float, "a non-negative integer")
         check_range("quantizer.keep_float", self.keep_float, 0)
         check_choice("quantizer.embedding", self.embedding, EMBEDDING_MODES)
+        check_choice("quantizer.prefill_kernel", self.prefill_kernel, PREFILL_KERNELS)
+        if self.prefill_kernel == "onednn" and not onednn_available():
+            raise ConfigError("quantizer.prefill_kernel", self.prefill_kernel,
+                              "'int_mm' or 'auto': oneDNN's int8 linear is not available in this torch build")
 
 
 
@@ -146,6 +155,7 @@ class Int8Quantizer(Stage):
             groups = find_shared_inputs(model, _probe_ids(model))
             metrics["fused_linears"] = fuse_groups(model, groups)
             metrics["fused_groups"] = len(groups)
+        metrics["prefill_kernel"] = set_prefill_kernel(model, cfg.prefill_kernel)
         state.artifact_writer = self
         return metrics
 
@@ -173,7 +183,9 @@ class Int8Quantizer(Stage):
         tensors = {k: v.clone() if v.untyped_storage().nbytes() != v.nbytes else v
                    for k, v in _untied_state_dict(model).items()}
         save_file(tensors, str(directory / WEIGHTS), metadata={"format": "pt", "quantizer": "int8"})
-        (directory / MODULE_MAP).write_text(json.dumps({"modules": layout, "fused": fused}, indent=1))
+        kernels = {m.use_onednn for m in modules.values() if isinstance(m, Int8Linear)}
+        (directory / MODULE_MAP).write_text(json.dumps(
+            {"modules": layout, "fused": fused, "prefill_kernel": "int_mm" if kernels == {False} else "auto"}, indent=1))
 
     @classmethod
     def load(cls, directory: Path, manifest: Mapping[str, Any]) -> torch.nn.Module:
@@ -217,6 +229,7 @@ class Int8Quantizer(Stage):
         if missing:
             raise ArtifactError(f"{directory} is missing tensors {missing[:5]}{'…' if len(missing) > 5 else ''}")
         fuse_groups(model, fused)  # after loading, so the members become views of one concatenated weight
+        set_prefill_kernel(model, spec_file.get("prefill_kernel", "auto"))
         return model.eval()
 
 

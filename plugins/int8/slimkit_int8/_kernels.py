@@ -252,6 +252,20 @@ class FusedGroup(_KernelWeights):
         return outputs[0]
 
 
+def set_prefill_kernel(model: torch.nn.Module, kernel: str) -> str:
+    """Choose the several-row kernel of every Int8Linear and fused group ('auto', 'onednn' or 'int_mm');
+    returns the kernel in use."""
+    use = kernel != "int_mm" and onednn_available()
+    for module in model.modules():
+        if isinstance(module, Int8Linear):
+            if not use:
+                module._forget_packed()  # a oneDNN copy built earlier (e.g. by the fusion probe) is not kept
+            module.use_onednn = use
+            if module._group is not None:
+                module._group.use_onednn = use
+    return "onednn" if use else "int_mm"
+
+
 def find_shared_inputs(model: torch.nn.Module, input_ids: torch.Tensor) -> list[list[str]]:
     """Names of the Int8Linears that one forward pass calls on the same input tensor, grouped in call order."""
     names = {m: n for n, m in model.named_modules() if isinstance(m, Int8Linear)}

@@ -279,3 +279,28 @@ def test_a_model_with_packed_kernels_deep_copies_and_still_matches():
     before = model_logits(state.model, probe)  # builds the prepacked copies
     copied = copy.deepcopy(state.model)
     assert torch.equal(model_logits(copied, probe), before)
+
+
+def test_prefill_kernel_int_mm_keeps_no_onednn_copy_gives_the_same_logits_and_survives_reload(tmp_path):
+    fast, lean = tiny_state(), tiny_state()
+    Int8Quantizer(Int8Config()).apply(fast)
+    stage = Int8Quantizer(Int8Config(prefill_kernel="int_mm"))
+    metrics = stage.apply(lean)
+    assert metrics["prefill_kernel"] == "int_mm"
+    probe = lean.data.eval[:2, :32]
+    assert torch.equal(model_logits(lean.model, probe), model_logits(fast.model, probe))
+    kernels = [m for m in lean.model.modules() if isinstance(m, Int8Linear)]
+    assert all(m._onednn is None and (m._group is None or m._group._onednn is None) for m in kernels)
+    stage.save(lean.model, tmp_path)
+    reloaded = Int8Quantizer.load(tmp_path, {})
+    assert not any(m.use_onednn for m in reloaded.modules() if isinstance(m, Int8Linear))
+
+
+def test_prefill_kernel_onednn_where_it_is_missing_is_a_config_error(monkeypatch):
+    import slimkit_int8
+
+    monkeypatch.setattr(slimkit_int8, "onednn_available", lambda: False)
+    with pytest.raises(ConfigError, match="quantizer.prefill_kernel"):
+        Int8Config(prefill_kernel="onednn")
+    with pytest.raises(ConfigError, match="quantizer.prefill_kernel"):
+        Int8Config(prefill_kernel="fast")
