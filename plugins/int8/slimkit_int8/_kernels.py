@@ -92,7 +92,8 @@ def onednn_available() -> bool:
 class _KernelWeights:
     """Kernel-specific prepacked copies of one int8 weight, built on first use, never saved.
 
-    Subclasses hold ``weight_int8`` [out, in], ``weight_scale`` [out], ``bias`` and ``out_features``.
+    Subclasses hold ``weight_int8`` [out, in], ``weight_scale`` [out], ``bias``, ``out_features`` and
+    ``activations``.
     """
 
     _fbgemm: Optional[object] = None
@@ -120,9 +121,10 @@ class _KernelWeights:
                             torch.zeros(self.out_features, dtype=torch.long))
         return self._onednn
 
-    def matmul(self, x: torch.Tensor, per_token: bool) -> torch.Tensor:
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """``x @ W.T (+ bias)``: per-token int8 activations (several rows, see module docs) or
-        fbgemm's fused dynamic kernel (one scale per call: one row, or ``per_token=False``)."""
+        fbgemm's fused dynamic kernel (one scale per call: one row, or ``activations='tensor'``)."""
+        per_token = self.activations == "token" and x.numel() != x.shape[-1]
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         if x2.dtype != torch.float32:
@@ -198,7 +200,7 @@ class Int8Linear(_KernelWeights, torch.nn.Module):
             y = self._group.output_for(self, x)
             if y is not None:
                 return y
-        return self.matmul(x, per_token=x.numel() != x.shape[-1] and self.activations == "token")
+        return self.matmul(x)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
@@ -245,7 +247,7 @@ class FusedGroup(_KernelWeights):
             return y
         if member is not self.members[0]:
             return None
-        y = self.matmul(x, per_token=x.numel() != x.shape[-1] and self.activations == "token")
+        y = self.matmul(x)
         outputs = y.split(self.splits, dim=-1)
         self._input = x
         self._pending = {id(m): o for m, o in zip(self.members[1:], outputs[1:])}
