@@ -33,7 +33,8 @@ from slimkit.state import PipelineState
 
 
 def build(original, tok, data, cut: float, work: Path):
-    """The original pruned by ``cut`` of its MLP channels (none for 0), then int8; returns (model, artifact MB)."""
+    """The original pruned by ``cut`` of its MLP channels (none for 0), then int8, saved under ``work``;
+    returns (model, parameters before int8, artifact bytes)."""
     from slimkit_int8 import Int8Config, Int8Quantizer
     from slimkit_torch_pruning import StructuredPruner, StructuredPruningConfig
 
@@ -56,19 +57,19 @@ def measure(args) -> None:
     loaded = load_model(args.model)
     tok, original = loaded.tokenizer, loaded.model.eval()
     data = build_splits(tok, seq_len=256, train_tokens=16 * 256, calibration_samples=16, eval_tokens=4 * 256)
-    work = Path(tempfile.mkdtemp(prefix="frontier-"))
-    (work / "fp32").mkdir()
-    original.save_pretrained(work / "fp32", safe_serialization=True)
-    fp32_bytes = directory_size(work / "fp32")
     models, rows = {"fp32": original}, {}
-    for cut in (float(c) for c in args.cuts.split(",")):
-        t0 = time.perf_counter()
-        model, params, size = build(original, tok, data, cut, work)
-        name = f"MLP {cut:.0%} + int8"
-        models[name] = model
-        rows[name] = {"mlp_cut": cut, "parameters": params, "size_bytes": size, "size_ratio": fp32_bytes / size,
-                      "build_s": round(time.perf_counter() - t0, 1)}
-        print(name, rows[name], flush=True)
+    with tempfile.TemporaryDirectory(prefix="frontier-") as tmp:  # the artifacts are saved only to be sized
+        work = Path(tmp)
+        original.save_pretrained(work / "fp32", safe_serialization=True)
+        fp32_bytes = directory_size(work / "fp32")
+        for cut in (float(c) for c in args.cuts.split(",")):
+            t0 = time.perf_counter()
+            model, params, size = build(original, tok, data, cut, work)
+            name = f"MLP {cut:.0%} + int8"
+            models[name] = model
+            rows[name] = {"mlp_cut": cut, "parameters": params, "size_bytes": size, "size_ratio": fp32_bytes / size,
+                          "build_s": round(time.perf_counter() - t0, 1)}
+            print(name, rows[name], flush=True)
     timing = latency(models, data.eval[:1, : args.prompt], threads=args.threads, repeats=args.repeats,
                      decode_tokens=args.decode_tokens)
     base = timing["fp32"]

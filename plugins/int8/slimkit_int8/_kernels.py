@@ -29,7 +29,6 @@ import torch
 ACTIVATION_MODES = ("token", "tensor")
 
 
-@functools.lru_cache(maxsize=1)
 def _has_vnni() -> bool:
     """AVX512-VNNI / AVX-VNNI present: fbgemm's u8*s8 products cannot saturate, no reduce_range needed."""
     try:
