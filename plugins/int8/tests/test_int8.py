@@ -256,6 +256,21 @@ def test_reload_names_a_tensor_missing_from_the_artifact(tmp_path):
         Int8Quantizer.load(tmp_path, {})
 
 
+def test_unsigned_token_codes_are_the_signed_codes_plus_128():
+    from slimkit_int8._kernels import quantize_tokens
+
+    torch.manual_seed(0)
+    x = torch.randn(9, 70) * torch.linspace(0.01, 30, 70)
+    x[0] = 0.0  # an all-zero row keeps a positive scale and zero codes
+    signed, scale = quantize_tokens(x)
+    unsigned, scale_u = quantize_tokens(x, unsigned=True)
+    assert signed.dtype == torch.int8 and unsigned.dtype == torch.uint8
+    assert torch.equal(unsigned.long(), signed.long() + 128)
+    assert torch.equal(scale, scale_u) and bool((scale > 0).all())
+    assert int(signed.abs().max()) == 127 and bool((signed[0] == 0).all())
+    assert bool(((signed.float() * scale - x).abs() <= scale / 2 + 1e-6).all())  # rounding error per row
+
+
 @pytest.mark.parametrize("bias", [False, True])
 def test_onednn_prefill_kernel_is_bit_identical_to_int_mm(bias):
     from slimkit_int8._kernels import onednn_available
