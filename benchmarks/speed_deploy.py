@@ -61,6 +61,8 @@ def main() -> None:
     args = p.parse_args()
     if args.child:
         return child(args)
+    if args.processes < 1:
+        p.error(f"--processes={args.processes} must be at least 1")
 
     from tqdm import tqdm
 
