@@ -1,7 +1,7 @@
 """Case study, last stage swapped: rebuild the distilled student of a finished (or interrupted)
 `slimkit experiment=case_study` run from its latest checkpoint, finish it with several quantizers,
 and measure each artifact against the fp32 original: size on disk, held-out perplexity (the run's
-own eval slice) and latency (`slimkit.evaluate.latency`: all models alternated in one process,
+own eval slice) and latency (`slimkit.evaluation.latency`: all models alternated in one process,
 threads=1, medians).
 
     OMP_NUM_THREADS=1 python benchmarks/case_study.py --run /tmp/cs_bounded --quantizers none,quanto8,int8 \
@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from slimkit.artifact import directory_size
+from slimkit.core.artifact import directory_size
 from slimkit.data import build_splits
-from slimkit.evaluate import latency, perplexity
+from slimkit.evaluation import latency, perplexity
 from slimkit.models import load_model
-from slimkit.state import PipelineState
-from slimkit.training import checkpoints
+from slimkit.core.state import PipelineState
+from slimkit.toolkit.training import checkpoints
 
 
 def quantizers():

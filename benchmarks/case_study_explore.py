@@ -3,7 +3,7 @@
 For each setting the original model is copied, pruned with the ``torch_pruning`` stage, distilled
 from the original with the ``kd`` plugin's loss (its ``_loss_fn``: T^2*KL + CE [+ hidden MSE]) in a
 plain AdamW loop that evaluates held-out perplexity at the steps in ``--eval-at`` (and times every
-step), then scored for 2-shot sentiment accuracy (``slimkit.tasks.sentiment_accuracy``) as fp32 and
+step), then scored for 2-shot sentiment accuracy (``slimkit.evaluation.tasks.sentiment_accuracy``) as fp32 and
 after the ``int8`` quantizer. One process, one model at a time, threads pinned.
 
     OMP_NUM_THREADS=1 python benchmarks/case_study_explore.py --settings mlp0.3,mlp0.4 --steps 60 \
@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 
 from slimkit.data import build_splits
-from slimkit.evaluate import perplexity
+from slimkit.evaluation import perplexity
 from slimkit.models import count_parameters, load_model
-from slimkit.state import PipelineState
-from slimkit.tasks import sentiment_accuracy
+from slimkit.core.state import PipelineState
+from slimkit.evaluation.tasks import sentiment_accuracy
 
 
 def parse_setting(text: str) -> tuple[float, float]:

@@ -3,7 +3,7 @@
 Size and speed depend on the architecture, not on how well the pruned model was recovered, so this
 script prunes the original (``torch_pruning``, activation importance, the case-study settings), applies
 ``quantizer=int8`` (defaults), saves each artifact and times all of them alternately with the fp32
-original (``slimkit.evaluate.latency``, threads pinned, medians). Quality for the same cuts comes from
+original (``slimkit.evaluation.latency``, threads pinned, medians). Quality for the same cuts comes from
 runs that did recover them (``case_study_explore.json``: kd steps, 2-shot sentiment after int8) and from
 the full preset's ``report.json``; ``--plot`` joins the three into one figure.
 
@@ -25,11 +25,11 @@ from pathlib import Path
 
 import torch
 
-from slimkit.artifact import directory_size
+from slimkit.core.artifact import directory_size
 from slimkit.data import build_splits
-from slimkit.evaluate import latency
+from slimkit.evaluation import latency
 from slimkit.models import count_parameters, load_model
-from slimkit.state import PipelineState
+from slimkit.core.state import PipelineState
 
 
 def build(original, tok, data, cut: float, work: Path):

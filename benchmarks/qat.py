@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 
 from slimkit.data import build_splits
-from slimkit.evaluate import perplexity
+from slimkit.evaluation import perplexity
 from slimkit.models import load_model
-from slimkit.state import PipelineState
+from slimkit.core.state import PipelineState
 
 
 def int4(model: torch.nn.Module, data) -> torch.nn.Module:

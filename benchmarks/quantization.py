@@ -10,7 +10,7 @@ saves it as a slimkit artifact (the backend's ``save`` plus a ``slimkit.json`` m
 writer) and reloads it with ``slimkit.pipeline.load``; perplexity, task accuracy, size and timings are
 of the reloaded artifact. Perplexity: the eval slice (the last ``--eval-windows`` × ``--seq-len``
 tokens of the Wikipedia sample); calibration and the sensitivity scan use windows from the head of
-the stream. Task accuracy: ``slimkit.tasks.sentiment_accuracy`` (2-shot, ``--sentiment`` balanced
+the stream. Task accuracy: ``slimkit.evaluation.tasks.sentiment_accuracy`` (2-shot, ``--sentiment`` balanced
 Rotten Tomatoes sentences). Peak memory: a fresh subprocess (``--measure-memory DIR``) imports
 torch/transformers/slimkit, loads the artifact with ``slimkit.pipeline.load``, runs one
 ``--prompt-tokens`` prefill and ``--memory-decode`` greedy decode steps with the KV cache, and reports
@@ -117,7 +117,7 @@ def peak_memory(directory: Path, prompt: torch.Tensor, decode_steps: int) -> dic
 
 def write_artifact(directory: Path, writer: dict | None) -> None:
     """Finish a saved model folder as a slimkit artifact (manifest naming the writer), as the pipeline does."""
-    from slimkit.artifact import write_manifest
+    from slimkit.core.artifact import write_manifest
 
     write_manifest(directory, {"writer": writer, "stages": [writer] if writer else [], "model": {}})
 
@@ -173,15 +173,15 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown row {unknown[0]!r}; rows: {list(ROWS)}")
 
-    from slimkit.artifact import directory_size
+    from slimkit.core.artifact import directory_size
     from slimkit.data import build_splits
-    from slimkit.evaluate import latency, model_logits, perplexity
+    from slimkit.evaluation import latency, model_logits, perplexity
     from slimkit.models import load_model
-    from slimkit.registry import default_registry
-    from slimkit.plugin import Kind
-    from slimkit.state import PipelineState
+    from slimkit.core.registry import default_registry
+    from slimkit.core.plugin import Kind
+    from slimkit.core.state import PipelineState
     from slimkit.pipeline import load
-    from slimkit.tasks import sentiment_accuracy
+    from slimkit.evaluation.tasks import sentiment_accuracy
 
     loaded = load_model(args.model)
     fp32 = loaded.model.eval()

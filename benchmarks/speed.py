@@ -4,9 +4,9 @@ Arms: fp32; int8 per-token without smoothing; int8 per-token with SmoothQuant (a
 the N worst Linear layers kept float; int8 per-tensor (fbgemm everywhere) with and without smoothing.
 Quality: held-out perplexity on the last ``--eval-windows`` x ``--seq-len`` tokens of the Wikipedia
 sample (calibration uses the first windows of the train slice, disjoint), and few-shot sentiment
-accuracy (``slimkit.tasks``). Size: the artifact's safetensors files. Speed: prefill of a
+accuracy (``slimkit.evaluation.tasks``). Size: the artifact's safetensors files. Speed: prefill of a
 ``--prompt``-token prompt (ms) and greedy decode with the KV cache (tokens/s), timed alternately
-in one process (``slimkit.evaluate.latency``), medians, threads=1.
+in one process (``slimkit.evaluation.latency``), medians, threads=1.
 
     OMP_NUM_THREADS=1 python benchmarks/speed.py --model smollm2-135m --out benchmarks/speed_smollm2.json
 """
@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 
 from slimkit.data import build_splits
-from slimkit.evaluate import latency, perplexity
+from slimkit.evaluation import latency, perplexity
 from slimkit.models import load_model
-from slimkit.state import PipelineState
+from slimkit.core.state import PipelineState
 from slimkit_int8 import Int8Config, Int8Quantizer
 
 
@@ -45,7 +45,7 @@ def render(paths: list[str]) -> str:
                    f"perplexity on eval tokens {ev['tokens']} of the Wikipedia sample ({ev['windows']} windows of "
                    f"{d['seq_len']}); calibration tokens {d['calibration_slice']['tokens']}; prefill = {d['prompt_tokens']}-token "
                    f"prompt; decode = {d['decode_tokens']} greedy tokens with KV cache; medians of {d['repeats']} "
-                   f"alternating rounds; sentiment = {d['sentiment_samples']} balanced few-shot examples (slimkit.tasks)"
+                   f"alternating rounds; sentiment = {d['sentiment_samples']} balanced few-shot examples (slimkit.evaluation.tasks)"
                    + (f"; 1-minute load average {d['load_average']['start'][0]:.1f} at start, {d['load_average']['end'][0]:.1f} at end"
                       if "load_average" in d else "") + ".\n")
         out.append("| arm | config | ppl | ppl ×fp32 | sentiment acc | artifact MB | prefill ms | prefill speedup | decode tok/s | decode speedup |")
@@ -124,7 +124,7 @@ def main() -> None:
         row = {"config": arms_cfg.get(arm, {}), "quantize_s": round(quant_s, 1), "artifact_mb": round(folder_mb(tmp / arm), 1),
                "perplexity": perplexity(model, data.eval, batch_size=args.batch_size, desc=arm)}
         if args.sentiment and (args.sentiment_arms == "all" or arm in args.sentiment_arms.split(",")):
-            from slimkit.tasks import sentiment_accuracy
+            from slimkit.evaluation.tasks import sentiment_accuracy
 
             row["sentiment_accuracy"] = sentiment_accuracy(model, tok, samples=args.sentiment, desc=arm)
         if "kept_float" in extra:

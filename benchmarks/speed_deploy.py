@@ -1,7 +1,7 @@
 """A slimkit artifact against fp32, timed the way a serving process runs it: in fresh processes.
 
 Each child process loads the fp32 model (``slimkit.models.load_model``) and the artifact
-(``slimkit.load``), does nothing else, and times both alternately (``slimkit.evaluate.latency``:
+(``slimkit.load``), does nothing else, and times both alternately (``slimkit.evaluation.latency``:
 prefill of a 128-token prompt in ms, greedy decode with the KV cache in tokens/s, medians, pinned
 thread count). The parent tokenizes the prompt once and passes the token ids, so no child runs the
 tokenizer: on this machine, encoding the 5 MB corpus earlier in a process measurably slows the int8
@@ -32,7 +32,7 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     import slimkit
-    from slimkit.evaluate import latency
+    from slimkit.evaluation import latency
     from slimkit.models import load_model
 
     torch.set_num_threads(args.threads)
@@ -66,7 +66,7 @@ def main() -> None:
 
     from tqdm import tqdm
 
-    from slimkit.artifact import read_manifest
+    from slimkit.core.artifact import read_manifest
     from slimkit.data import build_splits
     from slimkit.models import load_model
 

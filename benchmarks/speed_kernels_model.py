@@ -6,7 +6,7 @@ import torch, copy, sys, time
 torch.set_num_threads(1)
 from slimkit.models import load_model
 from slimkit.data import build_splits
-from slimkit.evaluate import latency, perplexity
+from slimkit.evaluation import latency, perplexity
 lm = load_model('smollm2-135m'); m = lm.model
 data = build_splits(lm.tokenizer, seq_len=256, train_tokens=4096, calibration_samples=8, eval_tokens=256*4)
 

@@ -1,8 +1,8 @@
 """Structured pruning (slimkit-torch-pruning) on a real model: quality, size and CPU speed.
 
 For each setting: prune a fresh copy of the model, measure held-out perplexity, run a short recovery
-fine-tune (``slimkit.training.finetune``) and measure again; then time every pruned model against
-the unpruned fp32 model alternately in one process (``slimkit.evaluate.latency``, 1 thread).
+fine-tune (``slimkit.toolkit.training.finetune``) and measure again; then time every pruned model against
+the unpruned fp32 model alternately in one process (``slimkit.evaluation.latency``, 1 thread).
 Results go to ``benchmarks/structured_<model>.json`` (written after every setting) and a markdown
 table to ``benchmarks/structured.md`` (the section for that model is replaced).
 
@@ -10,7 +10,7 @@ table to ``benchmarks/structured.md`` (the section for that model is replaced).
     OMP_NUM_THREADS=1 python benchmarks/structured.py --steps 10 --eval-tokens 2048 --tag recovery --accuracy \
         --recover-all --only "MLP 20% (activation)" "MLP 30% (activation)" "MLP 50% (activation)"
 
-``--accuracy`` adds 2-shot sentiment accuracy (``slimkit.tasks.sentiment_accuracy``) before and after
+``--accuracy`` adds 2-shot sentiment accuracy (``slimkit.evaluation.tasks.sentiment_accuracy``) before and after
 the fine-tune; ``--recover-all`` fine-tunes every selected setting for ``--steps`` steps.
 """
 
@@ -30,11 +30,11 @@ from pathlib import Path
 import torch
 
 from slimkit.data import build_splits
-from slimkit.evaluate import latency, perplexity
+from slimkit.evaluation import latency, perplexity
 from slimkit.models import count_parameters, load_model
-from slimkit.state import PipelineState
-from slimkit.tasks import sentiment_accuracy
-from slimkit.training import finetune
+from slimkit.core.state import PipelineState
+from slimkit.evaluation.tasks import sentiment_accuracy
+from slimkit.toolkit.training import finetune
 from slimkit_torch_pruning import StructuredPruner, StructuredPruningConfig
 
 HERE = Path(__file__).resolve().parent
@@ -162,11 +162,11 @@ def write_markdown(results: dict) -> None:
              f"Held-out perplexity on the last tokens {ev['tokens']} of the Wikipedia sample "
              f"({ev['windows']} windows of {results['seq_len']} tokens; never used for pruning or fine-tuning). "
              f"Recovery fine-tune (where the steps column says): AdamW steps (lr 5e-5) of batch 4 x {results['seq_len']} tokens "
-             f"from the start of the text. Latency: `slimkit.evaluate.latency`, all models alternated in one process, "
+             f"from the start of the text. Latency: `slimkit.evaluation.latency`, all models alternated in one process, "
              f"threads=1, prompt 128 tokens, 16 greedy decode tokens with KV cache, median of {results['repeats']} rounds; "
              f"each pruned model alternated with the unpruned fp32 model in its own call (ratios against that fp32 "
              f"timing) on a shared, heavily loaded 2-core machine, so ratios are noisy (about +-10%)."
-             + (f" Accuracy: {results['task']} (slimkit.tasks.sentiment_accuracy; chance 0.50, one binomial standard "
+             + (f" Accuracy: {results['task']} (slimkit.evaluation.tasks.sentiment_accuracy; chance 0.50, one binomial standard "
                 "error about 3.5 points)." if "task" in results else ""), ""]
     acc = "task" in results
     if acc:

@@ -51,7 +51,7 @@ def _save_row(key: str, row: dict, meta: dict) -> None:
 def _bytes(tensors: dict, sparse: bool) -> int:
     from safetensors.torch import save_file
 
-    from slimkit.storage import save_tensors
+    from slimkit.toolkit.storage import save_tensors
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "w.safetensors"
@@ -63,7 +63,7 @@ def _bytes(tensors: dict, sparse: bool) -> int:
 
 
 def _sizes(model: torch.nn.Module, int8: bool) -> dict:
-    from slimkit.storage import untied_state_dict
+    from slimkit.toolkit.storage import untied_state_dict
 
     out = {}
     sd = untied_state_dict(model)
@@ -105,13 +105,13 @@ def main() -> None:
     torch.manual_seed(0)
 
     from slimkit.data import build_splits
-    from slimkit.evaluate import perplexity
+    from slimkit.evaluation import perplexity
     from slimkit.models import load_model
-    from slimkit.state import PipelineState
+    from slimkit.core.state import PipelineState
     from slimkit_magnitude import MagnitudePruner
     from slimkit_taylor import TaylorPruner
     from slimkit_wanda import WandaPruner
-    from slimkit.tasks import sentiment_accuracy
+    from slimkit.evaluation.tasks import sentiment_accuracy
 
     pruners = {"magnitude": MagnitudePruner, "wanda": WandaPruner, "taylor": TaylorPruner}
     loaded = load_model(args.model)
@@ -125,7 +125,7 @@ def main() -> None:
             "eval_windows": int(data.eval.shape[0])}
     if args.accuracy:
         meta["task"] = (f"2-shot sentiment, {args.task_samples} balanced Rotten Tomatoes snippets "
-                        "(slimkit.tasks.sentiment_accuracy, seed 0)")
+                        "(slimkit.evaluation.tasks.sentiment_accuracy, seed 0)")
     dense = loaded.model
     tag = args.model
 
@@ -199,8 +199,8 @@ def main() -> None:
 
     if args.part == "sensitivity":
         # per-block scan on the real model: magnitude scores, 1 calibration window of 256 tokens
-        from slimkit.modules import select_modules
-        from slimkit.pruning import sensitivity_scan
+        from slimkit.toolkit.modules import select_modules
+        from slimkit.toolkit.pruning import sensitivity_scan
 
         layers = select_modules(dense, ["*"], ["lm_head"])
         out = HERE / "unstructured_sensitivity"
@@ -213,7 +213,7 @@ def main() -> None:
     if args.part == "schedule":
         # recovery trains on 128-token windows (cheaper steps); validation (for the stop criterion) and
         # recovery never touch the eval slice
-        from slimkit.training import finetune
+        from slimkit.toolkit.training import finetune
 
         splits128 = build_splits(loaded.tokenizer, seq_len=128, train_tokens=16384, calibration_samples=16,
                                  eval_tokens=128)
@@ -267,7 +267,7 @@ def write_report() -> None:
              "of the stream, never used for calibration or recovery); the slice per model is given below.",
              "Calibration (Wanda activation norms, Taylor gradients): the first 16 windows of 256 tokens (head of "
              "the stream).",
-             "Sentiment: 2-shot accuracy on 200 balanced Rotten Tomatoes snippets (`slimkit.tasks.sentiment_accuracy`, "
+             "Sentiment: 2-shot accuracy on 200 balanced Rotten Tomatoes snippets (`slimkit.evaluation.tasks.sentiment_accuracy`, "
              "seed 0; chance = 0.50, about +-3.5 points is one binomial standard error).",
              "Commands: `OMP_NUM_THREADS=1 python benchmarks/unstructured.py --part oneshot` (first rows); "
              "`OMP_NUM_THREADS=1 python benchmarks/unstructured.py --part oneshot --criteria magnitude,wanda,taylor "
@@ -282,7 +282,7 @@ def write_report() -> None:
              "their accuracy added by a later deterministic re-prune (same sparsity checked; perplexity and bytes "
              "from the first run).",
              "Bytes: the whole state dict (tied embedding once) written with `safetensors.save_file` (dense) vs "
-             "`slimkit.storage.save_tensors` (bitmask + nonzero values for tensors where that is smaller); int8 = "
+             "`slimkit.toolkit.storage.save_tensors` (bitmask + nonzero values for tensors where that is smaller); int8 = "
              "optimum-quanto qint8 weights, lm_head/embedding kept fp32."]
     dense_ppl = {k.split("/")[0]: r["perplexity"] for k, r in rows.items() if r["criterion"] == "dense"}
     for tag in tags:
@@ -321,7 +321,7 @@ def write_report() -> None:
             lines.append(f"| {key.split('/')[0]}/{r['criterion']} | {r['schedule']} | {r['recovery_steps_total']} | "
                          f"{r['sparsity']:.4f} | {r['perplexity']:.2f} | {r['perplexity'] / base:.2f} | {r['seconds']} |")
         any_r = next(iter(sched.values()))
-        lines += ["", f"Recovery: `slimkit.training.finetune` (next-token loss, AdamW lr {any_r['recovery_lr']}, "
+        lines += ["", f"Recovery: `slimkit.toolkit.training.finetune` (next-token loss, AdamW lr {any_r['recovery_lr']}, "
                   f"batch {any_r['recovery_batch']}, zeros kept by masking) on training windows from the head of "
                   "the stream; each recovery call gets a fresh data order."]
     REPORT.write_text("\n".join(lines) + "\n" + _notes())

@@ -1,7 +1,7 @@
 """slimkit: make Hugging Face language models smaller and faster by pruning, distillation and
 quantization, chained in one Hydra-configured pipeline whose backends are entry-point plugins."""
 
-from .errors import (
+from slimkit.core.errors import (
     ArtifactError,
     ConfigError,
     DataError,
@@ -12,28 +12,29 @@ from .errors import (
     StageOrderError,
     UnknownPluginError,
 )
-from .plugin import Kind, Stage, StageConfig, check_choice, check_range
-from .registry import PluginInfo, Registry, default_registry
+from slimkit.core.plugin import Kind, Stage, StageConfig, check_choice, check_range
+from slimkit.core.registry import PluginInfo, Registry, default_registry
 
 __version__ = "0.1.0"
 
 
 def load(path, registry=None):
-    """Reload a slimkit artifact folder as a model (see :func:`slimkit.pipeline.load`)."""
-    from .pipeline import load as _load
+    """Reload a slimkit artifact folder as a model (see :func:`slimkit.pipeline.runner.load`)."""
+    from slimkit.pipeline import load as _load
 
     return _load(path, registry)
 
 
 def run(cfg, output_dir=".", registry=None):
-    """Run one compression job from a config mapping (see :func:`slimkit.pipeline.run`)."""
-    from .pipeline import run as _run
+    """Run one compression job from a config mapping (see :func:`slimkit.pipeline.runner.run`)."""
+    from slimkit.pipeline import run as _run
 
     return _run(cfg, output_dir, registry)
 
 
 __all__ = [
-    "ArtifactError", "ConfigError", "DataError", "Kind", "MissingDependencyError", "ModelLoadError", "PluginError",
+    "ACTIVATION_SCHEMES", "ArtifactError", "ConfigError", "DataError", "DistillerConfig", "Exporter", "ExporterConfig",
+    "Kind", "Plugin", "PrunerConfig", "QuantizerConfig", "RuntimeSession", "MissingDependencyError", "ModelLoadError", "PluginError",
     "PluginInfo", "Registry", "SlimkitError", "Stage", "StageConfig", "StageOrderError", "UnknownPluginError",
     "check_choice", "check_range", "default_registry", "load", "run",
 ]

@@ -1,5 +1,5 @@
 """``python -m slimkit`` is the ``slimkit`` command."""
 
-from .cli import main
+from slimkit.cli import main
 
 raise SystemExit(main())

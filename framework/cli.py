@@ -14,14 +14,14 @@ import sys
 from importlib import resources
 from typing import Sequence
 
-from .errors import PluginError, SlimkitError, UnknownPluginError
-from .plugin import Kind
-from .registry import Registry, default_registry
+from slimkit.core.errors import PluginError, SlimkitError, UnknownPluginError
+from slimkit.core.plugin import Kind
+from slimkit.core.registry import Registry, default_registry
 
 
 def plugins_table(registry: Registry) -> str:
     """One line per discovered plugin: kind, name, distribution, version, and whether it can run."""
-    from .errors import MissingDependencyError
+    from slimkit.core.errors import MissingDependencyError
 
     rows = [("kind", "name", "distribution", "version", "status")]
     for info in registry.infos():
@@ -66,11 +66,10 @@ def _hydra_app() -> None:
     def app(cfg: DictConfig) -> float | None:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
-
-        from .pipeline import run
+        from slimkit.pipeline import run
 
         if HydraConfig.get().mode is RunMode.MULTIRUN:  # a sweep job: failures recorded, not raised
-            from .sweeps import sweep_job
+            from slimkit.sweeps import sweep_job
 
             return sweep_job(cfg, HydraConfig.get().runtime.output_dir)
         try:
@@ -91,12 +90,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(plugins_table(registry))
             return 0
         if argv[:1] == ["report"]:  # slimkit report <sweep dir>: table, Pareto plots, HTML
-            from .sweeps import report_command
+            from slimkit.sweeps import report_command
 
             return report_command(argv[1:])
         check_backend_overrides(argv, registry)
-        from .config import register_configs
-        from .sweeps import validate_sweep
+        from slimkit.pipeline.config import register_configs
+        from slimkit.sweeps import validate_sweep
 
         register_configs(registry)
         validate_sweep(argv, registry)  # a multirun: every combination's stage configs, before launch

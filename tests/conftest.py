@@ -14,7 +14,7 @@ def compose(*overrides: str):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
 
-    from slimkit.config import register_configs
+    from slimkit.pipeline.config import register_configs
 
     register_configs()
     with initialize_config_module(config_module="slimkit.conf", version_base="1.3"):

@@ -9,7 +9,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from slimkit import ConfigError, default_registry
-from slimkit.config import stage_config
+from slimkit.pipeline.config import stage_config
 from slimkit.pipeline import resolve_stages
 
 from .conftest import compose

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from slimkit.data import build_splits
-from slimkit.evaluate import latency, nonzero_parameters, perplexity, pinned_threads
+from slimkit.evaluation import latency, nonzero_parameters, perplexity, pinned_threads
 from slimkit.models import tiny_model, tiny_tokenizer
-from slimkit.errors import DataError
+from slimkit.core.errors import DataError
 
 
 class Uniform(torch.nn.Module):

@@ -11,8 +11,8 @@ import torch
 
 import slimkit
 from slimkit import ArtifactError, MissingDependencyError, ModelLoadError, StageOrderError, default_registry
-from slimkit.artifact import MANIFEST
-from slimkit.evaluate import model_logits
+from slimkit.core.artifact import MANIFEST
+from slimkit.evaluation import model_logits
 
 
 def test_report_has_every_promised_field(tiny_cfg, tmp_path):
@@ -112,7 +112,7 @@ def test_missing_dependency_fails_before_the_model_loads(tiny_cfg, tmp_path, mon
     cls = default_registry().get("quantizer", "quanto")
     monkeypatch.setattr(cls, "requires", {"optimum_quanto_is_not_installed": "pip install optimum-quanto"})
     loaded = []
-    monkeypatch.setattr("slimkit.pipeline.load_model", lambda *a, **k: loaded.append(1))
+    monkeypatch.setattr("slimkit.pipeline.runner.load_model", lambda *a, **k: loaded.append(1))
     with pytest.raises(MissingDependencyError) as err:
         slimkit.run(tiny_cfg(), tmp_path)
     assert "pip install optimum-quanto" in str(err.value) and "'quanto'" in str(err.value)

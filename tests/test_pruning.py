@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from slimkit.errors import ConfigError, DataError, StageOrderError
+from slimkit.core.errors import ConfigError, DataError, StageOrderError
 from slimkit.pipeline import resolve_stages
-from slimkit.pruning import (
+from slimkit.toolkit.pruning import (
     ScheduleConfig,
     compute_masks,
     ramp_fractions,
@@ -20,10 +20,10 @@ from slimkit.pruning import (
     sensitivity_scan,
     sparsity_report,
 )
-from slimkit.registry import default_registry
+from slimkit.core.registry import default_registry
 from slimkit.data import DataSplits
 from slimkit.models import tiny_model
-from slimkit.state import PipelineState
+from slimkit.core.state import PipelineState
 from slimkit_magnitude import MagnitudeConfig, MagnitudePruner
 from slimkit_wanda import WandaConfig, WandaPruner
 
@@ -293,7 +293,7 @@ def test_presets_compose_into_valid_configs(preset, backend):
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
-    from slimkit.config import register_configs
+    from slimkit.pipeline.config import register_configs
 
     register_configs()
     with initialize_config_module("slimkit.conf", version_base=None):

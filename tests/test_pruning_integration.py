@@ -4,15 +4,15 @@ import copy
 
 import pytest
 
-from slimkit.storage import WEIGHTS
+from slimkit.toolkit.storage import WEIGHTS
 import torch
 
 from slimkit.data import build_splits
-from slimkit.evaluate import model_logits
+from slimkit.evaluation import model_logits
 from slimkit.models import load_model
-from slimkit.pipeline import _stage_record, load, save_artifact
-from slimkit.registry import default_registry
-from slimkit.state import PipelineState
+from slimkit.pipeline.runner import load, save_artifact, stage_record
+from slimkit.core.registry import default_registry
+from slimkit.core.state import PipelineState
 from slimkit_wanda import WandaConfig, WandaPruner
 
 pytestmark = pytest.mark.integration
@@ -27,7 +27,7 @@ def test_wanda_two_four_on_smollm2_saves_small_and_reloads_exactly(tmp_path):
     metrics = stage.apply(state)
     assert metrics["pruned_layers"] == 210 and metrics["sparsity"] == pytest.approx(0.5, abs=1e-4)
     assert state.artifact_writer is stage
-    record = _stage_record(default_registry().info(stage.kind, stage.name), stage)
+    record = stage_record(default_registry().info(stage.kind, stage.name), stage)
     save_artifact(state, tmp_path / "model", overwrite=False, records=[record], model_info={"name": "smollm2-135m"})
     weights = (tmp_path / "model" / WEIGHTS).stat().st_size
     # 106.2M decoder weights at 50% + 1 mask bit each, plus the 28.3M dense embedding, all fp32

@@ -16,7 +16,7 @@ import torch
 
 import slimkit
 from slimkit import ConfigError, MissingDependencyError, default_registry
-from slimkit.quantization import (
+from slimkit.toolkit.quantization import (
     MixedPrecisionConfig,
     allocate_bits,
     group_units,
@@ -105,7 +105,7 @@ def test_budget_below_lowest_bits_rejected_at_config_time():
 
 
 def test_budget_too_low_fails_before_the_model_loads(tiny_cfg, monkeypatch, tmp_path):
-    from slimkit import pipeline
+    from slimkit.pipeline import runner as pipeline
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the config error")
@@ -254,7 +254,7 @@ def test_stage_metrics_in_report_show_effective_bits_and_map(tiny_cfg, tmp_path)
 @pytest.mark.parametrize("preset", ["quanto_w4_mixed", "quanto_budget", "quanto_w8a8", "bnb_nf4", "bnb_int8"])
 def test_presets_compose_into_valid_backend_configs(preset):
     from .conftest import compose
-    from slimkit.config import stage_config
+    from slimkit.pipeline.config import stage_config
 
     cfg = compose(f"quantizer={preset}")
     cls = default_registry().get(slimkit.Kind.QUANTIZER, cfg.quantizer.backend)

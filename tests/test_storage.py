@@ -4,13 +4,13 @@ import os
 
 import pytest
 
-from slimkit.storage import WEIGHTS
+from slimkit.toolkit.storage import WEIGHTS
 import torch
 from safetensors.torch import save_file
 
-from slimkit.errors import ArtifactError
+from slimkit.core.errors import ArtifactError
 from slimkit.models import tiny_model
-from slimkit.storage import SPARSE_KEY, load_sparse_model, load_tensors, read_metadata, save_sparse_model, save_tensors
+from slimkit.toolkit.storage import SPARSE_KEY, load_sparse_model, load_tensors, read_metadata, save_sparse_model, save_tensors
 
 torch.set_num_threads(1)
 
@@ -104,7 +104,7 @@ def test_model_round_trip_keeps_ties_and_logits(tmp_path):
                 m.weight[m.weight.abs() < m.weight.abs().median()] = 0
     save_sparse_model(model, tmp_path)
     dense_path = tmp_path / "dense.safetensors"
-    from slimkit.storage import untied_state_dict
+    from slimkit.toolkit.storage import untied_state_dict
 
     save_file(untied_state_dict(model), str(dense_path))
     assert (tmp_path / WEIGHTS).stat().st_size < 0.85 * os.path.getsize(dense_path)
@@ -129,7 +129,7 @@ def test_sparse_int8_with_quanto_shrinks_and_reloads(tmp_path):
     stage = QuantoQuantizer(QuantoQuantizer.Config(bits=8))
     stage.apply(state)
     stage.save(state.model, tmp_path)
-    from slimkit.storage import untied_state_dict
+    from slimkit.toolkit.storage import untied_state_dict
 
     save_file(untied_state_dict(state.model), str(tmp_path / "dense.safetensors"))
     sparse_bytes = (tmp_path / WEIGHTS).stat().st_size

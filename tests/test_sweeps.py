@@ -210,7 +210,7 @@ def _job_cfg(tmp_path: Path, *overrides: str):
     from hydra import compose, initialize_config_module
     from hydra.core.hydra_config import HydraConfig
 
-    from slimkit.config import register_configs
+    from slimkit.pipeline.config import register_configs
 
     register_configs()
     with initialize_config_module(config_module="slimkit.conf", version_base="1.3"):
@@ -258,7 +258,7 @@ def test_sweep_job_records_failure_skips_complete_and_redoes(tmp_path: Path, hyd
 
 
 def test_validate_rejects_a_value_no_backend_supports_before_launch():
-    from slimkit.config import register_configs
+    from slimkit.pipeline.config import register_configs
 
     register_configs()
     assert validate_sweep(["experiment=tiny", "quantizer.bits=3"]) == 0  # not a multirun: the job checks it

@@ -10,8 +10,8 @@ import torch
 from slimkit import ConfigError
 from slimkit.data import DataSplits
 from slimkit.models import tiny_model
-from slimkit.state import PipelineState
-from slimkit.training import LoopSettings, batch_indices, checkpoints, finetune, next_token_loss, train_loop
+from slimkit.core.state import PipelineState
+from slimkit.toolkit.training import LoopSettings, batch_indices, checkpoints, finetune, next_token_loss, train_loop
 
 
 def _state(seed=0):

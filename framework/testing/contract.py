@@ -20,12 +20,11 @@ import dataclasses
 from typing import Any, ClassVar
 
 import torch
-
-from ..config import backend_node, stage_config
-from ..evaluate import model_logits
-from ..pipeline import _stage_record, load, save_artifact
-from ..plugin import Stage
-from ..registry import default_registry
+from slimkit.core.plugin import Stage
+from slimkit.core.registry import default_registry
+from slimkit.evaluation import model_logits
+from slimkit.pipeline.config import backend_node, stage_config
+from slimkit.pipeline.runner import load, save_artifact, stage_record
 
 
 class StageContract:
@@ -40,7 +39,7 @@ class StageContract:
     tiny_model_kwargs: ClassVar[dict[str, Any]] = {}
 
     def _state(self):
-        from . import tiny_state
+        from slimkit.testing.states import tiny_state
 
         return tiny_state(**self.tiny_model_kwargs)
 
@@ -78,7 +77,7 @@ class StageContract:
             logits = model_logits(state.model, probe)
             assert logits.shape == (2, 32, state.model.config.vocab_size)
             assert torch.isfinite(logits).all(), f"{values}: non-finite logits after the stage"
-            record = _stage_record(default_registry().info(cls.kind, cls.name), stage)
+            record = stage_record(default_registry().info(cls.kind, cls.name), stage)
             target = tmp_path / f"artifact-{i}"
             save_artifact(state, target, overwrite=False, records=[record], model_info={"name": "tiny"})
             reloaded = load(target)

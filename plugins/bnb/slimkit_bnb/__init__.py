@@ -10,7 +10,7 @@ Sample config (``conf`` group ``quantizer``)::
     quantizer.compute_dtype: float32  # 4-bit matmul dtype: float32 or bfloat16
     quantizer.threshold: 6.0          # LLM.int8 outlier threshold on activations (0: pure int8)
     quantizer.overrides: {"model.layers.0.*": 8, lm_head: null}
-    # or: quantizer.budget_bits=6 (choose 4/8 per module from a sensitivity scan; see slimkit.quantization)
+    # or: quantizer.budget_bits=6 (choose 4/8 per module from a sensitivity scan; see slimkit.toolkit.quantization)
 
 Linear modules are replaced by ``bitsandbytes.nn.Linear8bitLt`` / ``Linear4bit`` directly (not through
 ``from_pretrained(quantization_config=...)``), so one model can mix 4-bit, 8-bit and float modules
@@ -33,19 +33,19 @@ from typing import Any, ClassVar, Mapping
 import torch
 
 from slimkit import ArtifactError, Kind, Stage, check_choice, check_range
-from slimkit.quantization import MixedPrecisionConfig, plan_precision, swap_module
+from slimkit.toolkit.quantization import MixedPrecisionConfig, plan_precision, swap_module
 
 BITS = (4, 8)
 QUANT_TYPES = ("nf4", "fp4")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 PLAN = "bnb_plan.json"
-from slimkit.storage import WEIGHTS  # noqa: E402  (not model.safetensors: see slimkit.storage)
+from slimkit.toolkit.storage import WEIGHTS  # noqa: E402  (not model.safetensors: see slimkit.toolkit.storage)
 _CANONICAL = "_slimkit_canonical"
 
 
 @dataclasses.dataclass
 class BnbConfig(MixedPrecisionConfig):
-    """bitsandbytes settings (bit-width fields shared with every backend: see ``slimkit.quantization``)."""
+    """bitsandbytes settings (bit-width fields shared with every backend: see ``slimkit.toolkit.quantization``)."""
 
     #: 4-bit data type: 'nf4' (normal float) or 'fp4'
     quant_type: str = "nf4"
@@ -175,7 +175,7 @@ class BnbQuantizer(Stage):
         specs = getattr(model, "_slimkit_bnb_plan", None)
         if specs is None:
             raise ArtifactError("this model was not quantized by the bnb backend (no plan to save)")
-        from slimkit.storage import save_model_config
+        from slimkit.toolkit.storage import save_model_config
 
         save_model_config(model, directory)
         swapped = {}

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from slimkit import ConfigError
-from slimkit.evaluate import model_logits
+from slimkit.evaluation import model_logits
 from slimkit.testing import StageContract, tiny_state
 from slimkit_bnb import BnbConfig, BnbQuantizer
 

@@ -26,14 +26,14 @@ from typing import Any, ClassVar, List, Mapping
 import torch
 
 from slimkit import ArtifactError, ConfigError, DataError, Kind, Stage, check_choice, check_range
-from slimkit.quantization import MixedPrecisionConfig, plan_precision, precision_summary, swap_module
-from slimkit.storage import untied_state_dict as _untied_state_dict
+from slimkit.toolkit.quantization import MixedPrecisionConfig, plan_precision, precision_summary, swap_module
+from slimkit.toolkit.storage import untied_state_dict as _untied_state_dict
 
 from ._kernels import (ACTIVATION_MODES, FusedGroup, Int8Embedding, Int8Linear, find_shared_inputs, fuse_groups,
                        onednn_available, quantize_tokens, quantize_weight, set_prefill_kernel, simulated_int8)
 from ._smooth import int8_errors, smooth
 
-from slimkit.storage import WEIGHTS  # noqa: E402  (not model.safetensors: see slimkit.storage)
+from slimkit.toolkit.storage import WEIGHTS  # noqa: E402  (not model.safetensors: see slimkit.toolkit.storage)
 MODULE_MAP = "int8_modules.json"
 EMBEDDING_MODES = ("int8", "float")
 PREFILL_KERNELS = ("auto", "onednn", "int_mm")
@@ -163,7 +163,7 @@ class Int8Quantizer(Stage):
     def save(self, model: torch.nn.Module, directory: Path) -> None:
         from safetensors.torch import save_file
 
-        from slimkit.storage import save_model_config
+        from slimkit.toolkit.storage import save_model_config
 
         save_model_config(model, directory)
         modules = dict(model.named_modules())

@@ -23,7 +23,7 @@ from typing import Any, Iterable, Iterator, Mapping, Optional
 
 import torch
 
-from slimkit.errors import ConfigError
+from slimkit.core.errors import ConfigError
 
 from ._kernels import simulated_int8
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from slimkit import ConfigError, DataError
-from slimkit.evaluate import model_logits
+from slimkit.evaluation import model_logits
 from slimkit.testing import StageContract
 from slimkit.testing import tiny_state as _tiny_state
 from slimkit_int8 import Int8Config, Int8Linear, Int8Quantizer
@@ -196,7 +196,7 @@ def test_a_fused_member_called_alone_computes_its_own_output():
 
 def test_int8_embedding_shares_the_tied_lm_head_codes_and_is_stored_once(tmp_path):
     from safetensors import safe_open
-    from slimkit.storage import WEIGHTS
+    from slimkit.toolkit.storage import WEIGHTS
     from slimkit_int8 import Int8Embedding
 
     state = tiny_state()
@@ -229,7 +229,7 @@ def test_int8_embedding_with_a_float_tied_lm_head_is_a_config_error():
 
 
 def test_parameter_counts_see_the_int8_weights():
-    from slimkit.evaluate import nonzero_parameters
+    from slimkit.evaluation import nonzero_parameters
     from slimkit.models import count_parameters
 
     state = tiny_state()
@@ -242,8 +242,8 @@ def test_parameter_counts_see_the_int8_weights():
 
 def test_reload_names_a_tensor_missing_from_the_artifact(tmp_path):
     from safetensors.torch import load_file, save_file
-    from slimkit.errors import ArtifactError
-    from slimkit.storage import WEIGHTS
+    from slimkit.core.errors import ArtifactError
+    from slimkit.toolkit.storage import WEIGHTS
 
     state = tiny_state()
     stage = Int8Quantizer(Int8Config())

@@ -39,7 +39,7 @@ from typing import Any, List, Mapping, Optional
 import torch
 
 from slimkit import ConfigError, Kind, MissingDependencyError, Stage, StageConfig, check_choice, check_range
-from slimkit.training import LoopSettings, fingerprint_model, train_loop
+from slimkit.toolkit.training import LoopSettings, fingerprint_model, train_loop
 
 from .loss import LayerOutputs, hidden_mse, kd_logit_loss
 from .student import decoder_layers, drop_layers, resolve_layers

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from slimkit.modules import select_modules
+from slimkit.toolkit.modules import select_modules
 
 QTYPES = {8: "qint8", 4: "qint4", 2: "qint2"}
 

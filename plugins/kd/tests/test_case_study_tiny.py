@@ -54,9 +54,9 @@ def test_case_study_presets_compose_and_resolve():
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
-    from slimkit.config import register_configs
+    from slimkit.pipeline.config import register_configs
     from slimkit.pipeline import resolve_stages
-    from slimkit.registry import default_registry
+    from slimkit.core.registry import default_registry
 
     register_configs()
     with initialize_config_module("slimkit.conf", version_base="1.3"):

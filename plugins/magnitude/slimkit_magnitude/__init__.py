@@ -13,7 +13,7 @@ Sample config (``conf`` group ``pruner``)::
 
 CLI: ``slimkit pruner=magnitude pruner.sparsity=0.7 pruner.schedule.steps=3``.
 
-The zeros make the artifact smaller (sparse storage, :mod:`slimkit.storage`), not faster on CPU;
+The zeros make the artifact smaller (sparse storage, :mod:`slimkit.toolkit.storage`), not faster on CPU;
 ``2:4`` masks only help with CUDA semi-structured kernels.
 """
 
@@ -24,12 +24,12 @@ from typing import Mapping
 
 import torch
 
-from slimkit.pruning import PruningConfig, UnstructuredPruner, apply_masks, compute_masks, sparsity_report
+from slimkit.toolkit.pruning import PruningConfig, UnstructuredPruner, apply_masks, compute_masks, sparsity_report
 
 
 @dataclasses.dataclass
 class MagnitudeConfig(PruningConfig):
-    """Magnitude pruning settings (shared field names: see :class:`slimkit.pruning.PruningConfig`)."""
+    """Magnitude pruning settings (shared field names: see :class:`slimkit.toolkit.pruning.PruningConfig`)."""
 
     scopes = ("layer", "row", "global")
 

@@ -9,7 +9,7 @@ Sample config (``conf`` group ``quantizer``)::
     quantizer.activations: 8                # null (weight-only) or 8 (calibrated int8 activations)
     quantizer.exclude: [lm_head]            # glob patterns on module names kept in float
     quantizer.overrides: {"model.layers.0.*": 8, "model.layers.29.*": 8}
-    # or: quantizer.budget_bits=4.5 (choose bit-widths from a sensitivity scan; see slimkit.quantization)
+    # or: quantizer.budget_bits=4.5 (choose bit-widths from a sensitivity scan; see slimkit.toolkit.quantization)
 
 int4/int2 use quanto's asymmetric groups: 128 input features, reduced in steps of 32 until it
 divides the layer's input width (SmolLM2: 96 for the 576-wide projections, 128 for down_proj).
@@ -28,19 +28,19 @@ import torch
 from tqdm.auto import tqdm
 
 from slimkit import ArtifactError, ConfigError, DataError, Kind, Stage, check_choice
-from slimkit.quantization import MixedPrecisionConfig, plan_precision
-from slimkit.storage import untied_state_dict as _untied_state_dict
+from slimkit.toolkit.quantization import MixedPrecisionConfig, plan_precision
+from slimkit.toolkit.storage import untied_state_dict as _untied_state_dict
 
 WEIGHT_BITS = (2, 4, 8)
 ACTIVATION_BITS = (None, 8)
 QUANT_MAP = "quanto_qmap.json"
 EXTRA = "slimkit_quanto.json"
-from slimkit.storage import WEIGHTS  # noqa: E402  (not model.safetensors: see slimkit.storage)
+from slimkit.toolkit.storage import WEIGHTS  # noqa: E402  (not model.safetensors: see slimkit.toolkit.storage)
 
 
 @dataclasses.dataclass
 class QuantoConfig(MixedPrecisionConfig):
-    """optimum-quanto settings (bit-width fields shared with every backend: see ``slimkit.quantization``)."""
+    """optimum-quanto settings (bit-width fields shared with every backend: see ``slimkit.toolkit.quantization``)."""
 
     #: activation bits: null for weight-only, or 8 (calibrated on data.calibration; needs calibration_samples >= 1)
     activations: Optional[int] = None
@@ -122,10 +122,10 @@ class QuantoQuantizer(Stage):
         from optimum.quanto import quantization_map
         from optimum.quanto.nn import QModuleMixin
 
-        from slimkit.storage import save_model_config
+        from slimkit.toolkit.storage import save_model_config
 
         save_model_config(model, directory)
-        from slimkit.storage import save_tensors  # sparse (pruned) tensors stored as bitmask + values
+        from slimkit.toolkit.storage import save_tensors  # sparse (pruned) tensors stored as bitmask + values
         save_tensors(_untied_state_dict(model), directory / WEIGHTS, metadata={"format": "pt", "quantizer": "quanto"})
         (directory / QUANT_MAP).write_text(json.dumps(quantization_map(model), indent=1))
         # Calibration(streamline=True) removes the output-quantization hook of modules whose outputs only
@@ -145,7 +145,7 @@ class QuantoQuantizer(Stage):
         config = AutoConfig.from_pretrained(str(directory), trust_remote_code=False)
         # a real (not meta) skeleton: non-persistent buffers such as rotary inv_freq must be computed
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        from slimkit.storage import load_tensors  # reads plain and sparse safetensors alike
+        from slimkit.toolkit.storage import load_tensors  # reads plain and sparse safetensors alike
         state_dict = load_tensors(directory / WEIGHTS)
         qmap = json.loads((directory / QUANT_MAP).read_text())
         extra = json.loads((directory / EXTRA).read_text()) if (directory / EXTRA).is_file() else {}

@@ -10,9 +10,9 @@ import torch
 @pytest.mark.integration
 def test_smollm2_w8a8_reloads_exactly(tmp_path):
     from slimkit.data import build_splits
-    from slimkit.evaluate import model_logits
+    from slimkit.evaluation import model_logits
     from slimkit.models import load_model
-    from slimkit.state import PipelineState
+    from slimkit.core.state import PipelineState
     from slimkit_quanto import QuantoConfig, QuantoQuantizer
 
     torch.set_num_threads(1)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from slimkit import ConfigError, DataError
-from slimkit.evaluate import model_logits
+from slimkit.evaluation import model_logits
 from slimkit.testing import tiny_state
 from slimkit_quanto import QuantoConfig, QuantoQuantizer
 

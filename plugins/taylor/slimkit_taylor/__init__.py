@@ -7,7 +7,7 @@ one window at a time (forward + backward, gradients only for the pruned layers' 
 products are accumulated as ``sum (W*g)^2`` (``accumulate: squared``, the diagonal-Fisher form: a
 weight that matters on some windows is not cancelled by others) or ``sum |W*g|`` (``absolute``).
 Everything else (scopes, N:M, per-layer overrides, schedules with recovery, sensitivity scan,
-exclusions, sparse storage) is the shared machinery of :mod:`slimkit.pruning`.
+exclusions, sparse storage) is the shared machinery of :mod:`slimkit.toolkit.pruning`.
 
 Sample config (``conf`` group ``pruner``)::
 
@@ -35,9 +35,9 @@ from typing import Mapping
 import torch
 from tqdm.auto import tqdm
 
-from slimkit.errors import DataError
-from slimkit.plugin import check_choice, check_range
-from slimkit.pruning import PruningConfig, UnstructuredPruner
+from slimkit.core.errors import DataError
+from slimkit.core.plugin import check_choice, check_range
+from slimkit.toolkit.pruning import PruningConfig, UnstructuredPruner
 
 ACCUMULATE = ("squared", "absolute")
 
@@ -46,7 +46,7 @@ __all__ = ["TaylorConfig", "TaylorPruner", "taylor_scores"]
 
 @dataclasses.dataclass
 class TaylorConfig(PruningConfig):
-    """Taylor pruning settings (shared field names: see :class:`slimkit.pruning.PruningConfig`)."""
+    """Taylor pruning settings (shared field names: see :class:`slimkit.toolkit.pruning.PruningConfig`)."""
 
     #: comparison group: 'row' (per output row), 'layer' or 'global'
     scope: str = "row"
@@ -68,7 +68,7 @@ def taylor_scores(model: torch.nn.Module, layers: Mapping[str, torch.nn.Module],
     """Accumulated ``|W * dL/dW|`` per weight of each layer over ``windows`` ([n, seq_len] token ids),
     one window per forward/backward pass. Only the layers' weights get gradients; the model's
     ``requires_grad`` flags, gradients and train/eval mode are restored afterwards."""
-    from slimkit.training import next_token_loss
+    from slimkit.toolkit.training import next_token_loss
 
     check_choice("pruner.accumulate", accumulate, ACCUMULATE)
     if windows.ndim != 2 or windows.shape[0] == 0 or windows.shape[1] < 2:

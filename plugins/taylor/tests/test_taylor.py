@@ -4,9 +4,9 @@ import dataclasses
 import pytest
 import torch
 
-from slimkit.errors import ConfigError, DataError
+from slimkit.core.errors import ConfigError, DataError
 from slimkit.testing import StageContract, random_token_state
-from slimkit.training import next_token_loss
+from slimkit.toolkit.training import next_token_loss
 from slimkit_magnitude import MagnitudePruner
 from slimkit_taylor import TaylorConfig, TaylorPruner, taylor_scores
 from slimkit_wanda import WandaPruner

@@ -29,9 +29,9 @@ from typing import Any, List, Mapping
 import torch
 
 from slimkit import Kind, Stage, StageConfig, check_choice, check_range
-from slimkit.errors import ArtifactError, ConfigError
+from slimkit.core.errors import ArtifactError, ConfigError
 from slimkit.models import count_parameters
-from slimkit.modules import select_modules
+from slimkit.toolkit.modules import select_modules
 
 from .structure import (Arch, LayerDims, UnsupportedArchitectureError, inspect, layer_scores, prune_layer,
                         input_energy, query_keep, select_keep, target_keep, taylor_gradients)

@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 import torch
 import torch_pruning as tp
 
-from slimkit.errors import ConfigError
+from slimkit.core.errors import ConfigError
 
 MLP_NAMES = ("gate_proj", "up_proj", "down_proj")
 ATTN_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -195,7 +195,7 @@ def input_energy(model: torch.nn.Module, arch: Arch, windows: torch.Tensor, batc
 
 def taylor_gradients(model: torch.nn.Module, arch: Arch, windows: torch.Tensor, batch_size: int = 4) -> dict:
     """dL/dw of next-token loss on ``windows`` for the prunable weights (other grads left untouched)."""
-    from slimkit.training import next_token_loss
+    from slimkit.toolkit.training import next_token_loss
 
     weights = [getattr(owner, n).weight for layer in arch.layers
                for owner, names in ((layer.self_attn, ATTN_NAMES), (layer.mlp, MLP_NAMES)) for n in names]

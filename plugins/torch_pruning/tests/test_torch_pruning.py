@@ -5,8 +5,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
-from slimkit.errors import ConfigError
-from slimkit.evaluate import model_logits
+from slimkit.core.errors import ConfigError
+from slimkit.evaluation import model_logits
 from slimkit.models import count_parameters
 from slimkit.testing import StageContract, tiny_state
 from slimkit_torch_pruning import StructuredPruner, StructuredPruningConfig, UnsupportedArchitectureError

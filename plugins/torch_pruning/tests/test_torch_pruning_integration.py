@@ -12,9 +12,9 @@ def test_smollm2_structured_prune_reloads_with_plain_from_pretrained(tmp_path):
     from transformers import AutoModelForCausalLM
 
     from slimkit.data import build_splits
-    from slimkit.evaluate import model_logits
+    from slimkit.evaluation import model_logits
     from slimkit.models import load_model
-    from slimkit.state import PipelineState
+    from slimkit.core.state import PipelineState
     from slimkit_torch_pruning import StructuredPruner, StructuredPruningConfig
 
     torch.set_num_threads(1)

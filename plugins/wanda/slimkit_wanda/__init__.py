@@ -28,12 +28,12 @@ from typing import Mapping
 import torch
 from tqdm.auto import tqdm
 
-from slimkit.pruning import PruningConfig, UnstructuredPruner
+from slimkit.toolkit.pruning import PruningConfig, UnstructuredPruner
 
 
 @dataclasses.dataclass
 class WandaConfig(PruningConfig):
-    """Wanda settings (shared field names: see :class:`slimkit.pruning.PruningConfig`)."""
+    """Wanda settings (shared field names: see :class:`slimkit.toolkit.pruning.PruningConfig`)."""
 
     #: comparison group: 'row' (per output row, as in the paper) or 'layer'
     scope: str = "row"

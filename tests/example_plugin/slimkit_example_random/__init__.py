@@ -10,7 +10,7 @@ import dataclasses
 import torch
 
 from slimkit import Kind, Stage, StageConfig, check_range
-from slimkit.modules import select_modules
+from slimkit.toolkit.modules import select_modules
 
 
 @dataclasses.dataclass

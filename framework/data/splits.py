@@ -8,17 +8,15 @@ and the evaluation slice (from the end) never overlap; both are described in the
 from __future__ import annotations
 
 import bz2
-import dataclasses
 import functools
 import importlib.resources
 import json
 import re
 import xml.etree.ElementTree as ET
-from typing import Any
 
 import torch
-
-from .errors import DataError
+from slimkit.core.errors import DataError
+from slimkit.core.state import DataSplits
 
 WIKI_SAMPLE = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 
@@ -26,7 +24,7 @@ WIKI_SAMPLE = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p00003
 @functools.lru_cache(maxsize=1)
 def wikipedia_articles() -> list[str]:
     """Plain text of the articles in gensim's Wikipedia sample (markup stripped, cached on disk)."""
-    from .models import cache_dir
+    from slimkit.core.paths import cache_dir
 
     cached = cache_dir() / "data" / "enwiki-sample.json"
     if cached.is_file():
@@ -55,20 +53,6 @@ def wikipedia_articles() -> list[str]:
 SOURCES = {"wikipedia": (wikipedia_articles, "English Wikipedia sample (2016 dump) shipped in gensim 4.4.0")}
 
 
-@dataclasses.dataclass
-class DataSplits:
-    """Token windows for training/calibration and for evaluation, disjoint by construction."""
-
-    train: torch.Tensor        # [n_train, seq_len] from the start of the stream
-    eval: torch.Tensor         # [n_eval, seq_len] from the end of the stream
-    seq_len: int
-    calibration_samples: int
-    info: dict[str, Any]
-
-    @property
-    def calibration(self) -> torch.Tensor:
-        """The first ``calibration_samples`` training windows."""
-        return self.train[: self.calibration_samples]
 
 
 _STREAMS: dict[tuple, list[int]] = {}

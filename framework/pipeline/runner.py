@@ -12,17 +12,16 @@ from typing import Any, Mapping
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-
-from . import artifact
-from .config import stage_config
-from .data import build_splits
-from .errors import ArtifactError, ConfigError, StageOrderError
-from .evaluate import latency, model_logits, quality_metrics
-from .models import load_model
-from .plugin import Kind, Stage
-from .registry import PluginInfo, Registry, default_registry
-from .report import write_reports
-from .state import PipelineState
+from slimkit.core import artifact
+from slimkit.core.errors import ArtifactError, ConfigError, StageOrderError
+from slimkit.core.plugin import STAGE_KINDS, Kind, Stage
+from slimkit.core.registry import PluginInfo, Registry, default_registry
+from slimkit.core.state import PipelineState
+from slimkit.data import build_splits
+from slimkit.evaluation import latency, model_logits, quality_metrics
+from slimkit.models import load_model
+from slimkit.pipeline.config import stage_config
+from slimkit.pipeline.report import write_reports
 
 log = logging.getLogger("slimkit")
 
@@ -39,8 +38,8 @@ def _as_dict(cfg: Any) -> dict[str, Any]:
 def resolve_stages(cfg: Mapping[str, Any], registry: Registry) -> list[tuple[Stage, PluginInfo]]:
     """Check the order, find each chosen backend, check its dependencies and config — all before
     any model is loaded."""
-    order = list(cfg.get("pipeline", {}).get("order", [k.value for k in Kind]))
-    allowed = [k.value for k in Kind]
+    order = list(cfg.get("pipeline", {}).get("order", [k.value for k in STAGE_KINDS]))
+    allowed = [k.value for k in STAGE_KINDS]
     for kind in order:
         if kind not in allowed:
             raise ConfigError("pipeline.order", order, f"a list drawn from {allowed}", f"{kind!r} is not a stage kind")
@@ -75,7 +74,7 @@ def resolve_stages(cfg: Mapping[str, Any], registry: Registry) -> list[tuple[Sta
 def recovery_hook(stages: list[tuple[Stage, PluginInfo]]):
     """The recovery step pruning schedules call: a configured distiller's ``recover`` if it has one
     (distillation from the original model), else plain next-token fine-tuning."""
-    from .training import finetune
+    from slimkit.toolkit.training import finetune
 
     for stage, info in stages:
         if info.kind is Kind.DISTILLER and callable(getattr(stage, "recover", None)):
@@ -83,7 +82,7 @@ def recovery_hook(stages: list[tuple[Stage, PluginInfo]]):
     return finetune
 
 
-def _stage_record(info: PluginInfo, stage: Stage) -> dict[str, Any]:
+def stage_record(info: PluginInfo, stage: Stage) -> dict[str, Any]:
     import dataclasses
 
     return {"kind": info.kind.value, "backend": info.name, "distribution": info.distribution,
@@ -116,7 +115,7 @@ def save_artifact(state: PipelineState, target: Path, overwrite: bool, records: 
 
 def load(path: str | Path, registry: Registry | None = None) -> torch.nn.Module:
     """Reload a slimkit artifact (any backend) as a model in eval mode."""
-    from .models import load_pretrained
+    from slimkit.models import load_pretrained
 
     manifest = artifact.read_manifest(path)
     writer = manifest.get("writer")
@@ -165,11 +164,13 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
     def task_accuracy(model: torch.nn.Module, label: str) -> dict[str, Any]:
         if not eval_cfg.get("tasks"):
             return {}
-        from .tasks import task_metrics
+        from slimkit.evaluation.tasks import task_metrics
 
         return task_metrics(model, loaded.tokenizer, list(eval_cfg["tasks"]), eval_cfg.get("task_samples", 200), label)
 
-    from .sweeps import cached_baseline  # in a sweep: evaluated by the first job, reused by the others
+    from slimkit.pipeline.baseline import (
+        cached_baseline,  # in a sweep: evaluated once, reused by every job
+    )
 
     baseline = cached_baseline(settings, lambda: {**evaluate(loaded.model, "baseline"), **task_accuracy(reference, "baseline"),
                                                   "size_bytes": _fp32_size(reference)})
@@ -177,7 +178,7 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
     records = []
     for stage, info in stages:
         log.info("applying %s", info.describe())
-        record = _stage_record(info, stage)
+        record = stage_record(info, stage)
         start = time.perf_counter()
         metrics = stage.apply(state) or {}
         record["seconds"] = round(time.perf_counter() - start, 2)

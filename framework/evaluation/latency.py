@@ -1,18 +1,14 @@
-"""Honest measurements: held-out perplexity, parameter counts, and latency timed with pinned
-threads, alternating the models under comparison in one process and taking medians."""
+"""Latency with pinned threads: the models under comparison alternated in one process, medians."""
 
 from __future__ import annotations
 
 import contextlib
-import math
 import statistics
 import time
-from typing import Any, Iterator, Mapping
+from typing import Iterator, Mapping
 
 import torch
 from tqdm.auto import tqdm
-
-from .models import count_parameters
 
 
 @contextlib.contextmanager
@@ -27,46 +23,6 @@ def pinned_threads(threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def model_logits(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
-    """Logits of ``model`` on ``input_ids`` without a KV cache (no_grad, not inference_mode:
-    quanto's int4/int2 kernels fail under inference_mode)."""
-    with torch.no_grad():
-        return model(input_ids=input_ids, use_cache=False).logits
-
-
-def perplexity(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 4, desc: str = "perplexity") -> float:
-    """exp(mean next-token cross-entropy) over fixed, non-overlapping token windows."""
-    total_loss, total_tokens = 0.0, 0
-    model.eval()
-    for start in tqdm(range(0, windows.shape[0], batch_size), desc=desc, leave=False, unit="batch"):
-        batch = windows[start:start + batch_size]
-        logits = model_logits(model, batch)[:, :-1].float()
-        targets = batch[:, 1:]
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
-        total_loss += loss.item()
-        total_tokens += targets.numel()
-    return math.exp(total_loss / total_tokens)
-
-
-def nonzero_parameters(model: torch.nn.Module) -> int:
-    """Nonzero entries of the model's float and int8-code parameters (tied weights counted once)."""
-    seen, total = set(), 0
-    for p in model.parameters():
-        if id(p) not in seen and (p.is_floating_point() or p.dtype == torch.int8):
-            seen.add(id(p))
-            total += int(torch.count_nonzero(p.detach()))
-    return total
-
-
-def quality_metrics(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 4, desc: str = "perplexity") -> dict[str, Any]:
-    """Perplexity on the eval slice plus parameter counts."""
-    return {
-        "perplexity": perplexity(model, windows, batch_size, desc),
-        "parameters": count_parameters(model),
-        "nonzero_parameters": nonzero_parameters(model),
-    }
 
 
 def _prefill_ms(model: torch.nn.Module, prompt: torch.Tensor) -> float:

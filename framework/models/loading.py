@@ -10,14 +10,13 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-
-from .artifact import atomic_directory
-from .errors import ConfigError, ModelLoadError
+from slimkit.core.artifact import atomic_directory, load_pretrained
+from slimkit.core.errors import ConfigError, ModelLoadError
+from slimkit.core.paths import cache_dir
 
 
 @dataclasses.dataclass
@@ -35,10 +34,6 @@ class LoadedModel:
         return count_parameters(self.model)
 
 
-def cache_dir() -> Path:
-    """slimkit's cache folder (``SLIMKIT_CACHE`` or ``~/.cache/slimkit``)."""
-    return Path(os.environ.get("SLIMKIT_CACHE", Path.home() / ".cache" / "slimkit"))
-
 
 def count_parameters(model: torch.nn.Module) -> int:
     """Unique parameters (tied weights counted once)."""
@@ -49,17 +44,6 @@ def count_parameters(model: torch.nn.Module) -> int:
             total += p.numel()
     return total
 
-
-def load_pretrained(path: str | os.PathLike, trust_remote_code: bool = False, **kwargs: Any) -> torch.nn.Module:
-    """Load a causal LM from safetensors only (never unpickles)."""
-    from transformers import AutoModelForCausalLM
-
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(path), use_safetensors=True, trust_remote_code=trust_remote_code, dtype=torch.float32, **kwargs)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ModelLoadError(f"cannot load a model from {str(path)!r}: {exc}") from exc
-    return model.eval()
 
 
 # --- embedded models -------------------------------------------------------------------------------
@@ -133,9 +117,8 @@ def tiny_tokenizer(vocab_size: int = 512):
 
     target = cache_dir() / "tokenizers" / f"tiny-bpe-{vocab_size}"
     if not (target / "tokenizer.json").is_file():
+        from slimkit.data import wikipedia_articles
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-        from .data import wikipedia_articles
 
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

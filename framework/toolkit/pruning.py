@@ -8,7 +8,7 @@ supply :meth:`UnstructuredPruner.scores` (an importance per weight; the lowest a
 
 Honest notes:
 
-* Zeroed weights make files smaller with :mod:`slimkit.storage`, not inference faster: dense CPU
+* Zeroed weights make files smaller with :mod:`slimkit.toolkit.storage`, not inference faster: dense CPU
   kernels multiply the zeros too (BACKENDS.md: "unstructured 50% masks removed: latency ~1.0").
 * ``N:M`` masks (e.g. ``2:4``: of every 4 consecutive input weights of a row keep the 2 most
   important) only pay off with semi-structured sparse kernels, which exist for CUDA GPUs only; on
@@ -28,11 +28,10 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
 
 import torch
+from slimkit.core.errors import ConfigError, DataError
+from slimkit.core.plugin import Kind, Stage, StageConfig, check_choice, check_range
+from slimkit.toolkit.modules import _matches, select_modules
 from tqdm.auto import tqdm
-
-from .errors import ConfigError, DataError
-from .modules import _matches, select_modules
-from .plugin import Kind, Stage, StageConfig, check_choice, check_range
 
 log = logging.getLogger("slimkit")
 
@@ -295,13 +294,13 @@ def run_schedule(state, prune_to: Callable[[float], Mapping[str, Any]], schedule
     ``validation_windows`` training windows) is checked after each step; the first step past the
     bound is rolled back and the schedule stops there. Returns where it stopped and why.
     """
-    from .evaluate import perplexity
+    from slimkit.evaluation import perplexity
 
     fractions = ramp_fractions(schedule.steps, schedule.ramp)
     bound = schedule.max_perplexity_ratio
     recover = state.recover
     if schedule.recovery_steps and recover is None:
-        from .training import finetune as recover
+        from slimkit.toolkit.training import finetune as recover
     history: list[dict[str, Any]] = []
     result: dict[str, Any] = {"planned_steps": schedule.steps, "ramp": schedule.ramp,
                               "recovery_steps": schedule.recovery_steps, "max_perplexity_ratio": bound}
@@ -345,7 +344,7 @@ def run_schedule(state, prune_to: Callable[[float], Mapping[str, Any]], schedule
 
 def calibration_loss(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 4) -> float:
     """Mean next-token cross-entropy on ``windows`` (no grad)."""
-    from .training import next_token_loss
+    from slimkit.toolkit.training import next_token_loss
 
     model.eval()
     total = 0.0
@@ -460,7 +459,7 @@ class UnstructuredPruner(Stage):
     """Base of unstructured pruners: subclasses set ``name``/``Config`` and implement :meth:`scores`.
 
     Handles layer selection, per-layer overrides, N:M patterns, the schedule, the sensitivity scan,
-    the sparsity report, and writes the artifact with sparse storage (:mod:`slimkit.storage`).
+    the sparsity report, and writes the artifact with sparse storage (:mod:`slimkit.toolkit.storage`).
     """
 
     kind = Kind.PRUNER
@@ -495,7 +494,7 @@ class UnstructuredPruner(Stage):
         state.zero_masks = True  # recovery between schedule steps and any later training keep the zeros
         metrics["schedule"] = run_schedule(state, prune_to, cfg.schedule, desc=f"{self.name} pruning")
         metrics.update(sparsity_report(layers))
-        from .models import count_parameters
+        from slimkit.models import count_parameters
 
         metrics["model_sparsity"] = metrics["zeroed_weights"] / count_parameters(state.model)
         if metrics["zeroed_weights"]:
@@ -504,13 +503,13 @@ class UnstructuredPruner(Stage):
 
     def save(self, model: torch.nn.Module, directory: Path) -> None:
         """Config + a safetensors file with sparse tensors stored as bitmask + values."""
-        from .storage import save_sparse_model
+        from slimkit.toolkit.storage import save_sparse_model
 
         save_sparse_model(model, directory)
 
     @classmethod
     def load(cls, directory: Path, manifest: Mapping[str, Any]) -> torch.nn.Module:
-        from .storage import load_sparse_model
+        from slimkit.toolkit.storage import load_sparse_model
 
         return load_sparse_model(directory)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, List, Optional
 
-from .plugin import Kind, Stage, StageConfig
-from .registry import Registry, default_registry
+from slimkit.core.plugin import Kind, Stage, StageConfig
+from slimkit.core.registry import Registry, default_registry
 
 
 @dataclasses.dataclass
@@ -42,7 +42,7 @@ class EvalConfig:
     """What is measured before and after compression."""
 
     perplexity: bool = True
-    #: task accuracies measured on the original and the final model (see slimkit.tasks)
+    #: task accuracies measured on the original and the final model (see slimkit.evaluation.tasks)
     tasks: List[str] = dataclasses.field(default_factory=lambda: ["sentiment"])
     #: balanced examples per task
     task_samples: int = 200
@@ -88,8 +88,7 @@ class BrokenPluginNode:
 def register_configs(registry: Registry | None = None) -> None:
     """Register core schemas and every installed backend's config in Hydra's ConfigStore."""
     from hydra.core.config_store import ConfigStore
-
-    from .errors import PluginError
+    from slimkit.core.errors import PluginError
 
     registry = registry or default_registry()
     cs = ConfigStore.instance()
@@ -108,8 +107,7 @@ def register_configs(registry: Registry | None = None) -> None:
 def stage_config(cls: type[Stage], node: Any, key: str) -> StageConfig:
     """Build a backend's Config from a (possibly untyped) config node; unknown keys are errors."""
     from omegaconf import DictConfig, OmegaConf
-
-    from .errors import ConfigError
+    from slimkit.core.errors import ConfigError
 
     values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
     values.pop("backend", None)

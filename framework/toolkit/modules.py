@@ -6,8 +6,7 @@ import fnmatch
 from typing import Iterable, Sequence
 
 import torch
-
-from .errors import ConfigError
+from slimkit.core.errors import ConfigError
 
 
 def _matches(name: str, pattern: str) -> bool:

@@ -16,9 +16,8 @@ import tarfile
 from typing import Any
 
 import torch
+from slimkit.core.errors import DataError
 from tqdm.auto import tqdm
-
-from .errors import DataError
 
 SDIST = "vaderSentiment-3.3.2.tar.gz"
 FETCH_HINT = "pip download --no-deps --no-binary :all: vaderSentiment==3.3.2 -d \"$SLIMKIT_CACHE/sdist\""
@@ -29,7 +28,7 @@ DEMO_POOL = 1000
 @functools.lru_cache(maxsize=1)
 def review_snippets() -> list[tuple[float, str]]:
     """(mean sentiment, sentence) pairs from the vaderSentiment sdist in the cache."""
-    from .models import cache_dir
+    from slimkit.core.paths import cache_dir
 
     path = cache_dir() / "sdist" / SDIST
     if not path.is_file():

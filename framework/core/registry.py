@@ -1,7 +1,7 @@
 """The entry-point plugin registry.
 
-Plugins are discovered from the entry-point groups ``slimkit.pruners``, ``slimkit.distillers`` and
-``slimkit.quantizers``; first-party backends use the same groups a third party would. Discovery reads
+Plugins are discovered from the entry-point groups ``slimkit.pruners``, ``slimkit.distillers``,
+``slimkit.quantizers`` and ``slimkit.exporters``; first-party backends use the same groups a third party would. Discovery reads
 metadata only; a plugin's module is imported when it is first asked for.
 """
 
@@ -11,8 +11,8 @@ import dataclasses
 import importlib.metadata as md
 from typing import Callable, Iterable
 
-from .errors import PluginError, UnknownPluginError
-from .plugin import Kind, Stage
+from slimkit.core.errors import PluginError, UnknownPluginError
+from slimkit.core.plugin import Kind, Plugin
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Registry:
     def __init__(self, entry_points: EntryPointSource = _installed_entry_points):
         self._entry_points = entry_points
         self._infos: dict[Kind, dict[str, tuple[PluginInfo, md.EntryPoint]]] = {}
-        self._loaded: dict[tuple[Kind, str], type[Stage]] = {}
+        self._loaded: dict[tuple[Kind, str], type[Plugin]] = {}
 
     # -- discovery (metadata only) ------------------------------------------------------------
     def _discover(self, kind: Kind) -> dict[str, tuple[PluginInfo, md.EntryPoint]]:
@@ -85,7 +85,7 @@ class Registry:
             raise UnknownPluginError(kind.value, name, self.names(kind)) from None
 
     # -- loading -----------------------------------------------------------------------------
-    def get(self, kind: Kind, name: str) -> type[Stage]:
+    def get(self, kind: Kind, name: str) -> type[Plugin]:
         """The plugin class for ``kind``/``name``; imports its module on first use."""
         kind = Kind(kind)
         key = (kind, name)
@@ -98,8 +98,8 @@ class Registry:
         except Exception as exc:
             raise PluginError(f"the {info.describe()} failed to import ({info.target}): "
                               f"{type(exc).__name__}: {exc}") from exc
-        if not (isinstance(cls, type) and issubclass(cls, Stage)):
-            raise PluginError(f"the {info.describe()} points at {info.target}, which is not a slimkit Stage subclass")
+        if not (isinstance(cls, type) and issubclass(cls, Plugin)):
+            raise PluginError(f"the {info.describe()} points at {info.target}, which is not a slimkit Plugin (Stage or Exporter) subclass")
         if Kind(cls.kind) is not kind or cls.name != name:
             raise PluginError(f"the {info.describe()} loads a class that declares "
                               f"kind={Kind(cls.kind).value!r}, name={cls.name!r}; they must match its entry point")

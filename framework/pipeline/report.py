@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Mapping
+
+from slimkit.core.artifact import atomic_write_text
 
 COLUMNS = [  # (key, header, format)
     ("perplexity", "perplexity", "{:.2f}"),
@@ -66,16 +67,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def write_reports(report: Mapping[str, Any], output_dir: Path) -> None:
     """Write report.json and report.md and print the summary table."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(output_dir / "report.json", json.dumps(report, indent=2, default=str))
+    atomic_write_text(output_dir / "report.json", json.dumps(report, indent=2, default=str))
     text = render_markdown(report)
-    _atomic_write(output_dir / "report.md", text)
+    atomic_write_text(output_dir / "report.md", text)
     print(text)

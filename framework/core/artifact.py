@@ -13,9 +13,12 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-from .errors import ArtifactError
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+from slimkit.core.errors import ArtifactError, ModelLoadError
 
 MANIFEST = "slimkit.json"
 FORMAT_VERSION = 1
@@ -56,6 +59,15 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
         raise
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file so that readers see the old content or the new, never a partial one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def write_manifest(directory: Path, info: dict[str, Any]) -> None:
     """Write the manifest last: its presence marks the artifact complete."""
     data = {"format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **info}
@@ -84,3 +96,16 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
 def directory_size(directory: str | os.PathLike) -> int:
     """Bytes of all files under ``directory``."""
     return sum(p.stat().st_size for p in Path(directory).rglob("*") if p.is_file())
+
+
+def load_pretrained(path: str | os.PathLike, trust_remote_code: bool = False, **kwargs: Any) -> torch.nn.Module:
+    """Load a causal LM from safetensors only (never unpickles)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), use_safetensors=True, trust_remote_code=trust_remote_code, dtype=torch.float32, **kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelLoadError(f"cannot load a model from {str(path)!r}: {exc}") from exc
+    return model.eval()

@@ -41,10 +41,9 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence
 
 import torch
-
-from .errors import ConfigError, DataError
-from .modules import select_modules
-from .plugin import StageConfig, check_choice, check_range
+from slimkit.core.errors import ConfigError, DataError
+from slimkit.core.plugin import StageConfig, check_choice, check_range
+from slimkit.toolkit.modules import select_modules
 
 #: override values meaning "keep this module in float"
 FLOAT_WORDS = ("float", "fp", "none", "null")

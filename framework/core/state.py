@@ -4,12 +4,26 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
-import torch
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
-from .data import DataSplits
-from .plugin import Stage
+
+@dataclasses.dataclass
+class DataSplits:
+    """Token windows for training/calibration and for evaluation, disjoint by construction."""
+
+    train: torch.Tensor        # [n_train, seq_len] from the start of the stream
+    eval: torch.Tensor         # [n_eval, seq_len] from the end of the stream
+    seq_len: int
+    calibration_samples: int
+    info: dict[str, Any]
+
+    @property
+    def calibration(self) -> torch.Tensor:
+        """The first ``calibration_samples`` training windows."""
+        return self.train[: self.calibration_samples]
 
 
 @dataclasses.dataclass
@@ -21,15 +35,15 @@ class PipelineState:
     writes the artifact.
     """
 
-    model: torch.nn.Module
+    model: "torch.nn.Module"
     tokenizer: Any
-    data: DataSplits
+    data: "DataSplits"
     #: the original model, frozen: the teacher for distillation and the latency baseline
-    reference: torch.nn.Module
+    reference: "torch.nn.Module"
     #: the whole resolved run config, read-only
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)
-    #: the stage whose save/load formats the artifact (None: plain save_pretrained)
-    artifact_writer: Optional[Stage] = None
+    #: the Stage whose save/load formats the artifact (None: plain save_pretrained)
+    artifact_writer: Optional[Any] = None
     #: kinds applied so far, in order
     applied: list[str] = dataclasses.field(default_factory=list)
     #: an unstructured pruner zeroed weights: later training (recovery, distillation) keeps exact zeros of

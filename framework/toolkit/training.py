@@ -24,9 +24,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 import torch
+from slimkit.core.errors import ArtifactError, ConfigError
 from tqdm.auto import tqdm
-
-from .errors import ArtifactError, ConfigError
 
 log = logging.getLogger("slimkit")
 

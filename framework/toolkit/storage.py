@@ -25,8 +25,7 @@ from typing import Mapping
 
 import numpy as np
 import torch
-
-from .errors import ArtifactError
+from slimkit.core.errors import ArtifactError
 
 #: metadata key holding the JSON description of the sparse tensors
 SPARSE_KEY = "slimkit.sparse"
@@ -177,7 +176,7 @@ def save_sparse_model(model: torch.nn.Module, directory: str | os.PathLike) -> d
 
     directory = Path(directory)
     save_model_config(model, directory)
-    return save_tensors(untied_state_dict(model), directory / WEIGHTS, metadata={"format": "pt", "writer": "slimkit.storage"})
+    return save_tensors(untied_state_dict(model), directory / WEIGHTS, metadata={"format": "pt", "writer": "slimkit.toolkit.storage"})
 
 
 def load_sparse_model(directory: str | os.PathLike) -> torch.nn.Module:
