@@ -13,12 +13,13 @@ import dataclasses
 import importlib
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Mapping, Optional, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Mapping, Optional, Protocol, Sequence
 
 from slimkit.core.errors import ConfigError, MissingDependencyError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
+
     from slimkit.core.state import PipelineState
 
 
@@ -77,6 +78,9 @@ class PrunerConfig(StageConfig):
             check_range(f"pruner.overrides[{glob!r}]", value, 0.0, 1.0, high_open=True)
 
 
+#: override values that mean "keep this module in float"
+FLOAT_WORDS = ("float", "fp", "none", "null")
+
 #: the activation-quantization vocabulary every quantizer uses (``quantizer.activations``):
 #: null = weights only; ``int8-token`` = int8 with one scale per token, computed at run time;
 #: ``int8-tensor`` = int8 with one scale per tensor (static, from calibration, or dynamic: the backend says)
@@ -108,6 +112,8 @@ class QuantizerConfig(StageConfig):
         check_choice("quantizer.bits", self.bits, self.ALLOWED_BITS)
         check_choice("quantizer.activations", self.activations, self.ACTIVATIONS)
         self.overrides = dict(self.overrides)
+        for pattern, value in self.overrides.items():
+            parse_bits(f"quantizer.overrides[{pattern!r}]", value, self.ALLOWED_BITS)
 
 
 @dataclasses.dataclass
@@ -165,6 +171,18 @@ def check_choice(key: str, value: Any, allowed: Any) -> None:
         raise ConfigError(key, value, "one of " + ", ".join(map(repr, allowed)))
 
 
+def parse_bits(key: str, value: Any, allowed: Sequence[int]) -> Optional[int]:
+    """An override value as bits (an allowed int) or ``None`` (keep float); else :class:`ConfigError`."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in FLOAT_WORDS):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or (isinstance(value, str) and not value.strip().isdigit()):
+        raise ConfigError(key, value, "one of " + ", ".join(map(repr, allowed)) + ", or null/'float' to keep it float")
+    bits = int(value)
+    if bits not in allowed:
+        raise ConfigError(key, value, "one of " + ", ".join(map(repr, allowed)) + ", or null/'float' to keep it float")
+    return bits
+
+
 class Plugin:
     """What every plugin has: a kind, a name, a typed config, optional dependencies and early checks."""
 
@@ -208,10 +226,19 @@ class Stage(Plugin):
 
     #: True for a stage that may legitimately leave the model unchanged (the contract then skips that check)
     noop: ClassVar[bool] = False
+    #: True for a stage that zeroes weights in place (unstructured pruning): later writers should store them sparsely
+    zeroes_weights: ClassVar[bool] = False
 
     def apply(self, state: "PipelineState") -> dict[str, Any]:
         """Apply this stage to ``state.model``; return metrics for the report."""
         raise NotImplementedError
+
+    def keeps_sparse_storage(self) -> bool:
+        """Whether this stage's artifact still stores exact zeros sparsely (bitmask + values) when an earlier
+        stage zeroed weights. Writers that save through ``slimkit.toolkit.storage.save_tensors`` do; a
+        format that packs codes so that zero is not the byte 0 returns False, and the pipeline then refuses
+        the combination at config time instead of silently writing a dense file."""
+        return True
 
     # --- artifact I/O: override only when save_pretrained cannot write the result -------------
     def save(self, model: "torch.nn.Module", directory: Path) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
 from slimkit.core.artifact import atomic_directory, load_pretrained
 from slimkit.core.errors import ConfigError, ModelLoadError
 from slimkit.core.paths import cache_dir
@@ -117,8 +118,9 @@ def tiny_tokenizer(vocab_size: int = 512):
 
     target = cache_dir() / "tokenizers" / f"tiny-bpe-{vocab_size}"
     if not (target / "tokenizer.json").is_file():
-        from slimkit.data import wikipedia_articles
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+        from slimkit.data import wikipedia_articles
 
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

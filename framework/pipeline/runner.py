@@ -12,8 +12,10 @@ from typing import Any, Mapping
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+
 from slimkit.core import artifact
 from slimkit.core.errors import ArtifactError, ConfigError, StageOrderError
+from slimkit.core.loader import load
 from slimkit.core.plugin import STAGE_KINDS, Kind, Stage
 from slimkit.core.registry import PluginInfo, Registry, default_registry
 from slimkit.core.state import PipelineState
@@ -112,18 +114,6 @@ def save_artifact(state: PipelineState, target: Path, overwrite: bool, records: 
                               r["backend"] == writer.name), None)
         artifact.write_manifest(tmp, {"writer": writer_record, "stages": records, "model": model_info})
 
-
-def load(path: str | Path, registry: Registry | None = None) -> torch.nn.Module:
-    """Reload a slimkit artifact (any backend) as a model in eval mode."""
-    from slimkit.models import load_pretrained
-
-    manifest = artifact.read_manifest(path)
-    writer = manifest.get("writer")
-    if not writer:
-        return load_pretrained(path)
-    cls = (registry or default_registry()).get(Kind(writer["kind"]), writer["backend"])
-    cls.check_dependencies()
-    return cls.load(Path(path), manifest).eval()
 
 
 def _fp32_size(model: torch.nn.Module) -> int:

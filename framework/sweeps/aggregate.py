@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from omegaconf import OmegaConf
+
 from slimkit.core.errors import ConfigError, SlimkitError
 from slimkit.sweeps.jobs import (
     check_sweep_settings,

@@ -20,6 +20,7 @@ import dataclasses
 from typing import Any, ClassVar
 
 import torch
+
 from slimkit.core.plugin import Stage
 from slimkit.core.registry import default_registry
 from slimkit.evaluation import model_logits
