@@ -14,6 +14,9 @@ size on disk (compressed-tensors pack-quantized, without the tokenizer) and quan
         --out benchmarks/int4_calibrated_smollm2.json
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/int4_calibrated.py --model gemma3-270m --groups 64,128 \
         --ppl-batch 1 --out benchmarks/int4_calibrated_gemma3.json
+
+Arms can run in parallel processes (``--methods``/``--groups``/``--embeddings`` select them, ``--skip-fp32`` leaves
+the fp32 point to one of them); ``benchmarks/int4_calibrated_table.py`` merges the JSON files into the tables.
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ def main() -> None:
     ap.add_argument("--task-samples", type=int, default=200)
     ap.add_argument("--task-batch", type=int, default=8)
     ap.add_argument("--ppl-batch", type=int, default=4)
+    ap.add_argument("--skip-fp32", action="store_true", help="no fp32 point (another process of the same "
+                    "settings measures it: arms run in parallel processes on a loaded machine)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -79,14 +84,15 @@ def main() -> None:
                      "eval_slice": data.info["eval"], "calibration_slice": data.info["calibration"],
                      "task": f"2-shot sentiment, {args.task_samples} balanced sentences", "args": vars(args),
                      "scheme": "int4 symmetric, one float16 scale per group of input features", "points": []}
-    t = time.perf_counter()
-    results["fp32"] = {**evaluate(reference, loaded.tokenizer, data, args),
-                       "stored_bits_per_weight": stored_bits_per_weight(reference)}
-    with tempfile.TemporaryDirectory(prefix="int4-bench-") as tmp:
-        reference.save_pretrained(tmp, safe_serialization=True)
-        results["fp32"]["size_bytes"] = directory_size(tmp)
-    print("fp32", json.dumps(results["fp32"]), f"{time.perf_counter() - t:.0f}s", flush=True)
-    out.write_text(json.dumps(results, indent=1))
+    if not args.skip_fp32:
+        t = time.perf_counter()
+        results["fp32"] = {**evaluate(reference, loaded.tokenizer, data, args),
+                           "stored_bits_per_weight": stored_bits_per_weight(reference)}
+        with tempfile.TemporaryDirectory(prefix="int4-bench-") as tmp:
+            reference.save_pretrained(tmp, safe_serialization=True)
+            results["fp32"]["size_bytes"] = directory_size(tmp)
+        print("fp32", json.dumps(results["fp32"]), f"{time.perf_counter() - t:.0f}s", flush=True)
+        out.write_text(json.dumps(results, indent=1))
     for group in map(int, args.groups.split(",")):
         for method in args.methods.split(","):
             values = {"bits": 4, "group_size": group, "sym": True, "method": method, "embedding": "float"}
@@ -110,8 +116,8 @@ def main() -> None:
                          "int4_modules": sum(1 for m in model.modules() if getattr(getattr(m, ATTRIBUTE, None), "bits", 0) == 4),
                          **evaluate(model, loaded.tokenizer, data, args), "load_average": os.getloadavg()}
                 for key in ("perplexity", "sentiment_accuracy", "size_bytes"):
-                    base = results["fp32"][key]
-                    point[f"{key}_vs_fp32"] = point[key] / base
+                    if "fp32" in results:
+                        point[f"{key}_vs_fp32"] = point[key] / results["fp32"][key]
                 results["points"].append(point)
                 print(json.dumps(point), flush=True)
                 out.write_text(json.dumps(results, indent=1))
