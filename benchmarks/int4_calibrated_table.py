@@ -13,8 +13,7 @@ import sys
 def main(paths: list[str]) -> None:
     runs = [json.loads(open(p).read()) for p in paths]
     fp32 = next(r["fp32"] for r in runs if "fp32" in r)
-    keys = {(r["args"]["eval_tokens"], r["args"]["task_samples"], r["args"]["seq_len"], r["args"]["calibration_samples"])
-            for r in runs}
+    keys = {(r["args"]["eval_tokens"], r["args"]["task_samples"], r["args"]["seq_len"]) for r in runs}
     if len(keys) != 1:
         raise SystemExit(f"the files were measured with different settings: {keys}")
     print(f"fp32: perplexity {fp32['perplexity']:.2f}, sentiment {fp32['sentiment_accuracy']:.3f}, "
@@ -27,7 +26,7 @@ def main(paths: list[str]) -> None:
         for p in run["points"]:
             rows.append((p["group_size"], p["embedding"], p["method"], p, path.rsplit("/", 1)[-1]))
     for group, embedding, method, p, name in sorted(rows, key=lambda r: (r[0], r[1], r[2])):
-        label = "RTN" if p["method"] == "rtn" else f"SignRound {p['iters']} it"
+        label = "RTN" if p["method"] == "rtn" else f"SignRound {p['iters']} it, {p['calibration_windows']} windows"
         print(f"| {group} | {label} | {embedding} | {p['stored_bits_per_weight']:.2f} | "
               f"{p['size_bytes'] / 1e6:.1f} ({fp32['size_bytes'] / p['size_bytes']:.2f}×) | "
               f"{p['perplexity']:.2f} (×{p['perplexity'] / fp32['perplexity']:.3f}) | "
