@@ -185,7 +185,7 @@ def compute_masks(scores: Mapping[str, torch.Tensor], targets: Mapping[str, floa
         for name, score in scores.items():
             rows, cols = score.shape
             if cols % m:
-                raise ConfigError("pruner.pattern", f"{n}:{m}", f"an M that divides every pruned layer's input width",
+                raise ConfigError("pruner.pattern", f"{n}:{m}", "an M that divides every pruned layer's input width",
                                   f"{name} has {cols} inputs")
             groups = score.reshape(rows, cols // m, m)
             keep = torch.zeros_like(groups, dtype=torch.bool)
@@ -334,15 +334,10 @@ def run_schedule(state, prune_to: Callable[[float], Mapping[str, Any]], schedule
 
 def calibration_loss(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 4) -> float:
     """Mean next-token cross-entropy on ``windows`` (no grad)."""
-    from slimkit.toolkit.training import next_token_loss
+    from slimkit.evaluation.metrics import mean_next_token_loss
 
     model.eval()
-    total = 0.0
-    with torch.no_grad():
-        for start in range(0, windows.shape[0], batch_size):
-            batch = windows[start:start + batch_size]
-            total += next_token_loss(model, batch).item() * batch.shape[0]
-    return total / windows.shape[0]
+    return mean_next_token_loss(model, windows, batch_size)
 
 
 def _blocks(names: Iterator[str]) -> dict[str, list[str]]:
