@@ -38,7 +38,8 @@ from typing import Any, ClassVar, Mapping, Optional
 
 import torch
 
-from slimkit import ConfigError, DataError, Kind, Stage, check_choice, check_range
+from slimkit import ConfigError, DataError, Kind, Stage
+from slimkit.core.plugin import choice, ranged
 from slimkit.toolkit.quantization import MixedPrecisionConfig, plan_precision, resolve_plan, swap_module
 
 from .layout import (ATTRIBUTE, IntWeights, code_range, codes_of, load_dequantized, read_int_weights, round_to_nearest, save_compressed,
@@ -56,26 +57,26 @@ class AutoRoundConfig(MixedPrecisionConfig):
     #: default weight bits of the selected Linear modules
     bits: int = 4
     #: input features sharing one scale; must divide the input width of every quantized layer
-    group_size: int = 64
+    group_size: int = ranged(64, 1)
     #: symmetric codes (no zero point); false stores a zero point per group
     sym: bool = True
     #: 'signround' (AutoRound's signed-gradient rounding/clipping tuning), 'awq' (AWQ activation-aware scaling,
     #: then round-to-nearest) or 'rtn' (round-to-nearest)
-    method: str = "signround"
+    method: str = choice("signround", METHODS)
     #: SignRound optimisation steps per decoder block
-    iters: int = 50
+    iters: int = ranged(50, 0)
     #: SignRound learning rate (null: AutoRound's default, 1/iters)
-    lr: Optional[float] = None
+    lr: Optional[float] = ranged(None, 0.0, low_open=True)
     #: also tune the clipping range (min/max scales) in SignRound
     minmax_tuning: bool = True
     #: calibration windows per SignRound step (capped at data.calibration_samples)
-    batch_size: int = 8
+    batch_size: int = ranged(8, 1)
     #: decoder blocks tuned together in SignRound
-    nblocks: int = 1
+    nblocks: int = ranged(1, 1)
     #: method=rtn only: AutoRound's activation-weighted scale search instead of plain round-to-nearest
     optimized_rtn: bool = False
     #: the input embedding table (shared with a tied lm_head): 'float', 'int8' or 'int4' (round-to-nearest)
-    embedding: str = "float"
+    embedding: str = choice("float", EMBEDDING_MODES)
     #: let AutoRound torch.compile its tuning step (off: compiling costs minutes per block on a busy CPU)
     compile: bool = False
 
@@ -83,14 +84,6 @@ class AutoRoundConfig(MixedPrecisionConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_range("quantizer.group_size", self.group_size, 1)
-        check_choice("quantizer.method", self.method, METHODS)
-        check_range("quantizer.iters", self.iters, 0)
-        if self.lr is not None:
-            check_range("quantizer.lr", self.lr, 0.0, low_open=True)
-        check_range("quantizer.batch_size", self.batch_size, 1)
-        check_range("quantizer.nblocks", self.nblocks, 1)
-        check_choice("quantizer.embedding", self.embedding, EMBEDDING_MODES)
         if self.method == "signround" and self.iters == 0:
             raise ConfigError("quantizer.iters", self.iters, "at least 1 with quantizer.method=signround "
                               "(for round-to-nearest set quantizer.method=rtn)")
@@ -147,13 +140,11 @@ def _output_name(model: torch.nn.Module) -> Optional[str]:
     return next((n for n, m in model.named_modules() if m is out), None)
 
 
-def _skeleton(settings: Mapping[str, Any]) -> Optional[torch.nn.Module]:
-    """The run's model on the meta device (no weights read), or None when it cannot be built cheaply."""
+def _skeleton(settings: Mapping[str, Any]) -> torch.nn.Module:
+    """The run's model on the meta device (no weights read)."""
+    from slimkit.models import model_skeleton
+
     model_cfg = settings.get("model") or {}
-    try:
-        from slimkit.models import model_skeleton
-    except ImportError:
-        return None
     return model_skeleton(model_cfg.get("name", "smollm2-135m"), model_cfg.get("path"),
                           bool(model_cfg.get("trust_remote_code", False)))
 
@@ -177,9 +168,8 @@ class AutoRoundQuantizer(Stage):
                               + (" and quantizer.budget_bits" if cfg.budget_bits is not None else ""),
                               "the method calibrates on those windows (only method=rtn without optimized_rtn "
                               "and budget_bits runs without data)")
-        skeleton = _skeleton(settings) if isinstance(settings, Mapping) and settings.get("model") else None
-        if skeleton is not None:
-            self._check_model(skeleton)
+        if isinstance(settings, Mapping) and settings.get("model"):
+            self._check_model(_skeleton(settings))
 
     def _check_model(self, model: torch.nn.Module) -> dict[str, Optional[int]]:
         """Plan, tied-embedding and group-size checks on a real or meta-device model; returns the plan."""

@@ -24,6 +24,8 @@ class TestAutoRoundContract(StageContract):
         {"method": "rtn", "sym": False, "embedding": "int8",
          "overrides": {"model.layers.0.*": 8, "model.layers.3.mlp.*": None}},
     ]
+    # beyond the declared ranges/choices: cross-field checks of __post_init__
+    invalid_values = {"iters": [0]}  # with the default method=signround (rtn is the zero-iteration method)
     reload_atol = 1e-4
 
     def _state(self):

@@ -76,11 +76,6 @@ def test_group_size_that_does_not_divide_a_layer_names_it_and_the_sizes_that_wor
 
 
 def test_group_size_is_checked_before_the_model_loads():
-    pytest.importorskip("slimkit.models", reason="needs slimkit.models")
-    from slimkit import models
-
-    if not hasattr(models, "model_skeleton"):
-        pytest.skip("this slimkit has no model_skeleton (meta-device architecture) yet")
     with pytest.raises(ConfigError, match="quantizer.group_size=48"):
         AutoRoundQuantizer(AutoRoundConfig(group_size=48)).check_before_load(SETTINGS)
 
