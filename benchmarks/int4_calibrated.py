@@ -57,7 +57,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--groups", default="64,96", help="group sizes (each must divide every layer's input width)")
-    ap.add_argument("--methods", default="rtn,signround")
+    ap.add_argument("--methods", default="rtn,signround", help="rtn, optrtn, awq, signround")
     ap.add_argument("--embeddings", default="float,int8,int4")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--calibration-samples", type=int, default=16)
@@ -95,7 +95,9 @@ def main() -> None:
         out.write_text(json.dumps(results, indent=1))
     for group in map(int, args.groups.split(",")):
         for method in args.methods.split(","):
-            values = {"bits": 4, "group_size": group, "sym": True, "method": method, "embedding": "float"}
+            # "optrtn": AutoRound's activation-weighted (imatrix) scale search, no gradient steps
+            values = {"bits": 4, "group_size": group, "sym": True, "method": "rtn" if method == "optrtn" else method,
+                      "optimized_rtn": method == "optrtn", "embedding": "float"}
             if method == "signround":
                 values["iters"] = args.iters
             stage = AutoRoundQuantizer(AutoRoundConfig(**values))
