@@ -20,7 +20,10 @@ plain ``AutoModelForCausalLM.from_pretrained`` reads when the ``compressed-tenso
 ``config.json`` → ``quantization_config.config_groups[*]`` gives, per group, ``targets`` (the module names),
 ``weights.num_bits``, ``weights.group_size`` and ``weights.symmetric``; ``ignore`` lists Linear modules
 kept in float. Dequantization: ``w[o, i] = (code[o, i] - zero[o, i // g]) * scale[o, i // g]``
-(``zero = 0`` when symmetric). Symmetric 4-bit codes lie in ``[-8, 7]``, so a symmetric group of 32·k
+(``zero = 0`` when symmetric). Symmetric 4-bit codes lie in ``[-8, 7]``: AutoRound maps each group's
+largest-magnitude weight to -8 (``scale`` = that weight / -8, so scales can be negative, exactly llama.cpp
+``Q4_0``'s convention); the embedding table and the budget scan use ``scale = absmax / 7`` (codes in
+``[-7, 7]``). Either way a symmetric group of 32·k
 maps onto k GGUF ``Q4_0`` blocks (fp16 ``d`` = the group's scale, ``q = code + 8``) and onto ONNX
 ``MatMulNBits`` (bits 4, block_size = group_size, default zero point 8) without re-quantization.
 
