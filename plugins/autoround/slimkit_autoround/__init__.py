@@ -346,17 +346,24 @@ def _spec_from_autoround(module: torch.nn.Module) -> IntWeights:
 
 
 def _codes_checked(name: str, module: torch.nn.Module, spec: IntWeights) -> torch.Tensor:
-    """The module's codes; the fake-quantized weight must be exactly codes x scale (else the artifact would
-    not reload to the same model)."""
+    """The module's codes, and its weight snapped to exactly ``codes x float16 scale`` (what the artifact stores).
+
+    SignRound already computes with float16 scales; AutoRound's optimized RTN keeps float32 scales, so its weights
+    sit a fraction of a step off the float16 grid. That is fine while each weight is unambiguously one code
+    (within a quarter step of it); anything further means the scales do not describe the weights, and the stage
+    refuses rather than write an artifact that would not reload to this model."""
+    weight = module.weight.detach().float()
+    out, cols = weight.shape
+    steps = weight.view(out, cols // spec.group_size, spec.group_size) / spec.scale.float()[..., None]
+    if spec.zero_point is not None:
+        steps = steps + spec.zero_point.float()[..., None]
+    off = (steps - steps.round()).abs().max().item()
+    if off > 0.25:
+        raise RuntimeError(f"{name}: AutoRound's weights are {off:.2f} quantization steps away from codes x float16 "
+                           "scales; refusing to write an artifact that would not reload to this model")
     codes = codes_of(module.weight, spec)
     spec.codes = codes
-    rebuilt = spec.dequantize()
-    err = (rebuilt - module.weight.detach().float()).abs().max().item()
-    scale = spec.scale.float().abs().max().item()
-    if err > 1e-3 * max(scale, 1e-12):
-        raise RuntimeError(f"{name}: AutoRound's weights are not codes x float16 scales (max error {err:.3g}); "
-                           "refusing to write an artifact that would not reload to this model")
-    module.weight.data.copy_(rebuilt)  # exactly what the artifact stores
+    module.weight.data.copy_(spec.dequantize(module.weight.dtype))
     return codes
 
 

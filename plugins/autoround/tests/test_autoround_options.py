@@ -200,3 +200,19 @@ def test_budget_bits_mixes_widths_within_the_budget(tmp_path):
     widths = {getattr(m, ATTRIBUTE).bits for m in state.model.modules() if hasattr(m, ATTRIBUTE)}
     assert widths == {4, 8}
     assert metrics["budget"]["reached_bits"] <= 6.0
+
+
+@pytest.mark.parametrize("values", [{"method": "rtn", "optimized_rtn": True}, {"method": "awq"}])
+def test_gradient_free_calibrated_methods_store_exactly_what_runs(values, tmp_path):
+    """optimized RTN keeps float32 scales inside AutoRound: the stage snaps weights to the float16 grid it stores."""
+    state = random_token_state()
+    before = state.model.model.layers[0].mlp.up_proj.weight.detach().clone()
+    AutoRoundQuantizer(AutoRoundConfig(**values)).apply(state)
+    q = state.model.model.layers[0].mlp.up_proj
+    spec = getattr(q, ATTRIBUTE)
+    assert torch.equal(spec.dequantize(), q.weight.detach()) and not torch.equal(before, q.weight.detach())
+    target = tmp_path / "model"
+    save_artifact(state, target, overwrite=False, records=[], model_info={"name": "tiny"})
+    probe = state.data.eval[:1, :32]
+    reloaded = AutoRoundQuantizer.load(target, {})
+    assert (model_logits(reloaded, probe) - model_logits(state.model, probe)).abs().max().item() < 1e-4
