@@ -55,6 +55,8 @@ class Job:
     baseline: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: the overrides that differ between the sweep's jobs (plot labels)
     label: str = ""
+    #: exports measured in their runtimes (exporter=...): exporter, runtime, format, size, quality, speed
+    deployments: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @property
     def other_overrides(self) -> list[str]:
@@ -170,6 +172,7 @@ def load_job(job_dir: Path, root: Path, sweep: Mapping[str, Any]) -> Job:
         job.size_mb = final["size_bytes"] / 1e6 if final.get("size_bytes") else None
         job.size_ratio, job.speed_ratio = ratios.get("size"), ratios.get("speed")
         job.prefill_ratio = ratios.get("prefill_speed")
+        job.deployments = [_deployment_row(d) for d in report.get("deployments") or [] if isinstance(d, Mapping)]
         floor = float(sweep.get("min_quality", 0.97))
         job.feasible = None if job.quality is None else job.quality >= floor
         try:
@@ -177,6 +180,13 @@ def load_job(job_dir: Path, root: Path, sweep: Mapping[str, Any]) -> Job:
         except SlimkitError:
             job.objective = None
     return job
+
+
+def _deployment_row(entry: Mapping[str, Any]) -> dict[str, Any]:
+    keys = ("exporter", "runtime", "format", "size_bytes", "perplexity", "perplexity_ratio", "prefill_speedup", "decode_speedup")
+    row = {k: entry.get(k) for k in keys}
+    row["tasks"] = {t: (v or {}).get("final") for t, v in (entry.get("tasks") or {}).items()}
+    return row
 
 
 def dominates(a: Sequence[float], b: Sequence[float], senses: Sequence[str]) -> bool:
