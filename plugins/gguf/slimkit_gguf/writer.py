@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -142,10 +143,16 @@ def write_gguf(model: torch.nn.Module, tokenizer: Any, path: Path, weights: str,
         array, raw_shape = _encode(data.numpy(), qtype)
         writer.add_tensor(name, array, raw_shape=raw_shape, raw_dtype=None if raw_shape is None else qtype)
         counts[qtype.name] = counts.get(qtype.name, 0) + 1
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    quiet = logging.getLogger("gguf.gguf_writer")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # it logs every file it writes at INFO
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    finally:
+        quiet.setLevel(level)
     return {"tensor_types": counts, "architecture": arch, "tokenizer_pre": pre}
 
 
