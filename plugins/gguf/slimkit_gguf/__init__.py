@@ -11,10 +11,12 @@
     weights: q8_0        # auto | f32 | f16 | bf16 | q8_0 | q5_1 | q5_0 | q4_1 | q4_0
     embeddings: auto     # the output / tied embedding matrix: auto (Q8_0 under 4/5-bit formats) or a format
 
-Model families: Llama (``LlamaForCausalLM``: SmolLM2, Llama 2/3 without rope scaling, the tiny test
-model), Mistral and Qwen2 layouts (written through the same family table; read back by transformers'
-GGUF loader in the tests). Gemma, Phi and others are refused with a ConfigError before any weights
-load. A structurally pruned model (uniform per layer) is written as its smaller architecture.
+Model families: Llama (``LlamaForCausalLM``: SmolLM2, the tiny test model; checked in llama.cpp),
+Qwen2 and Qwen3 (same family table; checked only by reading tiny models back with transformers' GGUF
+loader). Byte-level BPE tokenizers only. Rope scaling (Llama 3.1's "llama3"), Gemma, Phi, Mistral
+and the rest are refused (a ConfigError before any weights load for the model type); llama.cpp's
+``convert_hf_to_gguf.py`` covers them. A structurally pruned model (uniform per layer) is written as
+its smaller architecture.
 
 Weights: "auto" writes the model's own float weights (fp32 → F32, no loss); the block formats are
 quantized by gguf-py's reference implementation, the same arithmetic as llama.cpp's quantizer for
@@ -97,6 +99,11 @@ class GGUFExporter(Exporter):
                               f"model type {getattr(model_config, 'model_type', None)!r} is not mapped to GGUF by this "
                               "exporter; llama.cpp's convert_hf_to_gguf.py converts many more families, or use "
                               "exporter=onnx / exporter=openvino")
+        rope = (getattr(model_config, "rope_parameters", None) or {}) if model_config is not None else {}
+        if rope.get("rope_type") not in (None, "default"):
+            raise ConfigError("exporter", "gguf", "a model with plain rope",
+                              f"rope scaling {rope.get('rope_type')!r} is not mapped to GGUF by this exporter; "
+                              "llama.cpp's convert_hf_to_gguf.py converts it")
 
     def resolved_weights(self, model: torch.nn.Module) -> str:
         """``auto`` -> the model's own float dtype."""

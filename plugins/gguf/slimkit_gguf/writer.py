@@ -48,8 +48,8 @@ class Family:
 #: (tests) and, for llama, running it in llama.cpp (benchmarks/deploy.py).
 FAMILIES = {
     "llama": Family(gguf.MODEL_ARCH.LLAMA, permute_qk=True),
-    "mistral": Family(gguf.MODEL_ARCH.LLAMA, permute_qk=True),
     "qwen2": Family(gguf.MODEL_ARCH.QWEN2, permute_qk=False),
+    "qwen3": Family(gguf.MODEL_ARCH.QWEN3, permute_qk=False),
 }
 
 

@@ -3,7 +3,7 @@ import copy
 import gguf
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config, Qwen2Config, Qwen2ForCausalLM
+from transformers import AutoModelForCausalLM, GPT2Config
 
 from slimkit.core.errors import ArtifactError, ConfigError
 from slimkit.evaluation import model_logits
@@ -98,16 +98,22 @@ def test_structurally_pruned_model_exports_as_the_smaller_architecture(tmp_path)
     assert int(reader.fields["llama.attention.key_length"].parts[-1][0]) == 16  # heads x head_dim != hidden
 
 
-def test_qwen2_family_reads_back(tmp_path):
+@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
+def test_other_families_read_back(tmp_path, family):
+    import transformers
+
     state = random_token_state()
+    names = {"qwen2": ("Qwen2Config", "Qwen2ForCausalLM", "qwen2"),
+             "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", "qwen3")}
+    config_cls, model_cls, arch = (getattr(transformers, n) if i < 2 else n for i, n in enumerate(names[family]))
     torch.manual_seed(0)
-    qwen = Qwen2ForCausalLM(Qwen2Config(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                        num_key_value_heads=2, intermediate_size=128, tie_word_embeddings=True,
-                                        max_position_embeddings=512)).eval()
-    out, facts = _export(qwen, state.tokenizer, tmp_path, weights="f32")
-    assert facts["architecture"] == "qwen2"
+    config = config_cls(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                        intermediate_size=128, tie_word_embeddings=True, max_position_embeddings=512)
+    model = model_cls(config).eval()
+    out, facts = _export(model, state.tokenizer, tmp_path, weights="f32")
+    assert facts["architecture"] == arch
     probe = state.data.eval[:2, :48]
-    assert (model_logits(_read_back(out), probe) - model_logits(qwen, probe)).abs().max().item() < 1e-5
+    assert (model_logits(_read_back(out), probe) - model_logits(model, probe)).abs().max().item() < 1e-5
 
 
 def test_tokenizer_is_in_the_file(tmp_path):
@@ -154,6 +160,13 @@ def test_quanto_weights_are_dequantized_exactly_and_said_so(tmp_path):
 def test_unsupported_model_type_is_refused():
     with pytest.raises(ConfigError, match="'gpt2' is not mapped to GGUF"):
         GGUFExporter().check_model(GPT2Config(), None)
+
+
+def test_rope_scaling_is_refused():
+    config = copy.deepcopy(random_token_state().model.config)
+    config.rope_parameters = {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}
+    with pytest.raises(ConfigError, match="rope scaling 'llama3'"):
+        GGUFExporter().check_model(config, None)
 
 
 def test_non_float_weights_are_refused_at_export(tmp_path):
