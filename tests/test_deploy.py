@@ -275,3 +275,12 @@ def test_sweep_csv_has_exporter_and_deployments_columns(tmp_path):
     assert row["exporter"] == "gguf"
     (dep,) = json.loads(row["deployments"])
     assert dep["format"] == "gguf Q4_0" and dep["decode_speedup"] == 8.0 and dep["tasks"] == {"sentiment": 0.7}
+
+
+def test_a_bad_exporter_sweep_value_fails_before_any_job_launches():
+    from slimkit.pipeline.config import register_configs
+    from slimkit.sweeps import SweepError, validate_sweep
+
+    register_configs()
+    with pytest.raises(SweepError, match="exporter.gguf.weights=q3"):
+        validate_sweep(["-m", "experiment=tiny", "exporter=gguf", "exporter.gguf.weights=q8_0,q3"])
