@@ -19,7 +19,7 @@ class TestGGUFContract(ExporterContract):
     exporter_cls = GGUFExporter
     configs = [{}, {"weights": "f16"}, {"weights": "q8_0"}, {"weights": "q4_0"}, {"weights": "q5_1", "embeddings": "f16"}]
     # the module docstring's documented tolerances (tiny model, logits ~1 in size)
-    tolerances = {"auto": 1e-4, "f32": 1e-4, "f16": 1e-2, "bf16": 1e-2, "q8_0": 5e-2, "q5_1": 0.3, "q4_0": 0.3}
+    tolerances = {"auto": 1e-3, "f32": 1e-3, "f16": 1e-2, "bf16": 1e-2, "q8_0": 5e-2, "q5_1": 0.3, "q4_0": 0.3}
     bad_weights = "q3_k"
 
 
