@@ -53,15 +53,34 @@ def tensor_types(path: Path) -> dict[str, int]:
     return counts
 
 
+def markdown(results: dict) -> str:
+    """The table benchmarks/deploy.md shows, from a results JSON."""
+    lines = ["| file | route | ppl (×fp32) | sentiment (retained) | MB (×smaller) | prefill × fp32 | decode × fp32 | per process (prefill / decode) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results["rows"]:
+        sent = r["tasks"]["sentiment"]
+        procs = " · ".join(f"{p['prefill_speedup']:.2f}/{p['decode_speedup']:.2f}" for p in r.get("processes") or [])
+        speed = (f"{r['prefill_speedup']:.2f}×", f"{r['decode_speedup']:.2f}×") if r.get("processes") else ("–", "–")
+        lines.append(f"| {r['label']} | {r['route']} | {r['perplexity']:.2f} (×{r['perplexity_ratio']:.3f}) | "
+                     f"{sent['final']:.3f} ({sent['retained']:.1%}) | {r['size_bytes'] / 1e6:.1f} ({r['size_ratio']:.1f}×) | "
+                     f"{speed[0]} | {speed[1]} | {procs or '–'} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--table", help="print the markdown table of a results JSON and exit")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--formats", default="q8_0,q4_0")
     p.add_argument("--processes", type=int, default=3)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--task-samples", type=int, default=200)
+    p.add_argument("--with-f16", action="store_true", help="also measure the F16 file (a row of its own)")
     p.add_argument("--out", default="benchmarks/deploy_smollm2.json")
     args = p.parse_args()
+    if args.table:
+        print(markdown(json.loads(Path(args.table).read_text())))
+        return
 
     import llama_cpp  # noqa: F401  (fail early: this benchmark is about llama.cpp)
 
@@ -119,7 +138,8 @@ def main() -> None:
             return folder
 
         f16 = export("f16", "f16")
-        rows.append(measure("llama.cpp F16 (slimkit export)", "f16", f16, baseline))
+        if args.with_f16:
+            rows.append(measure("llama.cpp F16 (slimkit export)", "f16", f16, baseline))
         for fmt in args.formats.split(","):
             runtime_route = root / f"llamacpp-{fmt}"
             runtime_route.mkdir()
