@@ -95,7 +95,7 @@ def main() -> None:
     loaded = load_model(args.model)
     model, tokenizer = loaded.model.eval(), loaded.tokenizer
     data = build_splits(tokenizer, seq_len=256, train_tokens=256, calibration_samples=1, eval_tokens=16 * 256)
-    eval_cfg = {"threads": 1, "processes": args.processes, "repeats": args.repeats, "decode_tokens": 32}
+    eval_cfg = {"threads": 1, "latency_processes": args.processes, "repeats": args.repeats, "decode_tokens": 32}
     prompt = data.eval[:1, :128]
     model_settings = {"name": args.model}
     started = time.time()

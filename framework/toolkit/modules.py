@@ -6,6 +6,7 @@ import fnmatch
 from typing import Iterable, Sequence
 
 import torch
+
 from slimkit.core.errors import ConfigError
 
 
