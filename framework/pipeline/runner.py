@@ -71,6 +71,17 @@ def resolve_stages(cfg: Mapping[str, Any], registry: Registry) -> list[tuple[Sta
     return stages
 
 
+def check_model(stages: list[tuple[Stage, PluginInfo]], model_cfg: Mapping[str, Any]) -> None:
+    """Let each stage refuse the model from its config alone (model type, layout), before any weights load."""
+    from slimkit.models import model_config
+
+    config = model_config(model_cfg.get("name", "smollm2-135m"), model_cfg.get("path"),
+                          model_cfg.get("trust_remote_code", False))
+    if config is not None:
+        for stage, _ in stages:
+            stage.check_model(config)
+
+
 def recovery_hook(stages: list[tuple[Stage, PluginInfo]]):
     """The recovery step pruning schedules call: a configured distiller's ``recover`` if it has one
     (distillation from the original model), else plain next-token fine-tuning."""
@@ -144,6 +155,7 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
         raise ArtifactError(f"output.model_dir={str(target)!r} already exists; refusing to overwrite it "
                             "(set output.overwrite=true, or choose another output folder)")
     stages = resolve_stages(settings, registry)
+    check_model(stages, model_cfg)
     seed = int(settings.get("seed", 0))
     torch.manual_seed(seed)
 

@@ -33,8 +33,8 @@ from slimkit.core.errors import ArtifactError, ConfigError
 from slimkit.models import count_parameters
 from slimkit.toolkit.modules import select_modules
 
-from .structure import (Arch, LayerDims, UnsupportedArchitectureError, inspect, layer_scores, prune_layer,
-                        input_energy, query_keep, select_keep, target_keep, taylor_gradients)
+from .structure import (Arch, LayerDims, UnsupportedArchitectureError, check_config, inspect, layer_scores,
+                        prune_layer, input_energy, query_keep, select_keep, target_keep, taylor_gradients)
 
 IMPORTANCES = ("l2", "activation", "taylor", "random")
 HEAD_STRUCTURES = ("kv_groups", "query_heads")
@@ -127,10 +127,16 @@ class StructuredPruner(Stage):
                 return ref.dims
         return arch.dims
 
+    def check_model(self, config: Any) -> None:
+        """Before any weights load: the model's family is described in :mod:`slimkit.toolkit.families`, and
+        attention heads are only removed where the config can describe fewer of them."""
+        check_config(config, self.config.heads_sparsity)
+
     # --- the stage ---------------------------------------------------------------------------------
     def apply(self, state) -> dict[str, Any]:
         cfg, model = self.config, state.model
-        arch = inspect(model)                                   # unsupported -> error, nothing changed
+        self.check_model(model.config)                          # unsupported -> error, nothing changed
+        arch = inspect(model)
         selected = self._selected(model, arch)
         original = self._original_dims(state, arch)
         targets = {i: self._targets(original[i], arch.dims[i]) for i in selected}   # bad ratio -> error here
@@ -146,8 +152,7 @@ class StructuredPruner(Stage):
         plans = {}
         for i, target in targets.items():
             dims = arch.dims[i]
-            scores = layer_scores(arch.layers[i], dims, arch.head_dim, cfg.importance, grads, generator,
-                                  energy[i] if energy else None)
+            scores = layer_scores(arch, i, cfg.importance, grads, generator, energy[i] if energy else None)
             kv_keep = select_keep(scores["kv"], target.kv_heads)
             q_keep = query_keep(scores["q"], kv_keep, dims.queries_per_kv, target.queries_per_kv)
             plans[i] = (select_keep(scores["mlp"], target.intermediate), kv_keep, q_keep)
@@ -156,9 +161,9 @@ class StructuredPruner(Stage):
         heads_kept = {}
         for i, (mlp_keep, kv_keep, q_keep) in plans.items():
             before = arch.dims[i]
-            arch.dims[i] = prune_layer(arch.layers[i], before, arch.head_dim, mlp_keep, kv_keep, q_keep)
+            prune_layer(arch, i, mlp_keep, kv_keep, q_keep)
             if arch.dims[i].heads < before.heads:
-                heads_kept[f"model.layers.{i}"] = q_keep.tolist()
+                heads_kept[f"{arch.family.layers}.{i}"] = q_keep.tolist()
         uniform = self._patch_config(model, arch)
         if not uniform:
             state.artifact_writer = self
@@ -166,16 +171,18 @@ class StructuredPruner(Stage):
             state.artifact_writer = None                        # an earlier non-uniform step is now uniform
 
         params_after = count_parameters(model)
-        per_layer = {f"model.layers.{i}": dataclasses.asdict(d) for i, d in enumerate(arch.dims)}
+        per_layer = {f"{arch.family.layers}.{i}": dataclasses.asdict(d) for i, d in enumerate(arch.dims)}
+        family, config = arch.family, model.config
         return {
             "parameters_before": params_before,
             "parameters_after": params_after,
             "parameter_ratio": params_after / params_before,
             "pruned_layers": len(selected),
             "uniform": uniform,
-            "intermediate_size": model.config.intermediate_size,
-            "num_attention_heads": model.config.num_attention_heads,
-            "num_key_value_heads": model.config.num_key_value_heads,
+            "model_type": config.model_type,
+            "intermediate_size": getattr(config, family.intermediate_key),
+            "num_attention_heads": getattr(config, family.heads_key),
+            "num_key_value_heads": getattr(config, family.kv_heads_key or family.heads_key),
             "mlp_sparsity_vs_original": 1 - sum(d.intermediate for d in arch.dims) / sum(d.intermediate for d in original),
             "heads_sparsity_vs_original": 1 - sum(d.heads for d in arch.dims) / sum(d.heads for d in original),
             "per_layer": per_layer,
@@ -189,10 +196,13 @@ class StructuredPruner(Stage):
         uniform = all(d == arch.dims[0] for d in arch.dims)
         first = arch.dims[0] if uniform else LayerDims(max(d.intermediate for d in arch.dims),
                                                       max(d.heads for d in arch.dims), max(d.kv_heads for d in arch.dims))
-        config.head_dim = arch.head_dim                         # pinned: it no longer equals hidden_size // heads
-        config.intermediate_size = first.intermediate
-        config.num_attention_heads = first.heads
-        config.num_key_value_heads = first.kv_heads
+        family = arch.family
+        if family.head_dim_key:
+            setattr(config, family.head_dim_key, arch.head_dim)  # pinned: it no longer equals hidden_size // heads
+        setattr(config, family.intermediate_key, first.intermediate)
+        setattr(config, family.heads_key, first.heads)
+        if family.kv_heads_key:
+            setattr(config, family.kv_heads_key, first.kv_heads)
         if uniform:
             if hasattr(config, LAYER_DIMS_KEY):
                 delattr(config, LAYER_DIMS_KEY)
@@ -201,6 +211,15 @@ class StructuredPruner(Stage):
         return uniform
 
     # --- artifacts: only needed when per-layer sizes differ ------------------------------------------
+    def save(self, model: torch.nn.Module, directory: Path) -> None:
+        """Non-uniform sizes: config + weights under the model's own parameter names (``save_pretrained`` may
+        rename some, e.g. GPT-NeoX's ``lm_head`` to ``embed_out``, which only ``from_pretrained`` maps back)."""
+        if not getattr(model.config, LAYER_DIMS_KEY, None):
+            return super().save(model, directory)
+        from slimkit.toolkit.storage import save_sparse_model
+
+        save_sparse_model(model, directory)
+
     @classmethod
     def load(cls, directory: Path, manifest: Mapping[str, Any]) -> torch.nn.Module:
         """Rebuild a model saved with non-uniform layer sizes (uniform ones load with plain from_pretrained)."""
@@ -216,19 +235,24 @@ class StructuredPruner(Stage):
             return load_pretrained(directory)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         arch = inspect(model)
-        if len(layer_dims) != len(arch.layers):
+        if len(layer_dims) != len(arch.blocks):
             raise ArtifactError(f"{directory}: {LAYER_DIMS_KEY} lists {len(layer_dims)} layers, the config builds {len(arch.layers)}")
         for i, (inter, heads, kv) in enumerate(layer_dims):
             dims = arch.dims[i]
             per_kv = heads // kv
             q_keep = torch.cat([torch.arange(per_kv) + g * dims.queries_per_kv for g in range(kv)])
-            prune_layer(arch.layers[i], dims, arch.head_dim, torch.arange(inter), torch.arange(kv), q_keep)
-        files = sorted(directory.glob("*.safetensors"))
-        if not files:
-            raise ArtifactError(f"{directory} holds no .safetensors weights")
-        weights = {}
-        for f in files:
-            weights.update(load_file(str(f)))
+            prune_layer(arch, i, torch.arange(inter), torch.arange(kv), q_keep)
+        from slimkit.toolkit.storage import WEIGHTS, load_tensors
+
+        if (directory / WEIGHTS).is_file():
+            weights = load_tensors(directory / WEIGHTS)
+        else:  # written by save_pretrained (before save() wrote model.slimkit.safetensors)
+            files = sorted(directory.glob("*.safetensors"))
+            if not files:
+                raise ArtifactError(f"{directory} holds no .safetensors weights")
+            weights = {}
+            for f in files:
+                weights.update(load_file(str(f)))
         missing, unexpected = model.load_state_dict(weights, strict=False)
         tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
         if unexpected or set(missing) - tied:
