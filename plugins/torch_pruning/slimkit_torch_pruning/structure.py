@@ -77,8 +77,8 @@ def check_config(config: Any, heads_sparsity: float = 0.0) -> Family:
     if heads_sparsity > 0 and family.head_dim_key is None:
         heads_ok = sorted(t for t, f in _families().items() if f.head_dim_key is not None)
         raise ConfigError("pruner.heads_sparsity", heads_sparsity,
-                          f"0 for model_type {model_type!r} (its MLP channels are pruned; attention heads are pruned "
-                          f"for: {', '.join(heads_ok)})",
+                          f"0 for {VALUE} on model_type {model_type!r} (its MLP channels are pruned; attention heads "
+                          f"are pruned for: {', '.join(heads_ok)})",
                           f"{family.label}'s config derives the head size from the hidden size and the head count, "
                           "so a model with fewer heads cannot be described by its config")
     return family
