@@ -139,28 +139,38 @@ def expected(family: str, backend: str) -> str:
     return WORKS if key is None else f"refused: {key}"
 
 
+def tiny_family_model(family: str, seed: int = 0) -> torch.nn.Module:
+    """A random-init model of ``family`` (a key of ``FAMILIES``) built from its tiny config, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(FAMILIES[family](), dtype=torch.float32).eval()
+
+
+def random_windows(n: int = 8, seq_len: int = SEQ, seed: int = 0):
+    """``DataSplits`` of random token windows (no corpus to tokenize)."""
+    return _data(seed, n, seq_len)
+
+
 def tiny_folder(family: str, root: Path, seed: int = 0) -> Path:
     """Write a random-init model of ``family`` (built from its tiny config) and the tiny tokenizer into
     ``root/<family>`` (once) and return the folder: what a user's ``model.path`` points at."""
-    from transformers import AutoModelForCausalLM
-
     from slimkit.models import tiny_tokenizer
 
     folder = Path(root) / family
     if not (folder / "config.json").is_file():
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(FAMILIES[family](), dtype=torch.float32)
+        model = tiny_family_model(family, seed)
         model.save_pretrained(folder, safe_serialization=True)
         tiny_tokenizer(VOCAB).save_pretrained(folder)
     return folder
 
 
-def _data(seed: int = 0):
+def _data(seed: int = 0, n: int = 8, seq_len: int = SEQ):
     from slimkit.data import DataSplits
 
     g = torch.Generator().manual_seed(seed)
-    return DataSplits(train=torch.randint(1, VOCAB, (8, SEQ), generator=g),
-                      eval=torch.randint(1, VOCAB, (2, SEQ), generator=g), seq_len=SEQ, calibration_samples=4,
+    return DataSplits(train=torch.randint(1, VOCAB, (n, seq_len), generator=g),
+                      eval=torch.randint(1, VOCAB, (2, seq_len), generator=g), seq_len=seq_len, calibration_samples=4,
                       info={"source": "random token ids"})
 
 
@@ -240,4 +250,4 @@ def markdown(results: list[dict[str, Any]]) -> str:
 
 
 __all__ = ["BACKENDS", "FAMILIES", "REFUSED", "WORKS", "Backend", "cells", "expected", "markdown", "model_type",
-           "run_cell", "tiny_folder"]
+           "random_windows", "run_cell", "tiny_family_model", "tiny_folder"]
