@@ -7,8 +7,9 @@ import math
 from typing import Any
 
 import torch
-from slimkit.models import count_parameters
 from tqdm.auto import tqdm
+
+from slimkit.models import count_parameters
 
 
 def model_logits(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:

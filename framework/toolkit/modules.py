@@ -8,6 +8,7 @@ import functools
 from typing import Iterable, Optional, Sequence
 
 import torch
+
 from slimkit.core.errors import ConfigError
 
 

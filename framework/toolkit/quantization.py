@@ -38,15 +38,15 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, List, Mapping, Optional, Sequence
 
 import torch
+
 from slimkit.core.errors import ConfigError, DataError
-from slimkit.core.plugin import StageConfig, check_choice, check_range
+from slimkit.core.plugin import FLOAT_WORDS, QuantizerConfig, check_choice, check_range, parse_bits
 from slimkit.toolkit.modules import linear_types, select_modules
 
 #: override values meaning "keep this module in float"
-FLOAT_WORDS = ("float", "fp", "none", "null")
 SCAN_UNITS = ("module", "block")
 _BLOCK = re.compile(r"^(.*?\.(?:layers|h|blocks|layer)\.\d+)\.")
 
@@ -54,30 +54,12 @@ _BLOCK = re.compile(r"^(.*?\.(?:layers|h|blocks|layer)\.\d+)\.")
 MakeQuantized = Callable[[str, torch.nn.Module, int], torch.nn.Module]
 
 
-def parse_bits(key: str, value: Any, allowed: Sequence[int]) -> Optional[int]:
-    """An override value as bits (an allowed int) or ``None`` (keep float); else :class:`ConfigError`."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in FLOAT_WORDS):
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, str)) or (isinstance(value, str) and not value.strip().isdigit()):
-        raise ConfigError(key, value, "one of " + ", ".join(map(repr, allowed)) + ", or null/'float' to keep it float")
-    bits = int(value)
-    if bits not in allowed:
-        raise ConfigError(key, value, "one of " + ", ".join(map(repr, allowed)) + ", or null/'float' to keep it float")
-    return bits
-
 
 @dataclasses.dataclass
-class MixedPrecisionConfig(StageConfig):
-    """Bit-width settings every quantizer backend shares (subclasses set ``ALLOWED_BITS``)."""
+class MixedPrecisionConfig(QuantizerConfig):
+    """:class:`QuantizerConfig` plus per-module bit-widths chosen by a sensitivity scan under a budget,
+    for backends that can do more than one bit-width (subclasses set ``ALLOWED_BITS``)."""
 
-    #: default weight bit-width of the selected Linear modules
-    bits: int = 8
-    #: glob → bits (or null/"float" to keep float), applied in order after include/exclude
-    overrides: Dict[str, Any] = dataclasses.field(default_factory=dict)
-    #: glob patterns of Linear modules to quantize
-    include: List[str] = dataclasses.field(default_factory=lambda: ["*"])
-    #: glob patterns of Linear modules kept in float (lm_head is tied to the embedding)
-    exclude: List[str] = dataclasses.field(default_factory=lambda: ["lm_head"])
     #: average weight bits to reach by choosing per-module bit-widths from a sensitivity scan (null: off)
     budget_bits: Optional[float] = None
     #: bit-widths the budget allocator may choose (null: every width the backend can do)
@@ -87,14 +69,8 @@ class MixedPrecisionConfig(StageConfig):
     #: calibration windows the scan evaluates the loss on (0: all of them)
     scan_windows: int = 4
 
-    #: the bit-widths this backend can do; subclasses override
-    ALLOWED_BITS: ClassVar[tuple[int, ...]] = (8,)
-
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_choice("quantizer.bits", self.bits, self.ALLOWED_BITS)
-        for pattern, value in dict(self.overrides).items():
-            parse_bits(f"quantizer.overrides[{pattern!r}]", value, self.ALLOWED_BITS)
         check_choice("quantizer.scan_unit", self.scan_unit, SCAN_UNITS)
         check_range("quantizer.scan_windows", self.scan_windows, 0)
         if self.budget_candidates is not None:
@@ -388,7 +364,7 @@ def plan_precision(state: Any, cfg: MixedPrecisionConfig, make_quantized: Option
     model = state.model
     plan = resolve_plan(model, cfg, types=types)
     metrics: dict[str, Any] = {}
-    if cfg.budget_bits is not None:
+    if getattr(cfg, "budget_bits", None) is not None:
         if make_quantized is None:
             raise ConfigError("quantizer.budget_bits", cfg.budget_bits, f"null: the {backend} backend cannot scan")
         fixed_names = overridden(list(plan), cfg)

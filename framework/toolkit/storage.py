@@ -25,6 +25,7 @@ from typing import Mapping
 
 import numpy as np
 import torch
+
 from slimkit.core.errors import ArtifactError
 
 #: metadata key holding the JSON description of the sparse tensors

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 import torch
-from slimkit.core.errors import ArtifactError, ConfigError
 from tqdm.auto import tqdm
+
+from slimkit.core.errors import ArtifactError, ConfigError
 
 log = logging.getLogger("slimkit")
 

@@ -171,8 +171,13 @@ class BnbQuantizer(Stage):
         state.artifact_writer = self
         return metrics
 
+    def keeps_sparse_storage(self) -> bool:
+        """4-bit codes are packed two per byte (NF4/FP4 zero is not the byte 0): zeros cannot be stored sparsely."""
+        cfg = self.config
+        return cfg.bits == 8 and not any(str(v) == "4" for v in cfg.overrides.values()) and cfg.budget_bits is None
+
     def save(self, model: torch.nn.Module, directory: Path) -> None:
-        from safetensors.torch import save_file
+        from slimkit.toolkit.storage import save_tensors
 
         specs = getattr(model, "_slimkit_bnb_plan", None)
         if specs is None:
@@ -193,7 +198,7 @@ class BnbQuantizer(Stage):
         finally:
             for name, module in swapped.items():
                 swap_module(model, name, module)
-        save_file(state_dict, str(directory / WEIGHTS), metadata={"format": "pt", "quantizer": "bnb"})
+        save_tensors(state_dict, directory / WEIGHTS, metadata={"format": "pt", "quantizer": "bnb"})
         lm_head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         lm_name = next((n for n, m in model.named_modules() if m is lm_head), None)
         (directory / PLAN).write_text(json.dumps({"format": 1, "modules": specs,
@@ -202,13 +207,13 @@ class BnbQuantizer(Stage):
     @classmethod
     def load(cls, directory: Path, manifest: Mapping[str, Any]) -> torch.nn.Module:
         from bitsandbytes.nn import Int8Params, Params4bit
-        from safetensors.torch import load_file
+        from slimkit.toolkit.storage import load_tensors
         from transformers import AutoConfig, AutoModelForCausalLM
 
         info = json.loads((directory / PLAN).read_text())
         config = AutoConfig.from_pretrained(str(directory), trust_remote_code=False)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        state_dict = load_file(str(directory / WEIGHTS))
+        state_dict = load_tensors(directory / WEIGHTS)
         specs = info["modules"]
         for name, spec in specs.items():
             try:

@@ -26,6 +26,9 @@ from slimkit.toolkit.families import (Block, Family, block_sizes, config_sizes, 
                                       mlp_rows, model_type_of, supported)
 from slimkit.toolkit.modules import in_features, is_conv1d, out_features, weight_matrix
 
+#: a block's projection roles (slimkit.toolkit.families.Block) by part
+ATTN_ROLES = ("q", "k", "v", "qkv", "o")
+MLP_ROLES = ("gate", "up", "gate_up", "down")
 #: the setting that chose this backend, named in errors about the model
 KEY, VALUE = "pruner", "torch_pruning"
 INSTEAD = "an unstructured pruner (magnitude, wanda and taylor prune any Linear/Conv1D model), or "
