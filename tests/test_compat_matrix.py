@@ -62,3 +62,16 @@ def test_committed_matrix_matches_the_declared_outcomes():
 
 def test_every_family_of_the_matrix_is_a_distinct_model_type():
     assert len({model_type(f) for f in FAMILIES}) == len(FAMILIES)
+
+
+def test_a_gpt2_folder_runs_the_whole_pipeline(models, tmp_path, tiny_cfg):
+    """slimkit.run on a GPT-2 folder (Conv1D layers): pruned, smoothed and int8-quantized, evaluated, saved,
+    reloaded; the report counts Conv1D weights as the model's Linear weights."""
+    folder = tiny_folder("GPT-2", models)
+    report = slimkit.run(tiny_cfg(f"model.path={folder}", "pruner=magnitude", "pruner.sparsity=0.5", "quantizer=int8",
+                                  "eval.latency=false"), tmp_path)
+    assert report["model"]["class"] == "GPT2LMHeadModel"
+    assert abs(report["final"]["achieved_sparsity"] - 0.5) < 0.01
+    assert report["final"]["reload_max_abs_logit_diff"] <= 1e-3
+    int8 = report["stages"][-1]["metrics"]
+    assert int8["quantized_modules"] == 9 and int8["smoothing"]["smoothed_groups"] == 6   # 8 Conv1D + lm_head

@@ -197,12 +197,15 @@ def check_storage(stages: list[tuple[Stage, PluginInfo]]) -> None:
 
 
 def linear_weight_count(model: torch.nn.Module) -> tuple[int, int]:
-    """(weights, nonzero weights) of the float Linear layers, output embeddings excluded."""
+    """(weights, nonzero weights) of the float Linear (and GPT-2 Conv1D) layers, output embeddings excluded."""
+    from slimkit.toolkit.modules import linear_types
+
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    types = linear_types()
     total = nonzero = 0
     for module in model.modules():
         weight = getattr(module, "weight", None)
-        if module is head or not isinstance(module, torch.nn.Linear) or not isinstance(weight, torch.Tensor):
+        if module is head or not isinstance(module, types) or not isinstance(weight, torch.Tensor):
             continue
         if not weight.is_floating_point() or weight.device.type == "meta":
             continue
