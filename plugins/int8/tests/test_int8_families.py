@@ -11,7 +11,7 @@ from slimkit.core.errors import ConfigError
 from slimkit.testing.compat import random_windows, tiny_family_model
 from slimkit.toolkit.modules import linear_types
 from slimkit_int8 import Int8Config, Int8Quantizer
-from slimkit_int8._smooth import check_model, int8_errors, smooth
+from slimkit_int8._smooth import int8_errors, smooth
 
 torch.set_num_threads(1)
 

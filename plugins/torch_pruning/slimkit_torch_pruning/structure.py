@@ -22,8 +22,8 @@ import torch
 import torch_pruning as tp
 
 from slimkit.core.errors import ConfigError
-from slimkit.toolkit.families import (Block, Family, block_sizes, config_sizes, decoder_blocks, family_of, head_rows,
-                                      mlp_rows, model_type_of, supported)
+from slimkit.toolkit.families import (FAMILIES, Block, Family, block_sizes, config_sizes, decoder_blocks, family_of,
+                                      head_rows, mlp_rows, model_type_of, supported)
 from slimkit.toolkit.modules import in_features, is_conv1d, out_features, weight_matrix
 
 #: a block's projection roles (slimkit.toolkit.families.Block) by part
@@ -78,19 +78,13 @@ def check_config(config: Any, heads_sparsity: float = 0.0) -> Family:
         if key and not isinstance(getattr(config, key, None), int):
             raise UnsupportedArchitectureError(model_type, f"its config has no integer {key}")
     if heads_sparsity > 0 and family.head_dim_key is None:
-        heads_ok = sorted(t for t, f in _families().items() if f.head_dim_key is not None)
+        heads_ok = sorted(t for t, f in FAMILIES.items() if f.head_dim_key is not None)
         raise ConfigError("pruner.heads_sparsity", heads_sparsity,
                           f"0 for {VALUE} on model_type {model_type!r} (its MLP channels are pruned; attention heads "
                           f"are pruned for: {', '.join(heads_ok)})",
                           f"{family.label}'s config derives the head size from the hidden size and the head count, "
                           "so a model with fewer heads cannot be described by its config")
     return family
-
-
-def _families() -> dict[str, Family]:
-    from slimkit.toolkit.families import FAMILIES
-
-    return FAMILIES
 
 
 def inspect(model: torch.nn.Module) -> Arch:
