@@ -52,6 +52,12 @@ def _qwen2():
     return Qwen2Config(tie_word_embeddings=True, **_GQA)
 
 
+@_family("Qwen3")
+def _qwen3():
+    from transformers import Qwen3Config
+    return Qwen3Config(head_dim=16, **_GQA)
+
+
 @_family("Mistral")
 def _mistral():
     from transformers import MistralConfig

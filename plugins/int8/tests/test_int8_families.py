@@ -16,7 +16,7 @@ from slimkit_int8._smooth import int8_errors, smooth
 torch.set_num_threads(1)
 
 #: smoothing groups per decoder block: norm->qkv, v->o, norm->mlp-in, up->down (gated or ReLU MLPs only)
-GROUPS_PER_BLOCK = {"Llama": 4, "Qwen2": 4, "Mistral": 4, "Gemma-3": 4, "Phi-3": 4, "OPT": 4, "GPT-2": 3, "GPT-NeoX": 3}
+GROUPS_PER_BLOCK = {"Llama": 4, "Qwen2": 4, "Qwen3": 4, "Mistral": 4, "Gemma-3": 4, "Phi-3": 4, "OPT": 4, "GPT-2": 3, "GPT-NeoX": 3}
 
 
 def _with_outliers(family, seed=0):
