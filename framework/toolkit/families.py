@@ -73,6 +73,9 @@ class Family:
     pre_norm_flag: Optional[str] = None
     #: config key naming the MLP activation
     activation_key: str = "hidden_act"
+    #: whether each attention module keeps its own head count (False: it reads the shared config, as Phi-3
+    #: does when splitting qkv_proj, so every layer must keep the same number of heads)
+    per_layer_heads: bool = True
 
     @property
     def fused_qkv(self) -> bool:
@@ -97,7 +100,7 @@ FAMILIES: dict[str, Family] = {
                                        norm_kind="rms_plus_one", activation_key="hidden_activation"),
     "phi3": Family("Phi-3", layers="model.layers", attention="self_attn", qkv="qkv_proj", qkv_layout="concat",
                    o="o_proj", gate_up="gate_up_proj", attn_norm="input_layernorm",
-                   mlp_norm="post_attention_layernorm"),
+                   mlp_norm="post_attention_layernorm", per_layer_heads=False),
     "gpt2": Family("GPT-2", layers="transformer.h", attention="attn", qkv="c_attn", qkv_layout="concat", o="c_proj",
                    up="c_fc", down="c_proj", attn_norm="ln_1", mlp_norm="ln_2", norm_kind="layer",
                    kv_heads_key=None, intermediate_key="n_inner", head_dim_key=None,

@@ -222,6 +222,12 @@ class StructuredPruner(Stage):
         other = self._outside_parts(chosen, parts, arch)
         fraction = self._mlp_fraction(parts, original, arch, hidden, other)  # unreachable -> error here
         targets = {i: self._targets(original[i], arch.dims[i], parts[i], fraction) for i in selected}
+        heads_after = {targets[i].heads if i in targets else d.heads for i, d in enumerate(arch.dims)}
+        if len(heads_after) > 1 and not arch.family.per_layer_heads:
+            raise ConfigError("pruner.exclude", list(cfg.exclude), f"patterns that select every layer's attention "
+                              f"when pruner.heads_sparsity > 0 on model_type {model.config.model_type!r}",
+                              f"{arch.family.label}'s attention reads its head count from the shared config, so all "
+                              "layers must keep the same number of heads")
         params_before = count_parameters(model)
         selected_original = other + self._selected_weights(original, parts, hidden, arch)
 

@@ -93,3 +93,18 @@ def test_heads_are_refused_from_the_config_where_it_cannot_describe_fewer(family
         StructuredPruner(StructuredPruningConfig(sparsity=0.3, heads_sparsity=0.5)).check_model(config)
     assert info.value.key == "pruner.heads_sparsity" and f"'{config.model_type}'" in str(info.value)
     assert "torch_pruning" in str(info.value) and "phi3" in str(info.value)
+
+
+def test_phi3_heads_must_stay_uniform_across_layers():
+    """Phi-3 splits qkv_proj by the config's head count: excluding a layer from head pruning would break it,
+    so it is refused before anything is cut."""
+    model = tiny_family_model("Phi-3")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = PipelineState(model, None, random_windows(), copy.deepcopy(model))
+    with pytest.raises(ConfigError, match="shared config") as info:
+        StructuredPruner(StructuredPruningConfig(sparsity=0.3, heads_sparsity=0.5,
+                                                 exclude=["lm_head", "model.layers.0.*"])).apply(state)
+    assert info.value.key == "pruner.exclude"
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    StructuredPruner(StructuredPruningConfig(sparsity=0.3, exclude=["lm_head", "model.layers.0.*"])).apply(state)
+    assert model(input_ids=state.data.eval).logits.shape[-1] == 512   # MLP-only non-uniform pruning runs
