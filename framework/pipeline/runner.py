@@ -292,9 +292,10 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
     final["size_bytes"] = artifact.directory_size(target) - _tokenizer_bytes(target)
     final["reload_max_abs_logit_diff"] = reload_diff
     final["achieved_sparsity"] = achieved_sparsity
-    if loaded.parameters:  # stored bits per weight of the original model: comparable across jobs and backends
-        final["bits_per_weight"] = 8 * final["size_bytes"] / loaded.parameters
-        baseline["bits_per_weight"] = 8 * baseline["size_bytes"] / loaded.parameters
+    original_parameters = model_info["parameters"]  # counted before any stage changed the model
+    if original_parameters:  # stored bits per parameter of the original model: comparable across jobs and backends
+        final["bits_per_weight"] = 8 * final["size_bytes"] / original_parameters
+        baseline["bits_per_weight"] = 8 * baseline["size_bytes"] / original_parameters
     final.update(task_accuracy(reloaded, "final"))
     timing = None
     if eval_cfg.get("latency", True):

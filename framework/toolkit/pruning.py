@@ -334,15 +334,10 @@ def run_schedule(state, prune_to: Callable[[float], Mapping[str, Any]], schedule
 
 def calibration_loss(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 4) -> float:
     """Mean next-token cross-entropy on ``windows`` (no grad)."""
-    from slimkit.toolkit.training import next_token_loss
+    from slimkit.evaluation.metrics import mean_next_token_loss
 
     model.eval()
-    total = 0.0
-    with torch.no_grad():
-        for start in range(0, windows.shape[0], batch_size):
-            batch = windows[start:start + batch_size]
-            total += next_token_loss(model, batch).item() * batch.shape[0]
-    return total / windows.shape[0]
+    return mean_next_token_loss(model, windows, batch_size)
 
 
 def _blocks(names: Iterator[str]) -> dict[str, list[str]]:

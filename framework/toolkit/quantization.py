@@ -44,6 +44,7 @@ import torch
 
 from slimkit.core.errors import ConfigError, DataError
 from slimkit.core.plugin import FLOAT_WORDS, QuantizerConfig, check_choice, check_range, parse_bits
+from slimkit.evaluation.metrics import mean_next_token_loss
 from slimkit.toolkit.modules import linear_types, select_modules
 
 #: override values meaning "keep this module in float"
@@ -203,16 +204,7 @@ def swap_module(model: torch.nn.Module, name: str, new: torch.nn.Module) -> torc
 
 def calibration_loss(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 4) -> float:
     """Mean next-token cross-entropy of ``model`` on ``windows`` (no_grad)."""
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, windows.shape[0], batch_size):
-            batch = windows[start:start + batch_size]
-            logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1),
-                                                     reduction="sum")
-            total += loss.item()
-            count += batch[:, 1:].numel()
-    return total / count
+    return mean_next_token_loss(model, windows, batch_size)
 
 
 def sensitivity_scan(model: torch.nn.Module, units: Mapping[str, Sequence[str]], candidates: Sequence[int],

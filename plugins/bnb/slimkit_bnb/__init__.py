@@ -41,6 +41,7 @@ QUANT_TYPES = ("nf4", "fp4")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 PLAN = "bnb_plan.json"
 from slimkit.toolkit.storage import WEIGHTS  # noqa: E402  (not model.safetensors: see slimkit.toolkit.storage)
+
 _CANONICAL = "_slimkit_canonical"
 
 
@@ -132,14 +133,9 @@ class _Frozen(torch.nn.Module):
 
 
 def _untied(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    seen, out = set(), {}
-    for name, tensor in state_dict.items():
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.dtype)
-        if key in seen:
-            continue
-        seen.add(key)
-        out[name] = tensor.detach().contiguous()
-    return out
+    from slimkit.toolkit.storage import unique_tensors
+
+    return unique_tensors(state_dict)
 
 
 class BnbQuantizer(Stage):
@@ -207,8 +203,9 @@ class BnbQuantizer(Stage):
     @classmethod
     def load(cls, directory: Path, manifest: Mapping[str, Any]) -> torch.nn.Module:
         from bitsandbytes.nn import Int8Params, Params4bit
-        from slimkit.toolkit.storage import load_tensors
         from transformers import AutoConfig, AutoModelForCausalLM
+
+        from slimkit.toolkit.storage import load_tensors
 
         info = json.loads((directory / PLAN).read_text())
         config = AutoConfig.from_pretrained(str(directory), trust_remote_code=False)

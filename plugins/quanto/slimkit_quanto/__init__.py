@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Mapping, Optional
 import torch
 from tqdm.auto import tqdm
 
-from slimkit import ArtifactError, ConfigError, DataError, Kind, Stage, check_choice
+from slimkit import ArtifactError, ConfigError, DataError, Kind, Stage
 from slimkit.toolkit.modules import conv1d_to_linear
 from slimkit.toolkit.quantization import MixedPrecisionConfig, plan_precision
 from slimkit.toolkit.storage import untied_state_dict as _untied_state_dict
