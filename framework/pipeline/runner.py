@@ -21,6 +21,7 @@ from slimkit.core.plugin import STAGE_KINDS, Kind, PrunerConfig, QuantizerConfig
 from slimkit.core.registry import PluginInfo, Registry, default_registry
 from slimkit.core.state import PipelineState
 from slimkit.data import build_splits
+from slimkit.deploy import plan_deployments
 from slimkit.evaluation import latency, model_logits, quality_metrics
 from slimkit.models import load_model, model_skeleton
 from slimkit.pipeline.config import check_eval, stage_config
@@ -73,6 +74,17 @@ def resolve_stages(cfg: Mapping[str, Any], registry: Registry) -> list[tuple[Sta
             quantized_by = backend
     check_storage(stages)
     return stages
+
+
+def check_model(stages: list[tuple[Stage, PluginInfo]], model_cfg: Mapping[str, Any]) -> None:
+    """Let each stage refuse the model from its config alone (model type, layout), before any weights load."""
+    from slimkit.models import model_config
+
+    config = model_config(model_cfg.get("name", "smollm2-135m"), model_cfg.get("path"),
+                          model_cfg.get("trust_remote_code", False))
+    if config is not None:
+        for stage, _ in stages:
+            stage.check_model(config)
 
 
 def recovery_hook(stages: list[tuple[Stage, PluginInfo]]):
@@ -186,12 +198,15 @@ def check_storage(stages: list[tuple[Stage, PluginInfo]]) -> None:
 
 
 def linear_weight_count(model: torch.nn.Module) -> tuple[int, int]:
-    """(weights, nonzero weights) of the float Linear layers, output embeddings excluded."""
+    """(weights, nonzero weights) of the float Linear (and GPT-2 Conv1D) layers, output embeddings excluded."""
+    from slimkit.toolkit.modules import linear_types
+
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    types = linear_types()
     total = nonzero = 0
     for module in model.modules():
         weight = getattr(module, "weight", None)
-        if module is head or not isinstance(module, torch.nn.Linear) or not isinstance(weight, torch.Tensor):
+        if module is head or not isinstance(module, types) or not isinstance(weight, torch.Tensor):
             continue
         if not weight.is_floating_point() or weight.device.type == "meta":
             continue
@@ -222,6 +237,8 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
                             "(set output.overwrite=true, or choose another output folder)")
     check_eval(eval_cfg)
     stages = resolve_stages(settings, registry)
+    check_model(stages, model_cfg)
+    deploy_plan = plan_deployments(settings, registry, output_dir)  # exporters: checked before the model loads
     seed = int(settings.get("seed", 0))
     torch.manual_seed(seed)
     check_module_globs(stages, model_skeleton(model_cfg["name"], model_cfg.get("path"),
@@ -300,6 +317,9 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
         "seed": seed,
         "torch": torch.__version__,
     }
+    if deploy_plan:  # each export written to <output>/deploy/<exporter>/ and measured in its runtime
+        report["deployments"] = deploy_plan.run(target, state.model, loaded.tokenizer, output_dir, data.eval, baseline,
+                                                state.artifact_writer)
     write_reports(report, output_dir)
     return report
 

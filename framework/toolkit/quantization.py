@@ -45,7 +45,7 @@ import torch
 from slimkit.core.errors import ConfigError, DataError
 from slimkit.core.plugin import FLOAT_WORDS, QuantizerConfig, check_choice, check_range, parse_bits
 from slimkit.evaluation.metrics import mean_next_token_loss
-from slimkit.toolkit.modules import select_modules
+from slimkit.toolkit.modules import linear_types, select_modules
 
 #: override values meaning "keep this module in float"
 SCAN_UNITS = ("module", "block")
@@ -95,13 +95,14 @@ class MixedPrecisionConfig(QuantizerConfig):
 
 # --- plans ----------------------------------------------------------------------------------------
 
-def linear_modules(model: torch.nn.Module, types: tuple[type, ...] = (torch.nn.Linear,)) -> dict[str, torch.nn.Module]:
-    """Every module of ``types`` by qualified name."""
+def linear_modules(model: torch.nn.Module, types: Optional[tuple[type, ...]] = None) -> dict[str, torch.nn.Module]:
+    """Every module of ``types`` (default: ``Linear`` and ``Conv1D``) by qualified name."""
+    types = linear_types() if types is None else types
     return {name: m for name, m in model.named_modules() if isinstance(m, types)}
 
 
 def resolve_plan(model: torch.nn.Module, cfg: MixedPrecisionConfig, prefix: str = "quantizer",
-                 types: tuple[type, ...] = (torch.nn.Linear,)) -> dict[str, Optional[int]]:
+                 types: Optional[tuple[type, ...]] = None) -> dict[str, Optional[int]]:
     """``{name: bits or None}`` for every Linear, from ``include``/``exclude``/``bits``/``overrides``."""
     linears = linear_modules(model, types)
     selected = select_modules(model, cfg.include, cfg.exclude, types=types, prefix=prefix)
@@ -347,7 +348,7 @@ def allocate_bits(weights: Mapping[str, int], delta: Mapping[tuple[str, int], fl
 # --- the whole planning step a backend calls ----------------------------------------------------
 
 def plan_precision(state: Any, cfg: MixedPrecisionConfig, make_quantized: Optional[MakeQuantized] = None,
-                   backend: str = "quantizer", types: tuple[type, ...] = (torch.nn.Linear,),
+                   backend: str = "quantizer", types: Optional[tuple[type, ...]] = None,
                    label: Callable[[int], str] = lambda bits: f"int{bits}",
                    ) -> tuple[dict[str, Optional[int]], dict[str, Any]]:
     """Resolve the precision plan for ``state.model`` (running the scan and the allocator in budget
