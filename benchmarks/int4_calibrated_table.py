@@ -26,7 +26,9 @@ def main(paths: list[str]) -> None:
         for p in run["points"]:
             rows.append((p["group_size"], p["embedding"], p["method"], p, path.rsplit("/", 1)[-1]))
     for group, embedding, method, p, name in sorted(rows, key=lambda r: (r[0], r[1], r[2])):
-        label = "RTN" if p["method"] == "rtn" else f"SignRound {p['iters']} it, {p['calibration_windows']} windows"
+        label = {"rtn": "RTN", "optrtn": f"opt-RTN, {p['calibration_windows']} windows",
+                 "awq": f"AWQ, {p['calibration_windows']} windows"}.get(
+            p["method"], f"SignRound {p['iters']} it, {p['calibration_windows']} windows")
         print(f"| {group} | {label} | {embedding} | {p['stored_bits_per_weight']:.2f} | "
               f"{p['size_bytes'] / 1e6:.1f} ({fp32['size_bytes'] / p['size_bytes']:.2f}×) | "
               f"{p['perplexity']:.2f} (×{p['perplexity'] / fp32['perplexity']:.3f}) | "
