@@ -54,6 +54,8 @@ class EvalConfig:
     prompt_tokens: int = 128
     decode_tokens: int = 32
     repeats: int = 5
+    #: fresh processes that time each deployed export against PyTorch fp32 (exporter=...)
+    processes: int = 3
     batch_size: int = 4
 
 
@@ -104,7 +106,9 @@ def register_configs(registry: Registry | None = None) -> None:
                 node = backend_node(registry.get(kind, info.name))
             except PluginError:
                 node = BrokenPluginNode(backend=info.name)  # the pipeline raises the real error if chosen
-            cs.store(group=kind.value, name=info.name, node=node, provider=info.distribution)
+            # exporters sit at exporter.<name>, so exporter=[gguf,onnx] selects several side by side
+            package = f"exporter.{info.name}" if kind is Kind.EXPORTER else None
+            cs.store(group=kind.value, name=info.name, node=node, provider=info.distribution, package=package)
 
 
 def stage_config(cls: type[Stage], node: Any, key: str) -> StageConfig:

@@ -20,6 +20,7 @@ from slimkit.core.plugin import STAGE_KINDS, Kind, Stage
 from slimkit.core.registry import PluginInfo, Registry, default_registry
 from slimkit.core.state import PipelineState
 from slimkit.data import build_splits
+from slimkit.deploy import plan_deployments
 from slimkit.evaluation import latency, model_logits, quality_metrics
 from slimkit.models import load_model
 from slimkit.pipeline.config import stage_config
@@ -134,6 +135,7 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
         raise ArtifactError(f"output.model_dir={str(target)!r} already exists; refusing to overwrite it "
                             "(set output.overwrite=true, or choose another output folder)")
     stages = resolve_stages(settings, registry)
+    deploy_plan = plan_deployments(settings, registry, output_dir)  # exporters: checked before the model loads
     seed = int(settings.get("seed", 0))
     torch.manual_seed(seed)
 
@@ -205,6 +207,9 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
         "seed": seed,
         "torch": torch.__version__,
     }
+    if deploy_plan:  # each export written to <output>/deploy/<exporter>/ and measured in its runtime
+        report["deployments"] = deploy_plan.run(target, state.model, loaded.tokenizer, output_dir, data.eval, baseline,
+                                                state.artifact_writer)
     write_reports(report, output_dir)
     return report
 
