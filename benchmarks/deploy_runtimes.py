@@ -111,7 +111,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--rows", default="all", help="comma-separated row labels, or 'all'")
+    parser.add_argument("--rows", default="all", help="row labels separated by ';', or 'all'")
     parser.add_argument("--eval-tokens", type=int, default=8192)
     parser.add_argument("--task-samples", type=int, default=200)
     parser.add_argument("--processes", type=int, default=3)
@@ -165,7 +165,7 @@ def main() -> None:
         "slimkit openvino int4 sym g64 bf16 (b)": ("openvino", OpenVinoExporter(OpenVinoConfig(
             weights="int4", symmetric=True, inference_precision="bf16"))),
     }
-    chosen = list(rows) if args.rows == "all" else [r.strip() for r in args.rows.split(",")]
+    chosen = list(rows) if args.rows == "all" else [r.strip() for r in args.rows.split(";")]
     keep = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="deploy-runtimes-"))
     results = []
     for label in chosen:
@@ -194,8 +194,13 @@ def main() -> None:
         results.append(row)
         print(json.dumps({k: row[k] for k in ("row", "perplexity", "size_bytes", "peak_memory_mb")}), flush=True)
         print(f"   prefill x{row['speed']['prefill_speedup']:.2f} decode x{row['speed']['decode_speedup']:.2f}", flush=True)
-        Path(args.out).with_suffix(".partial.json").write_text(json.dumps({"rows": results}, indent=1, default=str))
+        write(args.out, loaded, data, args, eval_cfg, baseline, results, started, final=False)
+    write(args.out, loaded, data, args, eval_cfg, baseline, results, started, final=True)
+    print(f"wrote {args.out}")
 
+
+def write(out, loaded, data, args, eval_cfg, baseline, results, started, final: bool) -> None:
+    """The report so far: ``<out>.partial.json`` after each row, ``<out>`` once every row ran."""
     import onnxruntime
     import openvino
 
@@ -211,11 +216,11 @@ def main() -> None:
         "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
         "load_average_end": list(os.getloadavg()), "wall_seconds": round(time.time() - started),
         "note": "the machine is shared by several agents: load averages are recorded per row; ratios are noisy",
+        "complete": final,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1, default=str))
-    Path(args.out).with_suffix(".partial.json").unlink(missing_ok=True)
-    print(f"wrote {args.out}")
+    target = Path(out) if final else Path(out).with_suffix(".partial.json")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(report, indent=1, default=str))
 
 
 if __name__ == "__main__":

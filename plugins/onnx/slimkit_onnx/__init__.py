@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -121,9 +122,9 @@ class OnnxExporter(Exporter):
 
     def check_before_load(self, settings: Mapping[str, Any]) -> None:
         pruner = settings.get("pruner") or {}
-        if pruner.get("backend") == "torch_pruning" and pruner.get("exclude"):
-            raise ConfigError("pruner.exclude", list(pruner["exclude"]), "[] with exporter=onnx",
-                              NON_UNIFORM_WHY)
+        per_layer = [p for p in pruner.get("exclude") or [] if re.search(r"layers\.\d", str(p))]
+        if pruner.get("backend") == "torch_pruning" and per_layer:  # some layers left whole: per-layer sizes
+            raise ConfigError("pruner.exclude", per_layer, "no per-layer exclusions with exporter=onnx", NON_UNIFORM_WHY)
 
     def check_model(self, model_config, writer: str | None) -> None:
         model_type = getattr(model_config, "model_type", None)

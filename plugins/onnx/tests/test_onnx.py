@@ -126,7 +126,8 @@ def test_bad_inputs_are_refused_before_any_export():
     with pytest.raises(ConfigError, match="per-layer sizes"):
         exporter.check_model(llama, "torch_pruning")
     with pytest.raises(ConfigError, match="pruner.exclude"):
-        exporter.check_before_load({"pruner": {"backend": "torch_pruning", "exclude": ["model.layers.0"]}})
+        exporter.check_before_load({"pruner": {"backend": "torch_pruning", "exclude": ["model.layers.0.*"]}})
+    exporter.check_before_load({"pruner": {"backend": "torch_pruning", "exclude": ["*.self_attn.*"]}})  # uniform
 
 
 def test_missing_runtime_names_the_install(monkeypatch):

@@ -43,7 +43,7 @@ def test_rope_base_kv_cache_and_per_layer_sizes_match_pytorch(tmp_path):
     model = tiny_model(0)
     model.config.rope_parameters = {"rope_theta": 100000.0, "rope_type": "default"}
     state.model = type(model)(model.config).eval()  # rebuilt: the rotary embedding takes the new base
-    pruner = StructuredPruner(StructuredPruningConfig(sparsity=0.5, heads_sparsity=0.5, exclude=["model.layers.0"]))
+    pruner = StructuredPruner(StructuredPruningConfig(sparsity=0.5, heads_sparsity=0.5, exclude=["model.layers.0.*"]))
     pruner.apply(state)
     model = state.model
     assert model.config.slimkit_layer_dims[0] != model.config.slimkit_layer_dims[1]
