@@ -40,12 +40,39 @@ class Kind(str, Enum):
 STAGE_KINDS = (Kind.PRUNER, Kind.DISTILLER, Kind.QUANTIZER)
 
 
+def ranged(default: Any, low: float | None = None, high: float | None = None, *, low_open: bool = False,
+           high_open: bool = False) -> Any:
+    """A config field whose value must lie in a range; checked in ``StageConfig.__post_init__`` and by the
+    contract suite (``null`` passes when the default is ``None``)."""
+    return dataclasses.field(default=default, metadata={"range": (low, high, low_open, high_open)})
+
+
+def choice(default: Any, options: Sequence[Any]) -> Any:
+    """A config field whose value must be one of ``options``; checked like :func:`ranged`."""
+    return dataclasses.field(default=default, metadata={"choices": tuple(options)})
+
+
 @dataclasses.dataclass
 class StageConfig:
-    """Base of every backend config. Subclasses add typed fields and range checks in ``__post_init__``."""
+    """Base of every backend config. Subclasses add typed fields; ranges and choices declared with
+    :func:`ranged` / :func:`choice` are checked here, other checks go in ``__post_init__``."""
+
+    #: the config group its errors name (``pruner.sparsity``); set by each kind's base config
+    KEY_PREFIX: ClassVar[str] = ""
 
     def __post_init__(self) -> None:  # subclasses call super().__post_init__()
-        pass
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None and f.default is None:
+                continue
+            key = f"{self.KEY_PREFIX}.{f.name}" if self.KEY_PREFIX else f.name
+            if "range" in f.metadata:
+                low, high, low_open, high_open = f.metadata["range"]
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ConfigError(key, value, "a number")
+                check_range(key, value, low, high, low_open=low_open, high_open=high_open)
+            if "choices" in f.metadata:
+                check_choice(key, value, f.metadata["choices"])
 
 
 def _default_exclude() -> list[str]:
@@ -62,7 +89,7 @@ class PrunerConfig(StageConfig):
     """
 
     #: fraction of the selected Linear modules' weights removed, 0 <= sparsity < 1
-    sparsity: float = 0.5
+    sparsity: float = ranged(0.5, 0.0, 1.0, high_open=True)
     #: glob patterns of Linear module names (``model.layers.*.mlp.*``) that may be pruned
     include: List[str] = dataclasses.field(default_factory=lambda: ["*"])
     #: glob patterns of Linear module names kept whole (lm_head is tied to the embedding)
@@ -70,9 +97,10 @@ class PrunerConfig(StageConfig):
     #: glob -> sparsity for matching Linear modules (first matching glob wins)
     overrides: Dict[str, float] = dataclasses.field(default_factory=dict)
 
+    KEY_PREFIX: ClassVar[str] = "pruner"
+
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_range("pruner.sparsity", self.sparsity, 0.0, 1.0, high_open=True)
         self.overrides = dict(self.overrides)
         for glob, value in self.overrides.items():
             check_range(f"pruner.overrides[{glob!r}]", value, 0.0, 1.0, high_open=True)
@@ -106,6 +134,7 @@ class QuantizerConfig(StageConfig):
     ALLOWED_BITS: ClassVar[tuple[int, ...]] = (8,)
     #: the activation schemes (from ACTIVATION_SCHEMES) this backend can do
     ACTIVATIONS: ClassVar[tuple[Optional[str], ...]] = (None,)
+    KEY_PREFIX: ClassVar[str] = "quantizer"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -121,23 +150,17 @@ class DistillerConfig(StageConfig):
     """Knobs every distiller shares: the loss is ``alpha·T²·KL(teacher/T ‖ student/T) + (1-alpha)·CE``."""
 
     #: softmax temperature of the soft targets
-    temperature: float = 2.0
+    temperature: float = ranged(2.0, 0.0, low_open=True)
     #: weight of the soft-target (KL) term; 1 - alpha weighs next-token cross-entropy
-    alpha: float = 0.5
+    alpha: float = ranged(0.5, 0.0, 1.0)
     #: optimizer steps
-    max_steps: int = 100
+    max_steps: int = ranged(100, 0)
     #: learning rate
-    lr: float = 5e-5
+    lr: float = ranged(5e-5, 0.0, low_open=True)
     #: windows per optimizer step (the global batch, over all processes)
-    batch_size: int = 4
+    batch_size: int = ranged(4, 1)
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_range("distiller.temperature", self.temperature, 0.0, low_open=True)
-        check_range("distiller.alpha", self.alpha, 0.0, 1.0)
-        check_range("distiller.max_steps", self.max_steps, 0)
-        check_range("distiller.lr", self.lr, 0.0, low_open=True)
-        check_range("distiller.batch_size", self.batch_size, 1)
+    KEY_PREFIX: ClassVar[str] = "distiller"
 
 
 @dataclasses.dataclass
@@ -147,6 +170,8 @@ class ExporterConfig(StageConfig):
     #: the weight format written for the runtime; each exporter lists what it accepts.
     #: "auto" carries slimkit's own weights through where the format can hold them
     weights: str = "auto"
+
+    KEY_PREFIX: ClassVar[str] = "exporter"
 
 
 def check_range(key: str, value: Any, low: float | None = None, high: float | None = None,

@@ -49,12 +49,11 @@ def quality(session: RuntimeSession, windows: torch.Tensor | None, tokenizer: An
     from slimkit.evaluation.tasks import task_metrics
 
     model = RuntimeModel(session)
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"perplexity": None, "tasks": {}}
     if windows is not None:
         out["perplexity"] = perplexity(model, windows, batch_size, desc=f"perplexity [{label}]")  # type: ignore[arg-type]
     if tasks:
         accuracies = task_metrics(model, tokenizer, list(tasks), task_samples, label)  # type: ignore[arg-type]
-        out["tasks"] = {}
         for task in tasks:
             final, base = accuracies[f"{task}_accuracy"], baseline.get(f"{task}_accuracy")
             out["tasks"][task] = {"final": final, "retained": final / base if base else None}

@@ -78,8 +78,7 @@ def resolve_exporters(settings: Mapping[str, Any], registry: Registry) -> list[P
         cls.check_dependencies()
         exporter = cls(exporter_config(cls, node, key))
         exporter.check_before_load(settings)
-        if model_config is not None:
-            exporter.check_model(model_config, writer)
+        exporter.check_model(model_config, writer)
         plans.append(PlannedExport(exporter, registry.info(Kind.EXPORTER, node["backend"])))
     return plans
 
@@ -96,23 +95,9 @@ def exporter_config(cls: type[Exporter], node: Mapping[str, Any], key: str) -> A
 
 
 def model_config_before_load(model: Mapping[str, Any]) -> Any:
-    """The transformers config of the model a run will load, read without loading its weights (an
-    embedded model is converted into the cache once, as its first run would); ``None`` when it cannot be
-    read (an unreachable hub id): the exporters' model checks then run before the export instead."""
-    from transformers import AutoConfig
+    """The transformers config of the model a run will load, from its meta-device skeleton (no weights
+    read; an embedded model is converted into the cache once, as its first run would)."""
+    from slimkit.models import model_skeleton
 
-    from slimkit.models import tiny_model
-    from slimkit.models.loading import EMBEDDED
-
-    path, name = model.get("path"), model.get("name", "smollm2-135m")
-    trust = bool(model.get("trust_remote_code", False))
-    try:
-        if path:
-            return AutoConfig.from_pretrained(str(path), trust_remote_code=trust)
-        if name == "tiny":
-            return tiny_model().config
-        if name in EMBEDDED:
-            return AutoConfig.from_pretrained(str(EMBEDDED[name][0]()))
-        return AutoConfig.from_pretrained(name, trust_remote_code=trust)
-    except (OSError, ValueError):
-        return None
+    return model_skeleton(model.get("name", "smollm2-135m"), model.get("path"),
+                          bool(model.get("trust_remote_code", False)), int(model.get("seed", 0))).config

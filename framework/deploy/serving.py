@@ -8,7 +8,8 @@ two alternately, round by round, through the same two calls on both sides:
 - decode: greedy tokens with the KV cache, ``(n - 1) / (t(generate(prompt, n)) - t(generate(prompt, 1)))``,
   so the prompt's processing cancels out.
 
-Medians per process; the parent runs ``eval.processes`` children one after another and reports each
+Medians per process; the parent runs ``eval.latency_processes`` children (one under
+``eval.latency_condition=in_process``) one after another and reports each
 process's ratios and their median. Threads are pinned in both (torch and the runtime).
 """
 
@@ -103,13 +104,16 @@ def child(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 def serving_speed(exporter: str, export_dir: Path, model: Mapping[str, Any], seed: int, prompt: torch.Tensor,
                   eval_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """Run ``eval.processes`` fresh timing processes one after another; per-process results and medians."""
+    """Run the fresh timing processes one after another; per-process results and medians."""
     from tqdm.auto import tqdm
 
     threads = int(eval_cfg.get("threads", 1))
-    processes = int(eval_cfg.get("processes", 1))
+    # exports are always timed in fresh processes: eval.latency_processes of them in the serving condition
+    # (the default), one when the run times its artifact in process (eval=fast)
+    serving = eval_cfg.get("latency_condition", "serving") == "serving"
+    processes = int(eval_cfg.get("latency_processes", 3)) if serving else 1
     if processes < 1:
-        raise SlimkitError(f"eval.processes={processes}: at least one timing process is needed")
+        raise SlimkitError(f"eval.latency_processes={processes}: at least one timing process is needed")
     spec = {"exporter": exporter, "export_dir": str(export_dir), "model": dict(model), "seed": seed,
             "prompt": prompt[0].tolist(), "threads": threads, "repeats": int(eval_cfg.get("repeats", 5)),
             "decode_tokens": int(eval_cfg.get("decode_tokens", 32))}

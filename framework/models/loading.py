@@ -194,3 +194,35 @@ def _load_tokenizer(folder: Path, trust_remote_code: bool):
         return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load a tokenizer from {str(folder)!r}: {exc}") from exc
+
+
+def model_skeleton(name: str = "smollm2-135m", path: str | None = None, trust_remote_code: bool = False,
+                   seed: int = 0) -> torch.nn.Module:
+    """The architecture ``load_model`` would build, on the meta device (no weights read or allocated): for
+    checking module names and shapes before the model loads."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if name == "tiny" and not path:
+        with init_empty_weights():
+            return tiny_model(seed)
+    if path:
+        folder = Path(path).expanduser()
+        if not folder.is_dir():
+            raise ModelLoadError(f"model.path={str(path)!r} is not a folder")
+        if not (folder / "config.json").is_file():
+            raise ModelLoadError(f"model.path={str(path)!r} has no config.json: not a Hugging Face model folder")
+        source = str(folder)
+    elif name in EMBEDDED:
+        source = str(EMBEDDED[name][0]())
+    elif "/" not in name:
+        raise ConfigError("model.name", name, "one of " + ", ".join(map(repr, [*EMBEDDED, "tiny"]))
+                          + ", a hub id like 'org/model', or set model.path to a local folder")
+    else:
+        source = name
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+        with init_empty_weights():
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"cannot build the architecture of {source!r}: {exc}") from exc

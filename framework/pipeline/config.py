@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Mapping, Optional, Sequence
 
-from slimkit.core.plugin import Kind, Stage, StageConfig
 from slimkit.core.errors import SlimkitError
+from slimkit.core.plugin import Kind, Stage, StageConfig
 from slimkit.core.registry import Registry, default_registry
 
 
@@ -54,9 +54,26 @@ class EvalConfig:
     prompt_tokens: int = 128
     decode_tokens: int = 32
     repeats: int = 5
-    #: fresh processes that time each deployed export against PyTorch fp32 (exporter=...)
-    processes: int = 3
     batch_size: int = 4
+    #: 'serving': fresh processes that load only the original and the artifact (how a deployed model runs);
+    #: 'in_process': this run's own process. The report's timing.condition says which; both ratios are kept
+    latency_condition: str = "serving"
+    #: fresh processes for the serving condition (per-process ratios; the report gives median, min, max)
+    latency_processes: int = 3
+
+
+LATENCY_CONDITIONS = ("serving", "in_process")
+
+
+def check_eval(eval_cfg: Mapping[str, Any]) -> None:
+    """Range and choice checks of the ``eval`` group (before any model loads)."""
+    from slimkit.core.plugin import check_choice, check_range
+
+    check_choice("eval.latency_condition", eval_cfg.get("latency_condition", "serving"), LATENCY_CONDITIONS)
+    check_range("eval.latency_processes", eval_cfg.get("latency_processes", 3), 1)
+    for key in ("threads", "repeats", "prompt_tokens", "batch_size"):
+        if key in eval_cfg:
+            check_range(f"eval.{key}", eval_cfg[key], 1)
 
 
 @dataclasses.dataclass

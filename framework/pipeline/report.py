@@ -58,15 +58,57 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "- stages: " + (" → ".join(f"{s['kind']} {s['backend']} ({s['distribution']} {s['version']}, "
                                     f"{s['seconds']} s)" for s in report["stages"]) or "none"),
         f"- ratios (baseline/final size, final/baseline speed and perplexity): {ratio_text}",
-        f"- latency: median of alternating runs, {threads} torch thread(s)" if threads else "- latency: not measured",
+        _timing_line(report.get("timing"), threads),
+        f"- achieved sparsity {report['final'].get('achieved_sparsity', 0):.3f} of the original Linear weights; "
+        f"{report['final'].get('bits_per_weight', float('nan')):.2f} stored bits per original parameter",
         f"- artifact: `{report['artifact']}` (reload max |Δlogit| {report['final'].get('reload_max_abs_logit_diff', 0):.2g})",
         "",
         markdown_table(summary_rows(report)),
         "",
     ]
+    if report.get("deployments"):
+        lines += deployments_table(report["deployments"], report["baseline"])
     return "\n".join(lines)
 
 
+def _num(value: Any, fmt: str) -> str:
+    return "–" if value is None else fmt.format(value)
+
+
+def deployments_table(deployments: list[Mapping[str, Any]], baseline: Mapping[str, Any]) -> list[str]:
+    """Markdown lines: one row per export, measured inside its runtime."""
+    tasks = sorted({t for d in deployments for t in (d.get("tasks") or {})})
+    lines = ["## Deployments (each export measured inside its runtime)", "",
+             "| exporter | runtime | format | size MB (×smaller) | perplexity (×fp32) | "
+             + "".join(f"{t} acc (retained) | " for t in tasks) + "prefill × fp32 | decode × fp32 | processes |",
+             "|" + "---|" * (8 + len(tasks))]
+    for d in deployments:
+        cells = [d["exporter"], f"{d.get('runtime')} {d.get('runtime_version', '')}".strip(), str(d.get("format")),
+                 f"{d['size_bytes'] / 1e6:.1f} ({_num(d.get('size_ratio'), '{:.1f}×')})",
+                 f"{_num(d.get('perplexity'), '{:.2f}')} ({_num(d.get('perplexity_ratio'), '×{:.3f}')})"]
+        for t in tasks:
+            acc = (d.get("tasks") or {}).get(t) or {}
+            cells.append(f"{_num(acc.get('final'), '{:.3f}')} ({_num(acc.get('retained'), '{:.1%}')})")
+        cells += [_num(d.get("prefill_speedup"), "{:.2f}×"), _num(d.get("decode_speedup"), "{:.2f}×"),
+                  str(len(d.get("processes") or []))]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Speed: fresh processes that load only PyTorch fp32 and the export, timed alternately at "
+              f"{baseline.get('threads', 1)} thread(s); the median over processes. Files: `deploy/<exporter>/`.", ""]
+    return lines
+
+
+
+
+def _timing_line(timing: Mapping[str, Any] | None, threads: Any) -> str:
+    if not timing:
+        return "- latency: not measured"
+    if timing.get("condition") == "serving":
+        p, d = timing["prefill_speedup"], timing["decode_speedup"]
+        return (f"- latency: {timing['description']}, {timing['processes']} processes, {threads} torch thread(s): "
+                f"prefill ×{p['median']:.2f} (×{p['min']:.2f}–{p['max']:.2f}), decode ×{d['median']:.2f} "
+                f"(×{d['min']:.2f}–{d['max']:.2f}); in this run's process: prefill ×"
+                f"{timing['in_process']['prefill_speedup']:.2f}, decode ×{timing['in_process']['decode_speedup']:.2f}")
+    return f"- latency: {timing['description']}, median of alternating runs, {threads} torch thread(s)"
 
 
 def write_reports(report: Mapping[str, Any], output_dir: Path) -> None:

@@ -40,6 +40,12 @@ class Job:
     backends: dict[str, str | None]
     sparsity: float | None = None
     bits: Any = None
+    #: fraction of the original Linear weights zeroed or removed (report.json final.achieved_sparsity)
+    achieved_sparsity: float | None = None
+    #: stored bits per parameter of the original model (file size x 8 / parameters; final.bits_per_weight)
+    bits_per_weight: float | None = None
+    #: how the speed ratios were timed (report.json timing.condition) and over how many fresh processes
+    timing: str | None = None
     perplexity: float | None = None
     quality: float | None = None
     accuracy: dict[str, float] = dataclasses.field(default_factory=dict)
@@ -56,6 +62,8 @@ class Job:
     baseline: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: the overrides that differ between the sweep's jobs (plot labels)
     label: str = ""
+    #: exports measured in their runtimes (exporter=...): exporter, runtime, format, size, quality, speed
+    deployments: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @property
     def other_overrides(self) -> list[str]:
@@ -171,6 +179,11 @@ def load_job(job_dir: Path, root: Path, sweep: Mapping[str, Any]) -> Job:
         job.size_mb = final["size_bytes"] / 1e6 if final.get("size_bytes") else None
         job.size_ratio, job.speed_ratio = ratios.get("size"), ratios.get("speed")
         job.prefill_ratio = ratios.get("prefill_speed")
+        job.achieved_sparsity, job.bits_per_weight = final.get("achieved_sparsity"), final.get("bits_per_weight")
+        timing = report.get("timing") or {}
+        if timing.get("condition"):
+            job.timing = f"{timing['condition']} x{timing.get('processes', 0)}" if timing.get("processes") else timing["condition"]
+        job.deployments = [_deployment_row(d) for d in report.get("deployments") or [] if isinstance(d, Mapping)]
         floor = float(sweep.get("min_quality", 0.97))
         job.feasible = None if job.quality is None else job.quality >= floor
         try:
@@ -178,6 +191,13 @@ def load_job(job_dir: Path, root: Path, sweep: Mapping[str, Any]) -> Job:
         except SlimkitError:
             job.objective = None
     return job
+
+
+def _deployment_row(entry: Mapping[str, Any]) -> dict[str, Any]:
+    keys = ("exporter", "runtime", "format", "size_bytes", "perplexity", "perplexity_ratio", "prefill_speedup", "decode_speedup")
+    row = {k: entry.get(k) for k in keys}
+    row["tasks"] = {t: (v or {}).get("final") for t, v in (entry.get("tasks") or {}).items()}
+    return row
 
 
 def dominates(a: Sequence[float], b: Sequence[float], senses: Sequence[str]) -> bool:

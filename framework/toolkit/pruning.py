@@ -185,7 +185,7 @@ def compute_masks(scores: Mapping[str, torch.Tensor], targets: Mapping[str, floa
         for name, score in scores.items():
             rows, cols = score.shape
             if cols % m:
-                raise ConfigError("pruner.pattern", f"{n}:{m}", f"an M that divides every pruned layer's input width",
+                raise ConfigError("pruner.pattern", f"{n}:{m}", "an M that divides every pruned layer's input width",
                                   f"{name} has {cols} inputs")
             groups = score.reshape(rows, cols // m, m)
             keep = torch.zeros_like(groups, dtype=torch.bool)

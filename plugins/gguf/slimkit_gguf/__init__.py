@@ -11,19 +11,26 @@
     weights: q8_0        # auto | f32 | f16 | bf16 | q8_0 | q5_1 | q5_0 | q4_1 | q4_0
     embeddings: auto     # the output / tied embedding matrix: auto (Q8_0 under 4/5-bit formats) or a format
 
-Model families: Llama (``LlamaForCausalLM``: SmolLM2, Llama 2/3 without rope scaling, the tiny test
-model), Mistral and Qwen2 layouts (written through the same family table; read back by transformers'
-GGUF loader in the tests). Gemma, Phi and others are refused with a ConfigError before any weights
-load. A structurally pruned model (uniform per layer) is written as its smaller architecture.
+Model families: Llama (``LlamaForCausalLM``: SmolLM2, the tiny test model; checked in llama.cpp),
+Qwen2 and Qwen3 (same family table; checked only by reading tiny models back with transformers' GGUF
+loader). Byte-level BPE tokenizers only. Rope scaling (Llama 3.1's "llama3"), Gemma, Phi, Mistral
+and the rest are refused (a ConfigError before any weights load for the model type); llama.cpp's
+``convert_hf_to_gguf.py`` covers them. A structurally pruned model (uniform per layer) is written as
+its smaller architecture.
 
 Weights: "auto" writes the model's own float weights (fp32 → F32, no loss); the block formats are
 quantized by gguf-py's reference implementation, the same arithmetic as llama.cpp's quantizer for
-these types. Artifacts already quantized by a slimkit backend the format cannot hold (bnb NF4/int8,
-quanto, the int8 W8A8 kernels) are refused at config time, naming the alternatives.
+these types. optimum-quanto's quantized weights (``quantizer=quanto``, the default recipe) dequantize
+exactly: "auto" writes them as F32 (quanto's values, not its size), a block format re-quantizes them
+(the report's ``requantized`` and ``notes`` say so). Artifacts GGUF cannot hold or rebuild (bnb
+NF4/FP4/LLM.int8, the int8 quantizer's W8A8 kernels) are refused at config time, naming the
+alternatives.
 
 Documented tolerance (max |Δlogit| against PyTorch on the tiny test model, whose logits are ~1 in
-size): f32 1e-4 (exact), f16/bf16 1e-2, q8_0 5e-2, q5_*/q4_* 0.3; and, for every format, the file's
-logits equal PyTorch's on the same weights dequantized by gguf-py within 1e-4.
+size): f32 1e-3 (bit-exact through transformers' loader; llama.cpp's kernels sum in another
+order), f16/bf16 1e-2, q8_0 5e-2, q5_*/q4_* 0.3; and, for every format, the file's logits equal
+PyTorch's on the same weights dequantized by gguf-py within 1e-4 (transformers' loader) or, in
+llama.cpp, within 2e-2 (Q8_0) / 5e-2 (Q4_0), which also quantizes activations to 8 bits in its dot products.
 
 Runtime: llama.cpp through ``llama-cpp-python`` when importable (``pip install llama-cpp-python``
 builds it from source: ``apt-get install build-essential cmake`` first, ~15 min on 2 cores); otherwise
@@ -41,16 +48,15 @@ import torch
 from slimkit.core.errors import ArtifactError, ConfigError
 from slimkit.core.plugin import Exporter, ExporterConfig, check_choice
 from slimkit_gguf.runtime import LlamaCppSession, TransformersGGUFSession, llama_cpp_available
-from slimkit_gguf.writer import FAMILIES, WEIGHT_TYPES, write_gguf
+from slimkit_gguf.writer import FAMILIES, WEIGHT_TYPES, quantized_modules, write_gguf
 
 __all__ = ["GGUFConfig", "GGUFExporter", "FILE_NAME"]
 
 FILE_NAME = "model.gguf"
 WEIGHTS = ("auto", *WEIGHT_TYPES)
-#: slimkit backends whose artifacts hold weights in a form GGUF cannot represent
+#: slimkit backends whose artifacts hold weights in a form GGUF cannot represent or rebuild
 UNHOLDABLE = {
     "bnb": "bitsandbytes NF4/FP4/LLM.int8 weights",
-    "quanto": "optimum-quanto's quantized weights",
     "int8": "the int8 quantizer's SmoothQuant-scaled W8A8 weights and fused kernels",
 }
 
@@ -95,6 +101,11 @@ class GGUFExporter(Exporter):
                               f"model type {getattr(model_config, 'model_type', None)!r} is not mapped to GGUF by this "
                               "exporter; llama.cpp's convert_hf_to_gguf.py converts many more families, or use "
                               "exporter=onnx / exporter=openvino")
+        rope = (getattr(model_config, "rope_parameters", None) or {}) if model_config is not None else {}
+        if rope.get("rope_type") not in (None, "default"):
+            raise ConfigError("exporter", "gguf", "a model with plain rope",
+                              f"rope scaling {rope.get('rope_type')!r} is not mapped to GGUF by this exporter; "
+                              "llama.cpp's convert_hf_to_gguf.py converts it")
 
     def resolved_weights(self, model: torch.nn.Module) -> str:
         """``auto`` -> the model's own float dtype."""
@@ -105,17 +116,21 @@ class GGUFExporter(Exporter):
 
     def export(self, artifact_dir: Path, model: torch.nn.Module, tokenizer: Any, out_dir: Path) -> dict[str, Any]:
         self.check_model(model.config, None)
-        bad = [n for n, t in model.state_dict().items() if not t.is_floating_point()]
-        if bad:
-            raise ArtifactError(f"exporter=gguf needs float weights, but {bad[0]} is {model.state_dict()[bad[0]].dtype}; "
-                                "drop the quantizer and choose exporter.gguf.weights instead")
+        quantized = quantized_modules(model)
         weights = self.resolved_weights(model)
         facts = write_gguf(model, tokenizer, out_dir / FILE_NAME, weights, self.config.embeddings)
-        lossless = self.config.weights == "auto"  # the model's own dtype, written as it is
-        return {"format": f"gguf {weights.upper()}", "requantized": not lossless, "file": FILE_NAME,
-                "notes": ("slimkit's float weights written as they are" if lossless else
-                          f"float weights converted to {weights.upper()} by gguf-py (llama.cpp's block formats)"),
-                **facts}
+        if quantized:  # e.g. quanto: its integer codes times scales, dequantized exactly, then written as `weights`
+            kind = sorted(set(quantized.values()))
+            notes = (f"{len(quantized)} quantized weight matrices ({', '.join(kind)}) dequantized exactly and written as "
+                     f"{weights.upper()}" + ("" if self.config.weights == "auto" else " (re-quantized by gguf-py)") +
+                     "; activation quantization, if any, is not carried (llama.cpp runs its own)")
+            requantized = self.config.weights != "auto"
+        elif self.config.weights == "auto":
+            notes, requantized = "slimkit's float weights written as they are", False
+        else:
+            notes, requantized = f"float weights converted to {weights.upper()} by gguf-py (llama.cpp's block formats)", True
+        return {"format": f"gguf {weights.upper()}", "requantized": requantized, "file": FILE_NAME, "notes": notes,
+                "dequantized_modules": len(quantized), **facts}
 
     @classmethod
     def open(cls, out_dir: Path, threads: int = 1) -> Any:

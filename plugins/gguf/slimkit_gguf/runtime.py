@@ -36,7 +36,7 @@ class LlamaCppSession:
     def __init__(self, path: Path, threads: int = 1, context: int = 1024):
         import llama_cpp
 
-        self.runtime_version = f"llama-cpp-python {md.version('llama-cpp-python')}"
+        self.runtime_version = f"llama-cpp-python {llama_cpp.__version__}"
         self.context = context
         self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=context, n_batch=context, n_ubatch=context,
                                    n_threads=threads, n_threads_batch=threads, logits_all=True, verbose=False)

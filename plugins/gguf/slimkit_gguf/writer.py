@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,8 @@ class Family:
 #: (tests) and, for llama, running it in llama.cpp (benchmarks/deploy.py).
 FAMILIES = {
     "llama": Family(gguf.MODEL_ARCH.LLAMA, permute_qk=True),
-    "mistral": Family(gguf.MODEL_ARCH.LLAMA, permute_qk=True),
     "qwen2": Family(gguf.MODEL_ARCH.QWEN2, permute_qk=False),
+    "qwen3": Family(gguf.MODEL_ARCH.QWEN3, permute_qk=False),
 }
 
 
@@ -126,15 +127,13 @@ def write_gguf(model: torch.nn.Module, tokenizer: Any, path: Path, weights: str,
     names = gguf.get_tensor_name_map(family.arch, layers)
     tied = bool(getattr(config, "tie_word_embeddings", False))
     counts: dict[str, int] = {}
-    for hf_name, tensor in model.state_dict().items():
+    for hf_name, tensor in float_tensors(model).items():
         if (tied and hf_name == "lm_head.weight") or hf_name.endswith("rotary_emb.inv_freq"):
             continue
         name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if name is None:
             raise ArtifactError(f"the tensor {hf_name!r} has no GGUF name in the {arch} layout; a {config.model_type} "
                                 "model with extra or renamed modules cannot be exported by this exporter")
-        if not tensor.is_floating_point():
-            raise ArtifactError(f"the tensor {hf_name!r} is {tensor.dtype}, not float: GGUF export needs float weights")
         data = tensor.detach().float()
         if family.permute_qk and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
             data = permute_rope(data, config.num_attention_heads)
@@ -144,11 +143,49 @@ def write_gguf(model: torch.nn.Module, tokenizer: Any, path: Path, weights: str,
         array, raw_shape = _encode(data.numpy(), qtype)
         writer.add_tensor(name, array, raw_shape=raw_shape, raw_dtype=None if raw_shape is None else qtype)
         counts[qtype.name] = counts.get(qtype.name, 0) + 1
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    quiet = logging.getLogger("gguf.gguf_writer")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # it logs every file it writes at INFO
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    finally:
+        quiet.setLevel(level)
     return {"tensor_types": counts, "architecture": arch, "tokenizer_pre": pre}
+
+
+def float_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter of ``model`` as a float tensor, by its transformers name. Weights a backend holds as
+    quantized tensors that can dequantize themselves (optimum-quanto's) are dequantized, exactly; anything
+    else that is not float is an :class:`ArtifactError`."""
+    out: dict[str, torch.Tensor] = {}
+    for module_name, module in model.named_modules():
+        for name, param in module.named_parameters(recurse=False):
+            full = f"{module_name}.{name}" if module_name else name
+            tensor = param.dequantize() if backend_quantized(param) else param
+            if not tensor.is_floating_point():
+                raise ArtifactError(f"the tensor {full!r} is {tensor.dtype}, not float: GGUF export needs float "
+                                    "weights (drop the quantizer and choose exporter.gguf.weights instead)")
+            out[full] = tensor.detach()
+    held = tuple(f"{name}.weight." for name in quantized_modules(model))  # a quantized weight's own codes/scales
+    for key, tensor in model.state_dict().items():
+        if not tensor.is_floating_point() and not key.startswith(held):
+            raise ArtifactError(f"the tensor {key!r} is {tensor.dtype}, not float: GGUF export needs float "
+                                "weights (drop the quantizer and choose exporter.gguf.weights instead)")
+    return out
+
+
+def quantized_modules(model: torch.nn.Module) -> dict[str, str]:
+    """Modules whose weights a backend holds quantized (``name -> tensor class``)."""
+    return {name: type(m.weight).__name__ for name, m in model.named_modules() if backend_quantized(getattr(m, "weight", None))}
+
+
+def backend_quantized(tensor: Any) -> bool:
+    """A tensor subclass that holds quantized data and can dequantize itself (optimum-quanto's QTensor)."""
+    return (isinstance(tensor, torch.Tensor) and type(tensor) not in (torch.Tensor, torch.nn.Parameter)
+            and callable(getattr(tensor, "dequantize", None)))
 
 
 # --- the tokenizer: a byte-level BPE vocabulary (llama.cpp's "gpt2" tokenizer model) ---------------

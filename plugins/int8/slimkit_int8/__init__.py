@@ -25,11 +25,12 @@ from typing import Any, ClassVar, List, Mapping, Optional
 
 import torch
 
-from slimkit import ArtifactError, ConfigError, DataError, Kind, QuantizerConfig, Stage, check_choice, check_range
+from slimkit import ArtifactError, ConfigError, DataError, Kind, QuantizerConfig, Stage, check_range
+from slimkit.core.plugin import choice, ranged
 from slimkit.toolkit.quantization import plan_precision, precision_summary, swap_module
 from slimkit.toolkit.storage import untied_state_dict as _untied_state_dict
 
-from ._kernels import (ACTIVATION_MODES, FusedGroup, Int8Embedding, Int8Linear, find_shared_inputs, fuse_groups,
+from ._kernels import (FusedGroup, Int8Embedding, Int8Linear, find_shared_inputs, fuse_groups,
                        onednn_available, quantize_tokens, quantize_weight, set_prefill_kernel, simulated_int8)
 from ._smooth import int8_errors, smooth
 
@@ -48,39 +49,36 @@ class Int8Config(QuantizerConfig):
     #: apply SmoothQuant equalization calibrated on the calibration slice before quantizing
     smooth: bool = True
     #: SmoothQuant migration strength in [0, 1]
-    alpha: float = 0.5
+    alpha: float = ranged(0.5, 0.0, 1.0)
     #: int8 activations with dynamic scales: 'int8-token' (one scale per token) or 'int8-tensor' (one per call)
     activations: Optional[str] = "int8-token"
     #: keep this many quantized Linear layers with the largest (smoothed) int8 error in float
     keep_float: int = 0
     #: the input embedding table: 'int8' (per-row; shares the int8 lm_head's codes when tied) or 'float'
-    embedding: str = "int8"
+    embedding: str = choice("int8", EMBEDDING_MODES)
     #: fuse Linears that read the same input tensor (q/k/v, gate/up) into one int8 GEMM each
     fuse: bool = True
     #: kernel for several-row calls (prefill, scoring): 'onednn' (prepacked weights, ~10% faster prefill on
     #: SmolLM2, one more in-memory copy of the int8 weights), 'int_mm' (torch._int_mm on the stored codes),
     #: or 'auto' (onednn where this torch build has it). Results are bit-identical.
-    prefill_kernel: str = "auto"
+    prefill_kernel: str = choice("auto", PREFILL_KERNELS)
 
     ALLOWED_BITS: ClassVar[tuple[int, ...]] = (8,)
     ACTIVATIONS: ClassVar[tuple[Optional[str], ...]] = ("int8-token", "int8-tensor")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_range("quantizer.alpha", self.alpha, 0.0, 1.0)
+        if isinstance(self.keep_float, bool) or not isinstance(self.keep_float, int):
+            raise ConfigError("quantizer.keep_float", self.keep_float, "a non-negative integer")
+        check_range("quantizer.keep_float", self.keep_float, 0)
+        if self.prefill_kernel == "onednn" and not onednn_available():
+            raise ConfigError("quantizer.prefill_kernel", self.prefill_kernel,
+                              "'int_mm' or 'auto': oneDNN's int8 linear is not available in this torch build")
 
     @property
     def activation_mode(self) -> str:
         """The kernels' name for the activation scheme: 'token' or 'tensor'."""
         return self.activations.split("-", 1)[1]
-        if isinstance(self.keep_float, bool) or not isinstance(self.keep_float, int):
-            raise ConfigError("quantizer.keep_float", self.keep_float, "a non-negative integer")
-        check_range("quantizer.keep_float", self.keep_float, 0)
-        check_choice("quantizer.embedding", self.embedding, EMBEDDING_MODES)
-        check_choice("quantizer.prefill_kernel", self.prefill_kernel, PREFILL_KERNELS)
-        if self.prefill_kernel == "onednn" and not onednn_available():
-            raise ConfigError("quantizer.prefill_kernel", self.prefill_kernel,
-                              "'int_mm' or 'auto': oneDNN's int8 linear is not available in this torch build")
 
 
 

@@ -7,7 +7,7 @@ Sample config (``conf`` group ``pruner``)::
     pruner.scope: layer           # layer | row | global (one |w| threshold across layers)
     pruner.pattern: null          # or "2:4" (then sparsity must be 0.5)
     pruner.exclude: [lm_head]     # glob patterns on module names
-    pruner.per_layer: {"model.layers.0.*": 0.3}
+    pruner.overrides: {"model.layers.0.*": 0.3}
     pruner.schedule: {steps: 4, ramp: cubic, recovery_steps: 20, max_perplexity_ratio: 1.5}
     pruner.sensitivity: {scan: true, sparsities: [0.3, 0.5, 0.7]}
 

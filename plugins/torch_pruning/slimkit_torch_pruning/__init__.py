@@ -35,6 +35,7 @@ from typing import Any, Mapping
 import torch
 
 from slimkit import Kind, PrunerConfig, Stage, check_choice, check_range
+from slimkit.core.plugin import ranged
 from slimkit.core.errors import ArtifactError, ConfigError
 from slimkit.models import count_parameters
 from slimkit.toolkit.modules import select_modules
@@ -57,7 +58,7 @@ class StructuredPruningConfig(PrunerConfig):
     """Structured pruning settings; fractions count weights or structures of the original model.
     ``overrides`` (per-module sparsity) is not supported: every selected layer is cut to the same sizes."""
 
-    sparsity: float = 0.3
+    sparsity: float = ranged(0.3, 0.0, 1.0, high_open=True)
     #: fraction of attention structures removed (see ``heads_structure``); 0 leaves attention untouched
     heads_sparsity: float = 0.0
     #: 'kv_groups' removes KV heads with their query heads; 'query_heads' removes query heads within every KV group
