@@ -58,7 +58,6 @@ BUILDER_MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausal
 #: artifact writers whose weights are not float tensors in a Hugging Face folder
 QUANTIZED_WRITERS = {
     "bnb": "bitsandbytes NF4/FP4/LLM.int8 weights",
-    "quanto": "optimum-quanto's quantized weights",
     "int8": "the int8 quantizer's SmoothQuant-scaled W8A8 weights and fused kernels",
 }
 #: config key the structured pruner records when layer sizes differ (a stock config cannot describe them)
@@ -107,6 +106,28 @@ def shares_embedding(cfg: OnnxConfig) -> bool:
     return cfg.precision == "int4" and cfg.symmetric
 
 
+def backend_quantized(tensor: Any) -> bool:
+    """A weight a slimkit backend holds quantized and that dequantizes itself (optimum-quanto's QTensor)."""
+    return (isinstance(tensor, torch.Tensor) and type(tensor) not in (torch.Tensor, torch.nn.Parameter)
+            and callable(getattr(tensor, "dequantize", None)))
+
+
+def float_model(model: torch.nn.Module) -> tuple[torch.nn.Module, int]:
+    """``model`` itself if its weights are plain tensors; else a float copy of the same architecture whose weights
+    are the backend's values dequantized exactly (quanto's codes times scales), and how many were dequantized."""
+    quantized = [name for name, p in model.named_parameters() if backend_quantized(p)]
+    if not quantized:
+        return model, 0
+    from transformers import AutoModelForCausalLM
+
+    clean = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32).eval()
+    with torch.no_grad():
+        for name, param in clean.named_parameters():
+            source = model.get_parameter(name)
+            param.copy_(source.dequantize() if backend_quantized(source) else source)
+    return clean, len(quantized)
+
+
 class OnnxExporter(Exporter):
     """Export through ``onnxruntime_genai.models.builder``; serve with onnxruntime(-genai)."""
 
@@ -148,6 +169,7 @@ class OnnxExporter(Exporter):
         cfg = self.config
         self.check_model(model.config, None)
         out_dir = Path(out_dir)
+        model, dequantized = float_model(model)
         with tempfile.TemporaryDirectory(prefix="slimkit-onnx-") as tmp:
             source, cache = Path(tmp) / "hf", Path(tmp) / "cache"
             model.save_pretrained(source, safe_serialization=True)
@@ -170,7 +192,11 @@ class OnnxExporter(Exporter):
         notes = ("fp32 weights as slimkit left them" if not quantized else
                  f"the builder quantized slimkit's float weights to {cfg.precision} MatMulNBits "
                  f"({scheme['scheme']})")
-        return {"format": f"onnx-{cfg.precision}", "requantized": quantized, "notes": notes, **scheme}
+        if dequantized:
+            notes = (f"{dequantized} quantized weight matrices (quanto) dequantized exactly to fp32 first; "
+                     "activation quantization is not carried; " + notes)
+        return {"format": f"onnx-{cfg.precision}", "requantized": quantized, "notes": notes,
+                "dequantized_modules": dequantized, **scheme}
 
     def scheme(self) -> dict[str, Any]:
         """The weight format, stated fully (for the report)."""

@@ -37,7 +37,6 @@ CHECKED_MODEL_TYPES = ("llama",)
 #: artifact writers whose weights are not float tensors torch.export can capture
 QUANTIZED_WRITERS = {
     "bnb": "bitsandbytes NF4/FP4/LLM.int8 weights",
-    "quanto": "optimum-quanto's quantized weights",
     "int8": "the int8 quantizer's SmoothQuant-scaled W8A8 weights and fused kernels",
 }
 MODEL_XML = "openvino_model.xml"
@@ -70,6 +69,28 @@ class OpenVinoConfig(ExporterConfig):
     @property
     def bits(self) -> str:
         return "fp32" if self.weights == "auto" else self.weights
+
+
+def backend_quantized(tensor: Any) -> bool:
+    """A weight a slimkit backend holds quantized and that dequantizes itself (optimum-quanto's QTensor)."""
+    return (isinstance(tensor, torch.Tensor) and type(tensor) not in (torch.Tensor, torch.nn.Parameter)
+            and callable(getattr(tensor, "dequantize", None)))
+
+
+def float_model(model: torch.nn.Module) -> tuple[torch.nn.Module, int]:
+    """``model`` itself if its weights are plain tensors; else a float copy of the same architecture whose weights
+    are the backend's values dequantized exactly (quanto's codes times scales), and how many were dequantized."""
+    quantized = [name for name, p in model.named_parameters() if backend_quantized(p)]
+    if not quantized:
+        return model, 0
+    from transformers import AutoModelForCausalLM
+
+    clean = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32).eval()
+    with torch.no_grad():
+        for name, param in clean.named_parameters():
+            source = model.get_parameter(name)
+            param.copy_(source.dequantize() if backend_quantized(source) else source)
+    return clean, len(quantized)
 
 
 class OpenVinoExporter(Exporter):
@@ -107,6 +128,7 @@ class OpenVinoExporter(Exporter):
 
         self.check_model(model.config, None)
         out_dir = Path(out_dir)
+        model, dequantized = float_model(model)
         ov_model = convert(model)
         scheme = self.scheme()
         if self.config.bits != "fp32":
@@ -124,7 +146,11 @@ class OpenVinoExporter(Exporter):
         quantized = self.config.bits != "fp32"
         notes = (f"{scheme['scheme']}; inference precision {self.config.inference_precision}" if quantized else
                  f"fp32 weights as slimkit left them; inference precision {self.config.inference_precision}")
+        if dequantized:
+            notes = (f"{dequantized} quantized weight matrices (quanto) dequantized exactly to fp32 first; "
+                     "activation quantization is not carried; " + notes)
         return {"format": f"openvino-ir-{self.config.bits}", "requantized": quantized, "notes": notes,
+                "dequantized_modules": dequantized,
                 "inference_precision": self.config.inference_precision, **scheme}
 
     def scheme(self) -> dict[str, Any]:
