@@ -107,7 +107,33 @@ def runtime_default_ov(model, tokenizer, out: Path, bits: str) -> dict:
     return settings
 
 
+def render(path: str) -> str:
+    """The report as a markdown table (what benchmarks/deploy_runtimes.md shows)."""
+    report = json.loads(Path(path).read_text())
+    base = report["baseline_fp32_pytorch"]
+    sentiment = base.get("sentiment_accuracy")
+    lines = [f"fp32 PyTorch: perplexity {base['perplexity']:.2f}, sentiment {sentiment}, "
+             f"{base['size_bytes'] / 1e6:.0f} MB, peak RSS {base['peak_memory_mb']:.0f} MB", "",
+             "| row | weights (scheme) | ppl (×fp32) | sentiment | MB (×smaller) | prefill × | decode × | peak RSS MB | load avg |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in report["rows"]:
+        facts, speed = row["facts"], row["speed"]
+        task = (row.get("tasks") or {}).get("sentiment", {}).get("final")
+        precision = facts.get("inference_precision")
+        scheme = facts.get("scheme", "") + (f"; inference {precision}" if precision else "")
+        lines.append(
+            f"| {row['row']} | {scheme} | {row['perplexity']:.2f} (×{row['perplexity'] / base['perplexity']:.3f}) | "
+            f"{task if task is None else f'{task:.3f}'} | {row['size_bytes'] / 1e6:.0f} "
+            f"(×{base['size_bytes'] / row['size_bytes']:.1f}) | {speed['prefill_speedup']:.2f} | "
+            f"{speed['decode_speedup']:.2f} | {row['peak_memory_mb']:.0f} | "
+            f"{', '.join(f'{x:.1f}' for x in speed['load_average'])} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--render":
+        print(render(sys.argv[2]))
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
     parser.add_argument("--model", default="smollm2-135m")
@@ -119,6 +145,8 @@ def main() -> None:
     parser.add_argument("--decode-tokens", type=int, default=32)
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--keep", default=None, help="folder to keep the exports in (default: a temporary one)")
+    parser.add_argument("--baseline-from", default=None,
+                        help="reuse the fp32 PyTorch baseline of an earlier report (same model, data and task samples)")
     args = parser.parse_args()
     if Path(args.out).exists():
         parser.error(f"{args.out} exists; results files are never overwritten: choose a new name")
@@ -137,17 +165,26 @@ def main() -> None:
     model, tokenizer = loaded.model, loaded.tokenizer
     data = build_splits(tokenizer, eval_tokens=args.eval_tokens)
     prompt = data.eval[:1, :args.prompt_tokens]
-    eval_cfg = {"threads": 1, "processes": args.processes, "repeats": args.repeats, "decode_tokens": args.decode_tokens}
+    eval_cfg = {"threads": 1, "processes": args.processes, "latency_processes": args.processes, "repeats": args.repeats,
+                "decode_tokens": args.decode_tokens}
     tasks = ["sentiment"] if args.task_samples else []
 
     started = time.time()
-    baseline = {"perplexity": perplexity(model, data.eval, 4, desc="perplexity [fp32]")}
-    if tasks:
-        baseline.update(task_metrics(model, tokenizer, tasks, args.task_samples, "fp32"))
-    with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        baseline["size_bytes"] = sum(p.stat().st_size for p in Path(tmp).glob("*.safetensors"))
-    baseline["peak_memory_mb"] = torch_peak_memory_mb(args.model, prompt[0].tolist(), args.decode_tokens)
+    if args.baseline_from:
+        earlier = json.loads(Path(args.baseline_from).read_text())
+        same = (earlier["eval_tokens"], earlier["task_samples"], earlier["model"]["name"]) == (
+            args.eval_tokens, args.task_samples, args.model)
+        if not same:
+            parser.error(f"--baseline-from {args.baseline_from} was measured with other settings")
+        baseline = {**earlier["baseline_fp32_pytorch"], "measured_in": args.baseline_from}
+    else:
+        baseline = {"perplexity": perplexity(model, data.eval, 4, desc="perplexity [fp32]")}
+        if tasks:
+            baseline.update(task_metrics(model, tokenizer, tasks, args.task_samples, "fp32"))
+        with tempfile.TemporaryDirectory() as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            baseline["size_bytes"] = sum(p.stat().st_size for p in Path(tmp).glob("*.safetensors"))
+        baseline["peak_memory_mb"] = torch_peak_memory_mb(args.model, prompt[0].tolist(), args.decode_tokens)
     hf_dir = Path(loaded.path)
 
     rows = {
