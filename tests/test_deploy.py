@@ -42,7 +42,9 @@ def test_cli_experiment_tiny_exporter_gguf_runs_as_written(tmp_path):
     # the default recipe's quanto int8 weights, dequantized exactly: the export scores what the artifact scores
     assert entry["format"] == "gguf F32" and entry["requantized"] is False
     assert entry["perplexity"] == pytest.approx(report["final"]["perplexity"], rel=1e-3)
-    assert len(entry["processes"]) == 1 and entry["prefill_speedup"] > 0 and entry["decode_speedup"] > 0
+    assert len(entry["processes"]) == 1 and entry["prefill_speedup"] > 0
+    # a tiny model's 3 decode steps can vanish in the noise: then the ratio is None, never NaN or a guess
+    assert entry["decode_speedup"] is None or entry["decode_speedup"] > 0
     assert "## Deployments" in (tmp_path / "report.md").read_text()
     assert not list((tmp_path / "deploy").glob(".*")), "no partial folders left behind"
 
@@ -76,7 +78,8 @@ def test_speed_timing_alternates_and_reports_medians():
     session = TorchSession(_tiny())
     prompt = torch.randint(0, 512, (1, 16))
     out = time_sessions({"a": session, "b": session}, prompt, repeats=2, decode_tokens=4)
-    assert set(out) == {"a", "b"} and all(v["prefill_ms"] > 0 and v["decode_tokens_per_s"] > 0 for v in out.values())
+    assert set(out) == {"a", "b"} and all(v["prefill_ms"] > 0 for v in out.values())
+    assert all(v["decode_tokens_per_s"] is None or v["decode_tokens_per_s"] > 0 for v in out.values())
     assert session.generate(prompt, 3) == _greedy(session.model, prompt, 3)
 
 
@@ -160,7 +163,7 @@ def test_bnb_artifact_to_gguf_names_the_combination_before_load(tmp_path, no_mod
     except Exception as exc:  # bitsandbytes missing: its own MissingDependencyError comes first
         pytest.skip(f"bnb not usable here: {exc}")
     with pytest.raises(ConfigError, match="quantizer=bnb") as err:
-        slimkit.run(compose("experiment=tiny", "quantizer=bnb_nf4", "exporter=gguf"), tmp_path)
+        slimkit.run(compose("experiment=tiny", "~pruner", "quantizer=bnb_nf4", "exporter=gguf"), tmp_path)
     assert "~quantizer" in str(err.value) and "exporter=onnx" in str(err.value)
 
 

@@ -104,4 +104,13 @@ def test_cross_backend_sweep_reports_comparable_sparsity_and_bits(tmp_path: Path
     magnitude = {r["quantizer"]: float(r["bits_per_weight"]) for r in rows if r["pruner"] == "magnitude"}
     reports = [json.loads(p.read_text()) for p in sweep.glob("*/report.json")]
     assert all(r["final"]["achieved_sparsity"] == pytest.approx(0.5, abs=0.03) for r in reports)
+    # bits per parameter *of the original model*, the same denominator for a pruner that removes weights
+    assert len({r["model"]["parameters"] for r in reports}) == 1
+    for r in reports:
+        assert r["final"]["bits_per_weight"] == pytest.approx(8 * r["final"]["size_bytes"] / r["model"]["parameters"])
+    structured = [r for r in reports if r["stages"][0]["backend"] == "torch_pruning"]
+    unstructured = [r for r in reports if r["stages"][0]["backend"] == "magnitude"]
+    for s in structured:  # removed weights make a smaller file than zeroed ones stored sparsely, same quantizer
+        same = next(u for u in unstructured if u["stages"][1]["backend"] == s["stages"][1]["backend"])
+        assert s["final"]["bits_per_weight"] < same["final"]["bits_per_weight"]
     assert set(magnitude) == {"quanto", "int8"}

@@ -254,6 +254,10 @@ class Stage(Plugin):
     #: True for a stage that zeroes weights in place (unstructured pruning): later writers should store them sparsely
     zeroes_weights: ClassVar[bool] = False
 
+    def check_model(self, model_config: Any) -> None:
+        """Optional: before any weights load, raise a slimkit error (naming the model type, this backend and what
+        it supports) if this stage cannot handle the model ``model_config`` (a transformers config) describes."""
+
     def apply(self, state: "PipelineState") -> dict[str, Any]:
         """Apply this stage to ``state.model``; return metrics for the report."""
         raise NotImplementedError
@@ -279,7 +283,8 @@ class Stage(Plugin):
 
 
 class RuntimeSession(Protocol):
-    """An export loaded in its runtime, for evaluation there."""
+    """An export loaded in its runtime, for evaluation there. A session may also set ``runtime`` (str) when
+    it is not the exporter's declared runtime (e.g. a fallback); the report's ``runtime`` uses it."""
 
     runtime_version: str
 

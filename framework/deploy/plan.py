@@ -15,6 +15,7 @@ from typing import Any, Mapping, Optional, Sequence
 from slimkit.core.errors import ConfigError
 from slimkit.core.plugin import Exporter, Kind
 from slimkit.core.registry import PluginInfo, Registry
+from slimkit import models as slimkit_models
 
 
 @dataclasses.dataclass
@@ -70,7 +71,9 @@ def resolve_exporters(settings: Mapping[str, Any], registry: Registry) -> list[P
     and the planned artifact writer; all before any model is loaded."""
     plans = []
     writer = planned_writer(settings)
-    model_config = model_config_before_load(settings.get("model") or {})
+    model = settings.get("model") or {}
+    model_config = slimkit_models.model_config(model.get("name", "smollm2-135m"), model.get("path"),
+                                               bool(model.get("trust_remote_code", False)))
     for key, node in exporter_nodes(settings):
         cls = registry.get(Kind.EXPORTER, node["backend"])
         if not issubclass(cls, Exporter):
@@ -78,7 +81,8 @@ def resolve_exporters(settings: Mapping[str, Any], registry: Registry) -> list[P
         cls.check_dependencies()
         exporter = cls(exporter_config(cls, node, key))
         exporter.check_before_load(settings)
-        exporter.check_model(model_config, writer)
+        if model_config is not None:  # else deploy_one checks the loaded model before exporting
+            exporter.check_model(model_config, writer)
         plans.append(PlannedExport(exporter, registry.info(Kind.EXPORTER, node["backend"])))
     return plans
 
@@ -92,12 +96,3 @@ def exporter_config(cls: type[Exporter], node: Mapping[str, Any], key: str) -> A
     if unknown:
         raise ConfigError(f"{key}.{unknown[0]}", values[unknown[0]], f"a key of {cls.Config.__name__}: {', '.join(sorted(fields))}")
     return cls.Config(**values)
-
-
-def model_config_before_load(model: Mapping[str, Any]) -> Any:
-    """The transformers config of the model a run will load, from its meta-device skeleton (no weights
-    read; an embedded model is converted into the cache once, as its first run would)."""
-    from slimkit.models import model_skeleton
-
-    return model_skeleton(model.get("name", "smollm2-135m"), model.get("path"),
-                          bool(model.get("trust_remote_code", False)), int(model.get("seed", 0))).config

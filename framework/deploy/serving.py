@@ -76,8 +76,9 @@ def time_sessions(sessions: Mapping[str, Any], prompt: torch.Tensor, repeats: in
     out = {}
     for name, s in samples.items():
         decode_s = statistics.median(s["all"]) - statistics.median(s["first"])
+        # None when the decode steps vanish in the timing noise (a tiny model in a fast runtime)
         out[name] = {"prefill_ms": statistics.median(s["prefill"]) * 1000,
-                     "decode_tokens_per_s": (decode_tokens - 1) / decode_s if decode_s > 0 else float("nan")}
+                     "decode_tokens_per_s": (decode_tokens - 1) / decode_s if decode_s > 0 else None}
     return out
 
 
@@ -97,9 +98,10 @@ def child(spec: Mapping[str, Any]) -> dict[str, Any]:
     prompt = torch.tensor([spec["prompt"]], dtype=torch.long)
     agree = (fp32.logits(prompt).argmax(-1) == export.logits(prompt).argmax(-1)).float().mean().item()
     timing = time_sessions({"fp32": fp32, "export": export}, prompt, int(spec["repeats"]), int(spec["decode_tokens"]))
+    fp32_tps, export_tps = timing["fp32"]["decode_tokens_per_s"], timing["export"]["decode_tokens_per_s"]
     return {"timing": timing, "top1_agreement_with_fp32": agree, "pid": os.getpid(),
             "prefill_speedup": timing["fp32"]["prefill_ms"] / timing["export"]["prefill_ms"],
-            "decode_speedup": timing["export"]["decode_tokens_per_s"] / timing["fp32"]["decode_tokens_per_s"]}
+            "decode_speedup": export_tps / fp32_tps if fp32_tps and export_tps else None}
 
 
 def serving_speed(exporter: str, export_dir: Path, model: Mapping[str, Any], seed: int, prompt: torch.Tensor,
@@ -129,8 +131,9 @@ def serving_speed(exporter: str, export_dir: Path, model: Mapping[str, Any], see
                 raise SlimkitError(f"a serving-speed process for the {exporter} export failed (exit {done.returncode}):\n"
                                    f"{done.stderr[-2000:]}")
             runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    decode = [r["decode_speedup"] for r in runs if r["decode_speedup"] is not None]
     return {"prefill_speedup": statistics.median(r["prefill_speedup"] for r in runs),
-            "decode_speedup": statistics.median(r["decode_speedup"] for r in runs),
+            "decode_speedup": statistics.median(decode) if decode else None,
             "processes": runs, "threads": threads, "load_average": list(os.getloadavg())}
 
 

@@ -148,6 +148,16 @@ def tiny_model(seed: int = 0, vocab_size: int = 512, hidden_size: int = 64, laye
 
 # --- the entry point -------------------------------------------------------------------------------
 
+def checked_folder(path: str) -> Path:
+    """``model.path`` as a folder, or a ModelLoadError saying why it is not a Hugging Face model folder."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise ModelLoadError(f"model.path={str(path)!r} is not a folder")
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(f"model.path={str(path)!r} has no config.json: not a Hugging Face model folder")
+    return folder
+
+
 def load_model(name: str = "smollm2-135m", path: str | None = None, trust_remote_code: bool = False,
                seed: int = 0) -> LoadedModel:
     """Load the model a ``model`` config names.
@@ -158,11 +168,7 @@ def load_model(name: str = "smollm2-135m", path: str | None = None, trust_remote
     from transformers import AutoTokenizer
 
     if path:
-        folder = Path(path).expanduser()
-        if not folder.is_dir():
-            raise ModelLoadError(f"model.path={str(path)!r} is not a folder")
-        if not (folder / "config.json").is_file():
-            raise ModelLoadError(f"model.path={str(path)!r} has no config.json: not a Hugging Face model folder")
+        folder = checked_folder(path)
         model = load_pretrained(folder, trust_remote_code=trust_remote_code)
         tokenizer = _load_tokenizer(folder, trust_remote_code)
         return LoadedModel(model, tokenizer, name=folder.name, path=str(folder), provenance=f"local folder {folder}")
@@ -207,12 +213,7 @@ def model_skeleton(name: str = "smollm2-135m", path: str | None = None, trust_re
         with init_empty_weights():
             return tiny_model(seed)
     if path:
-        folder = Path(path).expanduser()
-        if not folder.is_dir():
-            raise ModelLoadError(f"model.path={str(path)!r} is not a folder")
-        if not (folder / "config.json").is_file():
-            raise ModelLoadError(f"model.path={str(path)!r} has no config.json: not a Hugging Face model folder")
-        source = str(folder)
+        source = str(checked_folder(path))
     elif name in EMBEDDED:
         source = str(EMBEDDED[name][0]())
     elif "/" not in name:

@@ -76,6 +76,17 @@ def resolve_stages(cfg: Mapping[str, Any], registry: Registry) -> list[tuple[Sta
     return stages
 
 
+def check_model(stages: list[tuple[Stage, PluginInfo]], model_cfg: Mapping[str, Any]) -> None:
+    """Let each stage refuse the model from its config alone (model type, layout), before any weights load."""
+    from slimkit.models import model_config
+
+    config = model_config(model_cfg.get("name", "smollm2-135m"), model_cfg.get("path"),
+                          model_cfg.get("trust_remote_code", False))
+    if config is not None:
+        for stage, _ in stages:
+            stage.check_model(config)
+
+
 def recovery_hook(stages: list[tuple[Stage, PluginInfo]]):
     """The recovery step pruning schedules call: a configured distiller's ``recover`` if it has one
     (distillation from the original model), else plain next-token fine-tuning."""
@@ -187,12 +198,15 @@ def check_storage(stages: list[tuple[Stage, PluginInfo]]) -> None:
 
 
 def linear_weight_count(model: torch.nn.Module) -> tuple[int, int]:
-    """(weights, nonzero weights) of the float Linear layers, output embeddings excluded."""
+    """(weights, nonzero weights) of the float Linear (and GPT-2 Conv1D) layers, output embeddings excluded."""
+    from slimkit.toolkit.modules import linear_types
+
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    types = linear_types()
     total = nonzero = 0
     for module in model.modules():
         weight = getattr(module, "weight", None)
-        if module is head or not isinstance(module, torch.nn.Linear) or not isinstance(weight, torch.Tensor):
+        if module is head or not isinstance(module, types) or not isinstance(weight, torch.Tensor):
             continue
         if not weight.is_floating_point() or weight.device.type == "meta":
             continue
@@ -223,6 +237,7 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
                             "(set output.overwrite=true, or choose another output folder)")
     check_eval(eval_cfg)
     stages = resolve_stages(settings, registry)
+    check_model(stages, model_cfg)
     deploy_plan = plan_deployments(settings, registry, output_dir)  # exporters: checked before the model loads
     seed = int(settings.get("seed", 0))
     torch.manual_seed(seed)
@@ -279,9 +294,10 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
     final["size_bytes"] = artifact.directory_size(target) - _tokenizer_bytes(target)
     final["reload_max_abs_logit_diff"] = reload_diff
     final["achieved_sparsity"] = achieved_sparsity
-    if loaded.parameters:  # stored bits per weight of the original model: comparable across jobs and backends
-        final["bits_per_weight"] = 8 * final["size_bytes"] / loaded.parameters
-        baseline["bits_per_weight"] = 8 * baseline["size_bytes"] / loaded.parameters
+    original_parameters = model_info["parameters"]  # counted before any stage changed the model
+    if original_parameters:  # stored bits per parameter of the original model: comparable across jobs and backends
+        final["bits_per_weight"] = 8 * final["size_bytes"] / original_parameters
+        baseline["bits_per_weight"] = 8 * baseline["size_bytes"] / original_parameters
     final.update(task_accuracy(reloaded, "final"))
     timing = None
     if eval_cfg.get("latency", True):

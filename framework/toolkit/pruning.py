@@ -32,14 +32,14 @@ from tqdm.auto import tqdm
 
 from slimkit.core.errors import ConfigError, DataError
 from slimkit.core.plugin import Kind, PrunerConfig, Stage, check_choice, check_range
-from slimkit.toolkit.modules import _matches, select_modules
+from slimkit.toolkit.modules import _matches, select_modules, weight_matrix
 
 log = logging.getLogger("slimkit")
 
 SCOPES = ("layer", "row", "global")
 RAMPS = ("linear", "cubic")
 _PATTERN = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
-_BLOCK = re.compile(r"^(.*?\.layers\.\d+)\.")
+_BLOCK = re.compile(r"^(.*?\.(?:layers|h)\.\d+)\.")  # model.layers.3 (Llama, OPT, GPT-NeoX), transformer.h.3 (GPT-2)
 
 __all__ = ["PruningConfig", "ScheduleConfig", "SensitivityConfig", "UnstructuredPruner", "compute_masks",
            "parse_pattern", "ramp_fractions", "run_schedule", "sensitivity_scan", "sensitivity_allocation",
@@ -205,7 +205,7 @@ def compute_masks(scores: Mapping[str, torch.Tensor], targets: Mapping[str, floa
         return {name: s.float() > threshold for name, s in scores.items()}
     for name, score in scores.items():
         sparsity = targets[name]
-        keep = torch.ones_like(score, dtype=torch.bool)
+        keep = torch.ones(score.shape, dtype=torch.bool)  # contiguous even for a transposed (Conv1D) score
         if scope == "row":
             k = int(round(sparsity * score.shape[1]))
             if k:
@@ -223,7 +223,7 @@ def apply_masks(layers: Mapping[str, torch.nn.Module], masks: Mapping[str, torch
     mask would leave -0.0 for negative weights); zeros already there are made +0.0 too."""
     with torch.no_grad():
         for name, mask in masks.items():
-            w = layers[name].weight
+            w = weight_matrix(layers[name])  # [out, in] for Linear and Conv1D alike
             w.masked_fill_(~mask | (w == 0), 0.0)
 
 
@@ -334,15 +334,10 @@ def run_schedule(state, prune_to: Callable[[float], Mapping[str, Any]], schedule
 
 def calibration_loss(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 4) -> float:
     """Mean next-token cross-entropy on ``windows`` (no grad)."""
-    from slimkit.toolkit.training import next_token_loss
+    from slimkit.evaluation.metrics import mean_next_token_loss
 
     model.eval()
-    total = 0.0
-    with torch.no_grad():
-        for start in range(0, windows.shape[0], batch_size):
-            batch = windows[start:start + batch_size]
-            total += next_token_loss(model, batch).item() * batch.shape[0]
-    return total / windows.shape[0]
+    return mean_next_token_loss(model, windows, batch_size)
 
 
 def _blocks(names: Iterator[str]) -> dict[str, list[str]]:

@@ -44,7 +44,8 @@ import torch
 
 from slimkit.core.errors import ConfigError, DataError
 from slimkit.core.plugin import FLOAT_WORDS, QuantizerConfig, check_choice, check_range, parse_bits
-from slimkit.toolkit.modules import select_modules
+from slimkit.evaluation.metrics import mean_next_token_loss
+from slimkit.toolkit.modules import linear_types, select_modules
 
 #: override values meaning "keep this module in float"
 SCAN_UNITS = ("module", "block")
@@ -94,13 +95,14 @@ class MixedPrecisionConfig(QuantizerConfig):
 
 # --- plans ----------------------------------------------------------------------------------------
 
-def linear_modules(model: torch.nn.Module, types: tuple[type, ...] = (torch.nn.Linear,)) -> dict[str, torch.nn.Module]:
-    """Every module of ``types`` by qualified name."""
+def linear_modules(model: torch.nn.Module, types: Optional[tuple[type, ...]] = None) -> dict[str, torch.nn.Module]:
+    """Every module of ``types`` (default: ``Linear`` and ``Conv1D``) by qualified name."""
+    types = linear_types() if types is None else types
     return {name: m for name, m in model.named_modules() if isinstance(m, types)}
 
 
 def resolve_plan(model: torch.nn.Module, cfg: MixedPrecisionConfig, prefix: str = "quantizer",
-                 types: tuple[type, ...] = (torch.nn.Linear,)) -> dict[str, Optional[int]]:
+                 types: Optional[tuple[type, ...]] = None) -> dict[str, Optional[int]]:
     """``{name: bits or None}`` for every Linear, from ``include``/``exclude``/``bits``/``overrides``."""
     linears = linear_modules(model, types)
     selected = select_modules(model, cfg.include, cfg.exclude, types=types, prefix=prefix)
@@ -202,16 +204,7 @@ def swap_module(model: torch.nn.Module, name: str, new: torch.nn.Module) -> torc
 
 def calibration_loss(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 4) -> float:
     """Mean next-token cross-entropy of ``model`` on ``windows`` (no_grad)."""
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, windows.shape[0], batch_size):
-            batch = windows[start:start + batch_size]
-            logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1),
-                                                     reduction="sum")
-            total += loss.item()
-            count += batch[:, 1:].numel()
-    return total / count
+    return mean_next_token_loss(model, windows, batch_size)
 
 
 def sensitivity_scan(model: torch.nn.Module, units: Mapping[str, Sequence[str]], candidates: Sequence[int],
@@ -355,7 +348,7 @@ def allocate_bits(weights: Mapping[str, int], delta: Mapping[tuple[str, int], fl
 # --- the whole planning step a backend calls ----------------------------------------------------
 
 def plan_precision(state: Any, cfg: MixedPrecisionConfig, make_quantized: Optional[MakeQuantized] = None,
-                   backend: str = "quantizer", types: tuple[type, ...] = (torch.nn.Linear,),
+                   backend: str = "quantizer", types: Optional[tuple[type, ...]] = None,
                    label: Callable[[int], str] = lambda bits: f"int{bits}",
                    ) -> tuple[dict[str, Optional[int]], dict[str, Any]]:
     """Resolve the precision plan for ``state.model`` (running the scan and the allocator in budget

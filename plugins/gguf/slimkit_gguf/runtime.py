@@ -37,13 +37,25 @@ class LlamaCppSession:
         import llama_cpp
 
         self.runtime_version = f"llama-cpp-python {llama_cpp.__version__}"
+        self.path, self.threads = path, threads
+        self._open(context)
+
+    def _open(self, context: int) -> None:
+        import llama_cpp
+
+        # logits for every position (perplexity needs them) cost context x vocab floats, so the context
+        # starts small and grows when a longer sequence arrives
         self.context = context
-        self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=context, n_batch=context, n_ubatch=context,
-                                   n_threads=threads, n_threads_batch=threads, logits_all=True, verbose=False)
+        self.llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=context, n_batch=context, n_ubatch=context,
+                                   n_threads=self.threads, n_threads_batch=self.threads, logits_all=True, verbose=False)
 
     def _eval(self, tokens: list[int]) -> None:
         if len(tokens) > self.context:
-            raise DataError(f"a sequence of {len(tokens)} tokens exceeds the llama.cpp session's context of {self.context}")
+            limit = int(next((v for k, v in self.llm.metadata.items() if k.endswith(".context_length")), 0))
+            if len(tokens) > limit:
+                raise DataError(f"a sequence of {len(tokens)} tokens exceeds the model's context of {limit}")
+            del self.llm
+            self._open(min(limit, 1 << (len(tokens) - 1).bit_length()))
         self.llm.reset()
         self.llm.eval(tokens)
 

@@ -216,3 +216,15 @@ def test_llama_cpp_runs_the_file_like_the_reference(tmp_path):
         assert diff < tolerance, f"{weights}: llama.cpp logits differ by {diff}"
         prompt = probe[:1, :16]
         assert session.generate(prompt, 4)[0] == int(session.logits(prompt)[0, -1].argmax())
+
+
+def test_llama_cpp_session_grows_its_context_for_long_sequences(tmp_path):
+    pytest.importorskip("llama_cpp")
+    from slimkit_gguf.runtime import LlamaCppSession
+
+    state = random_token_state()
+    out, _ = _export(state.model, state.tokenizer, tmp_path, weights="f32")
+    session = LlamaCppSession(out / FILE_NAME, threads=1, context=32)
+    ids = torch.randint(0, 512, (1, 100))
+    expected = model_logits(state.model, ids)
+    assert (session.logits(ids) - expected).abs().max().item() < 1e-3 and session.context == 128

@@ -14,6 +14,11 @@ Sample config (``conf`` group ``quantizer``)::
     quantizer.overrides: {"model.layers.0.*": float}
 
 CLI: ``slimkit quantizer=int8 quantizer.alpha=0.6 quantizer.keep_float=4``.
+
+Models: quantization takes every ``nn.Linear`` and GPT-2 ``Conv1D`` of any model; smoothing needs to know
+where the norms and projections sit, so it takes the families of :mod:`slimkit.toolkit.families` (Llama,
+Mistral, Qwen2/3, Gemma-3, Phi-3, GPT-2, OPT, GPT-NeoX) and refuses any other ``model_type`` before the
+model loads (``quantizer.smooth=false`` quantizes it without smoothing).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from slimkit.toolkit.storage import untied_state_dict as _untied_state_dict
 
 from ._kernels import (FusedGroup, Int8Embedding, Int8Linear, find_shared_inputs, fuse_groups,
                        onednn_available, quantize_tokens, quantize_weight, set_prefill_kernel, simulated_int8)
+from ._smooth import check_model as check_smoothable
 from ._smooth import int8_errors, smooth
 
 from slimkit.toolkit.storage import WEIGHTS  # noqa: E402  (not model.safetensors: see slimkit.toolkit.storage)
@@ -105,6 +111,12 @@ class Int8Quantizer(Stage):
         if needs_data and samples is not None and samples < 1:
             raise ConfigError("data.calibration_samples", samples,
                               "at least 1 when quantizer.smooth is true or quantizer.keep_float > 0")
+
+    def check_model(self, model_config: Any) -> None:
+        """Smoothing needs the model's family layout (slimkit.toolkit.families); quantizing alone takes any
+        Linear/Conv1D model."""
+        if self.config.smooth:
+            check_smoothable(model_config)
 
     @staticmethod
     def make_quantized(name: str, linear: torch.nn.Module, bits: int) -> torch.nn.Module:

@@ -24,6 +24,7 @@ from typing import Mapping
 
 import torch
 
+from slimkit.toolkit.modules import weight_matrix
 from slimkit.toolkit.pruning import PruningConfig, UnstructuredPruner, apply_masks, compute_masks, sparsity_report
 
 
@@ -36,7 +37,7 @@ class MagnitudeConfig(PruningConfig):
 
 def prune_by_magnitude(layers: dict[str, torch.nn.Module], sparsity: float, scope: str) -> dict[str, float]:
     """One-shot: zero the ``sparsity`` fraction of smallest-|w| weights in place; return per-layer sparsity."""
-    masks = compute_masks({n: m.weight.detach().abs() for n, m in layers.items()},
+    masks = compute_masks({n: weight_matrix(m).detach().abs() for n, m in layers.items()},
                           {n: sparsity for n in layers}, scope)
     apply_masks(layers, masks)
     return sparsity_report(layers)["per_layer_sparsity"]
@@ -49,4 +50,4 @@ class MagnitudePruner(UnstructuredPruner):
     Config = MagnitudeConfig
 
     def scores(self, state, layers: Mapping[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
-        return {n: m.weight.detach().abs().float() for n, m in layers.items()}
+        return {n: weight_matrix(m).detach().abs().float() for n, m in layers.items()}

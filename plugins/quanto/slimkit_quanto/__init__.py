@@ -27,7 +27,8 @@ from typing import Any, ClassVar, Mapping, Optional
 import torch
 from tqdm.auto import tqdm
 
-from slimkit import ArtifactError, ConfigError, DataError, Kind, Stage, check_choice
+from slimkit import ArtifactError, ConfigError, DataError, Kind, Stage
+from slimkit.toolkit.modules import conv1d_to_linear
 from slimkit.toolkit.quantization import MixedPrecisionConfig, plan_precision
 from slimkit.toolkit.storage import untied_state_dict as _untied_state_dict
 
@@ -91,6 +92,10 @@ class QuantoQuantizer(Stage):
         if cfg.activations is not None and windows.shape[0] == 0:
             raise DataError(f"quantizer.activations={cfg.activations!r} needs calibration windows to set activation scales, but the "
                             "calibration slice is empty (data.calibration_samples=0); set it to at least 1")
+        # quanto quantizes nn.Linear only: GPT-2's Conv1D layers become the equivalent Linear first (same weights,
+        # transposed; recorded so that load() rebuilds the same modules)
+        converted = conv1d_to_linear(state.model)
+        state.model._slimkit_conv1d_as_linear = converted
         plan, metrics = plan_precision(state, cfg, make_quantized, backend=self.name)
         activations = _qtype(8) if cfg.activations == "int8-tensor" else None
         by_bits: dict[int, list[str]] = {}
@@ -102,7 +107,7 @@ class QuantoQuantizer(Stage):
         for bits, names in by_bits.items():
             quantize(state.model, weights=_qtype(bits), activations=activations, include=names)
         metrics.update({"quantized_modules": sum(map(len, by_bits.values())), "weight_bits": cfg.bits,
-                        "activation_bits": cfg.activations})
+                        "activation_bits": cfg.activations, "conv1d_converted_to_linear": len(converted)})
         if activations is not None:
             with torch.no_grad(), Calibration(momentum=0.9):
                 for row in tqdm(windows, desc="calibrating activations", leave=False):
@@ -129,6 +134,7 @@ class QuantoQuantizer(Stage):
         output_embeddings = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         (directory / EXTRA).write_text(json.dumps({
             "format": 1, "output_quantization_disabled": disabled,
+            "conv1d_as_linear": list(getattr(model, "_slimkit_conv1d_as_linear", [])),
             "lm_head_quantized": isinstance(output_embeddings, QModuleMixin)}, indent=1))
 
     @classmethod
@@ -143,6 +149,11 @@ class QuantoQuantizer(Stage):
         state_dict = load_tensors(directory / WEIGHTS)
         qmap = json.loads((directory / QUANT_MAP).read_text())
         extra = json.loads((directory / EXTRA).read_text()) if (directory / EXTRA).is_file() else {}
+        converted = conv1d_to_linear(model, extra.get("conv1d_as_linear", []))
+        if len(converted) != len(extra.get("conv1d_as_linear", [])):
+            raise ArtifactError(f"{directory / EXTRA} lists Conv1D modules the model does not have: "
+                                f"{sorted(set(extra['conv1d_as_linear']) - set(converted))[:5]}")
+        model._slimkit_conv1d_as_linear = converted
         requantize(model, state_dict, qmap, device=torch.device("cpu"))
         modules = dict(model.named_modules())
         for name in extra.get("output_quantization_disabled", []):

@@ -17,9 +17,15 @@ or ``slimkit pruner=torch_pruning pruner.sparsity=0.3 pruner.heads_sparsity=0.33
 fraction is then chosen so that the removed weights reach ``sparsity`` (rounded to whole channels, and
 to ``round_to``), and the metrics report ``achieved_sparsity`` and ``mlp_channel_fraction``.
 
+Families: every ``model_type`` in :mod:`slimkit.toolkit.families` (Llama, Mistral, Qwen2/3, Gemma-3,
+Phi-3's fused ``qkv_proj``/``gate_up_proj``, GPT-2's ``Conv1D``, OPT, GPT-NeoX). Attention heads are removed
+only where the config pins ``head_dim``; GPT-2, OPT and GPT-NeoX derive it from ``hidden_size / heads``, so
+for them only MLP channels are pruned and ``heads_sparsity > 0`` is refused before the model loads.
+
 Every selected layer is cut to the same sizes, so the result is an ordinary Hugging Face model:
-``intermediate_size``, ``num_attention_heads`` and ``num_key_value_heads`` are patched in its
-config (``head_dim`` is pinned, ``hidden_size`` is untouched) and ``AutoModelForCausalLM.from_pretrained``
+the MLP width and head counts are patched in its config under each family's own keys
+(``intermediate_size``, ``ffn_dim``, ``n_inner``, ``num_attention_heads``, ``num_key_value_heads``; ``head_dim``
+is pinned, ``hidden_size`` is untouched) and ``AutoModelForCausalLM.from_pretrained``
 reloads it. Fractions are of the *original* model's structures (``state.reference``), so applying
 0.2 then 0.3 leaves 30% removed in total, and re-applying the same value changes nothing.
 Excluding layers leaves per-layer sizes a stock config cannot describe; such a model is saved with
@@ -40,8 +46,9 @@ from slimkit.core.errors import ArtifactError, ConfigError
 from slimkit.models import count_parameters
 from slimkit.toolkit.modules import select_modules
 
-from .structure import (ATTN_NAMES, MLP_NAMES, Arch, LayerDims, UnsupportedArchitectureError, inspect, layer_scores, prune_layer,
-                        input_energy, query_keep, select_keep, target_keep, taylor_gradients)
+from .structure import (ATTN_ROLES, MLP_ROLES, Arch, LayerDims, UnsupportedArchitectureError, check_config, inspect,
+                        layer_scores, prune_layer, input_energy, query_keep, select_keep, target_keep,
+                        taylor_gradients)
 
 IMPORTANCES = ("l2", "activation", "taylor", "random")
 HEAD_STRUCTURES = ("kv_groups", "query_heads")
@@ -101,42 +108,49 @@ class StructuredPruner(Stage):
         chosen = select_modules(model, self.config.include, self.config.exclude, prefix="pruner")
         ids = {id(m) for m in chosen.values()}
         parts: dict[int, set[str]] = {}
-        for i, layer in enumerate(arch.layers):
-            for part, owner, names in (("mlp", layer.mlp, MLP_NAMES), ("attn", layer.self_attn, ATTN_NAMES)):
-                hit = [n for n in names if id(getattr(owner, n)) in ids]
-                if hit and len(hit) < len(names):
+        names = {id(m): n for n, m in model.named_modules()}
+        for i, block in enumerate(arch.blocks):
+            projections = block.projections()
+            for part, roles in (("mlp", MLP_ROLES), ("attn", ATTN_ROLES)):
+                modules = [projections[r] for r in roles if r in projections]
+                hit = [names[id(m)].rsplit(".", 1)[-1] for m in modules if id(m) in ids]
+                if hit and len(hit) < len(modules):
                     raise ConfigError("pruner.include", self.config.include,
-                                      f"patterns that select all of model.layers.{i}'s {part} projections "
-                                      f"({', '.join(names)}) or none of them", f"they select only {', '.join(hit)}")
+                                      f"patterns that select all of {arch.family.layers}.{i}'s {part} projections "
+                                      f"({', '.join(names[id(m)].rsplit('.', 1)[-1] for m in modules)}) or none of "
+                                      "them", f"they select only {', '.join(hit)}")
                 if hit:
                     parts.setdefault(i, set()).add(part)
         return chosen, parts
 
     @staticmethod
-    def _layer_weights(dims: LayerDims, hidden: int, head_dim: int) -> dict[str, int]:
-        return {"mlp": 3 * hidden * dims.intermediate, "attn": hidden * head_dim * 2 * (dims.heads + dims.kv_heads)}
+    def _layer_weights(dims: LayerDims, hidden: int, head_dim: int, gated: bool = True) -> dict[str, int]:
+        return {"mlp": (3 if gated else 2) * hidden * dims.intermediate,
+                "attn": hidden * head_dim * 2 * (dims.heads + dims.kv_heads)}
 
     @staticmethod
-    def _outside_parts(chosen: Mapping[str, torch.nn.Module], parts: Mapping[int, set[str]]) -> int:
+    def _outside_parts(chosen: Mapping[str, torch.nn.Module], parts: Mapping[int, set[str]], arch: Arch) -> int:
         """Weights of selected Linear modules this pruner cannot cut (outside the selected layer parts, e.g.
         lm_head when included): they count in the denominator of ``sparsity`` and are never removed."""
-        prefixes = tuple(f"model.layers.{i}." for i in parts)
+        prefixes = tuple(f"{arch.family.layers}.{i}." for i in parts)
         return sum(m.weight.numel() for n, m in chosen.items() if not n.startswith(prefixes))
 
-    def _selected_weights(self, dims: list[LayerDims], parts: Mapping[int, set[str]], hidden: int, head_dim: int) -> int:
-        return sum(self._layer_weights(dims[i], hidden, head_dim)[p] for i, ps in parts.items() for p in ps)
+    def _selected_weights(self, dims: list[LayerDims], parts: Mapping[int, set[str]], hidden: int, arch: Arch) -> int:
+        return sum(self._layer_weights(dims[i], hidden, arch.head_dim, arch.family.gated)[p]
+                   for i, ps in parts.items() for p in ps)
 
     def _mlp_fraction(self, parts, original: list[LayerDims], arch: Arch, hidden: int, other: int) -> float:
         """The MLP channel fraction that makes the removed weights reach ``sparsity`` of the selected weights."""
         cfg = self.config
-        total = other + self._selected_weights(original, parts, hidden, arch.head_dim)
+        total = other + self._selected_weights(original, parts, hidden, arch)
         attn_removed = 0
         for i, ps in parts.items():
             if "attn" in ps:
                 heads, kv = self._head_targets(original[i], arch.dims[i])
                 attn_removed += (self._layer_weights(original[i], hidden, arch.head_dim)["attn"]
                                  - self._layer_weights(LayerDims(0, heads, kv), hidden, arch.head_dim)["attn"])
-        mlp_total = sum(self._layer_weights(original[i], hidden, arch.head_dim)["mlp"] for i, ps in parts.items() if "mlp" in ps)
+        mlp_total = sum(self._layer_weights(original[i], hidden, arch.head_dim, arch.family.gated)["mlp"]
+                        for i, ps in parts.items() if "mlp" in ps)
         wanted = cfg.sparsity * total - attn_removed
         if wanted <= 0:
             return 0.0
@@ -188,10 +202,16 @@ class StructuredPruner(Stage):
                 return ref.dims
         return arch.dims
 
+    def check_model(self, config: Any) -> None:
+        """Before any weights load: the model's family is described in :mod:`slimkit.toolkit.families`, and
+        attention heads are only removed where the config can describe fewer of them."""
+        check_config(config, self.config.heads_sparsity)
+
     # --- the stage ---------------------------------------------------------------------------------
     def apply(self, state) -> dict[str, Any]:
         cfg, model = self.config, state.model
-        arch = inspect(model)                                   # unsupported -> error, nothing changed
+        self.check_model(model.config)                          # unsupported -> error, nothing changed
+        arch = inspect(model)
         chosen, parts = self._selection(model, arch)
         selected = sorted(parts)
         if cfg.heads_sparsity > 0 and not any("attn" in ps for ps in parts.values()):
@@ -199,11 +219,17 @@ class StructuredPruner(Stage):
                               f"pruner.include={list(cfg.include)} selects no layer's q/k/v/o projections")
         original = self._original_dims(state, arch)
         hidden = model.config.hidden_size
-        other = self._outside_parts(chosen, parts)
+        other = self._outside_parts(chosen, parts, arch)
         fraction = self._mlp_fraction(parts, original, arch, hidden, other)  # unreachable -> error here
         targets = {i: self._targets(original[i], arch.dims[i], parts[i], fraction) for i in selected}
+        heads_after = {targets[i].heads if i in targets else d.heads for i, d in enumerate(arch.dims)}
+        if len(heads_after) > 1 and not arch.family.per_layer_heads:
+            raise ConfigError("pruner.exclude", list(cfg.exclude), f"patterns that select every layer's attention "
+                              f"when pruner.heads_sparsity > 0 on model_type {model.config.model_type!r}",
+                              f"{arch.family.label}'s attention reads its head count from the shared config, so all "
+                              "layers must keep the same number of heads")
         params_before = count_parameters(model)
-        selected_original = other + self._selected_weights(original, parts, hidden, arch.head_dim)
+        selected_original = other + self._selected_weights(original, parts, hidden, arch)
 
         grads = energy = None
         if any(t != arch.dims[i] for i, t in targets.items()):
@@ -215,8 +241,7 @@ class StructuredPruner(Stage):
         plans = {}
         for i, target in targets.items():
             dims = arch.dims[i]
-            scores = layer_scores(arch.layers[i], dims, arch.head_dim, cfg.importance, grads, generator,
-                                  energy[i] if energy else None)
+            scores = layer_scores(arch, i, cfg.importance, grads, generator, energy[i] if energy else None)
             kv_keep = select_keep(scores["kv"], target.kv_heads)
             q_keep = query_keep(scores["q"], kv_keep, dims.queries_per_kv, target.queries_per_kv)
             plans[i] = (select_keep(scores["mlp"], target.intermediate), kv_keep, q_keep)
@@ -225,9 +250,9 @@ class StructuredPruner(Stage):
         heads_kept = {}
         for i, (mlp_keep, kv_keep, q_keep) in plans.items():
             before = arch.dims[i]
-            arch.dims[i] = prune_layer(arch.layers[i], before, arch.head_dim, mlp_keep, kv_keep, q_keep)
+            prune_layer(arch, i, mlp_keep, kv_keep, q_keep)
             if arch.dims[i].heads < before.heads:
-                heads_kept[f"model.layers.{i}"] = q_keep.tolist()
+                heads_kept[f"{arch.family.layers}.{i}"] = q_keep.tolist()
         uniform = self._patch_config(model, arch)
         if not uniform:
             state.artifact_writer = self
@@ -235,8 +260,9 @@ class StructuredPruner(Stage):
             state.artifact_writer = None                        # an earlier non-uniform step is now uniform
 
         params_after = count_parameters(model)
-        per_layer = {f"model.layers.{i}": dataclasses.asdict(d) for i, d in enumerate(arch.dims)}
-        selected_after = other + self._selected_weights(arch.dims, parts, hidden, arch.head_dim)
+        per_layer = {f"{arch.family.layers}.{i}": dataclasses.asdict(d) for i, d in enumerate(arch.dims)}
+        selected_after = other + self._selected_weights(arch.dims, parts, hidden, arch)
+        family, config = arch.family, model.config
         return {
             "achieved_sparsity": 1 - selected_after / selected_original if selected_original else 0.0,
             "mlp_channel_fraction": fraction,
@@ -245,9 +271,10 @@ class StructuredPruner(Stage):
             "parameter_ratio": params_after / params_before,
             "pruned_layers": len(selected),
             "uniform": uniform,
-            "intermediate_size": model.config.intermediate_size,
-            "num_attention_heads": model.config.num_attention_heads,
-            "num_key_value_heads": model.config.num_key_value_heads,
+            "model_type": config.model_type,
+            "intermediate_size": getattr(config, family.intermediate_key),
+            "num_attention_heads": getattr(config, family.heads_key),
+            "num_key_value_heads": getattr(config, family.kv_heads_key or family.heads_key),
             "mlp_sparsity_vs_original": 1 - sum(d.intermediate for d in arch.dims) / sum(d.intermediate for d in original),
             "heads_sparsity_vs_original": 1 - sum(d.heads for d in arch.dims) / sum(d.heads for d in original),
             "per_layer": per_layer,
@@ -261,10 +288,13 @@ class StructuredPruner(Stage):
         uniform = all(d == arch.dims[0] for d in arch.dims)
         first = arch.dims[0] if uniform else LayerDims(max(d.intermediate for d in arch.dims),
                                                       max(d.heads for d in arch.dims), max(d.kv_heads for d in arch.dims))
-        config.head_dim = arch.head_dim                         # pinned: it no longer equals hidden_size // heads
-        config.intermediate_size = first.intermediate
-        config.num_attention_heads = first.heads
-        config.num_key_value_heads = first.kv_heads
+        family = arch.family
+        if family.head_dim_key:
+            setattr(config, family.head_dim_key, arch.head_dim)  # pinned: it no longer equals hidden_size // heads
+        setattr(config, family.intermediate_key, first.intermediate)
+        setattr(config, family.heads_key, first.heads)
+        if family.kv_heads_key:
+            setattr(config, family.kv_heads_key, first.kv_heads)
         if uniform:
             if hasattr(config, LAYER_DIMS_KEY):
                 delattr(config, LAYER_DIMS_KEY)
@@ -273,6 +303,15 @@ class StructuredPruner(Stage):
         return uniform
 
     # --- artifacts: only needed when per-layer sizes differ ------------------------------------------
+    def save(self, model: torch.nn.Module, directory: Path) -> None:
+        """Non-uniform sizes: config + weights under the model's own parameter names (``save_pretrained`` may
+        rename some, e.g. GPT-NeoX's ``lm_head`` to ``embed_out``, which only ``from_pretrained`` maps back)."""
+        if not getattr(model.config, LAYER_DIMS_KEY, None):
+            return super().save(model, directory)
+        from slimkit.toolkit.storage import save_sparse_model
+
+        save_sparse_model(model, directory)
+
     @classmethod
     def load(cls, directory: Path, manifest: Mapping[str, Any]) -> torch.nn.Module:
         """Rebuild a model saved with non-uniform layer sizes (uniform ones load with plain from_pretrained)."""
@@ -288,19 +327,24 @@ class StructuredPruner(Stage):
             return load_pretrained(directory)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         arch = inspect(model)
-        if len(layer_dims) != len(arch.layers):
+        if len(layer_dims) != len(arch.blocks):
             raise ArtifactError(f"{directory}: {LAYER_DIMS_KEY} lists {len(layer_dims)} layers, the config builds {len(arch.layers)}")
         for i, (inter, heads, kv) in enumerate(layer_dims):
             dims = arch.dims[i]
             per_kv = heads // kv
             q_keep = torch.cat([torch.arange(per_kv) + g * dims.queries_per_kv for g in range(kv)])
-            prune_layer(arch.layers[i], dims, arch.head_dim, torch.arange(inter), torch.arange(kv), q_keep)
-        files = sorted(directory.glob("*.safetensors"))
-        if not files:
-            raise ArtifactError(f"{directory} holds no .safetensors weights")
-        weights = {}
-        for f in files:
-            weights.update(load_file(str(f)))
+            prune_layer(arch, i, torch.arange(inter), torch.arange(kv), q_keep)
+        from slimkit.toolkit.storage import WEIGHTS, load_tensors
+
+        if (directory / WEIGHTS).is_file():
+            weights = load_tensors(directory / WEIGHTS)
+        else:  # written by save_pretrained (before save() wrote model.slimkit.safetensors)
+            files = sorted(directory.glob("*.safetensors"))
+            if not files:
+                raise ArtifactError(f"{directory} holds no .safetensors weights")
+            weights = {}
+            for f in files:
+                weights.update(load_file(str(f)))
         missing, unexpected = model.load_state_dict(weights, strict=False)
         tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
         if unexpected or set(missing) - tied:
