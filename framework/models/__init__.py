@@ -9,9 +9,11 @@ from slimkit.models.loading import (
                                     embedded_gemma3,
                                     embedded_smollm2,
                                     load_model,
+                                    resolve_device,
+                                    resolve_dtype,
                                     tiny_model,
                                     tiny_tokenizer,
 )
 
 __all__ = ["LoadedModel", "cache_dir", "convert_gguf", "count_parameters", "embedded_gemma3", "embedded_smollm2",
-           "load_model", "load_pretrained", "tiny_model", "tiny_tokenizer"]
+           "load_model", "load_pretrained", "resolve_device", "resolve_dtype", "tiny_model", "tiny_tokenizer"]

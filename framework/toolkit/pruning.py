@@ -464,6 +464,8 @@ class UnstructuredPruner(Stage):
 
     kind = Kind.PRUNER
     Config = PruningConfig
+    #: scores are computed in float32 layer by layer; the zeros are written in the model's own dtype
+    supports = {"dtypes": frozenset({"float32", "bfloat16", "float16"}), "devices": frozenset({"cpu"})}
 
     def scores(self, state, layers: Mapping[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
         """Importance of every weight of each layer ([out, in]); the lowest are zeroed."""
