@@ -37,7 +37,7 @@ def test_two_cpu_processes_train_like_one_with_the_same_global_batch(tmp_path):
 
     kd_two, kd_one = (next(s for s in r["stages"] if s["backend"] == "kd")["metrics"] for r in (two, one))
     assert kd_two["processes"] == 2 and kd_one["processes"] == 1
-    assert kd_two["teacher_device"] == "cpu" and kd_two["steps"] == 6
+    assert kd_two["teacher_device"].startswith("cpu") and kd_two["steps"] == 6  # accelerate names it cpu:0 when distributed
     assert kd_two["last_loss"] != kd_two["first_loss"]  # it trained
     for key in ("first_loss", "last_loss", "perplexity"):
         assert kd_two[key] == pytest.approx(kd_one[key], rel=1e-4), key
