@@ -115,7 +115,8 @@ def main() -> None:
     parser.add_argument("--model-dir", default=None, help="llama1b: where the random model is written "
                         "(default: a temporary folder, removed afterwards)")
     parser.add_argument("overrides", nargs="*", help="extra slimkit overrides (after --)")
-    args = parser.parse_args()
+    args, extra = parser.parse_known_args()
+    args.overrides = [*args.overrides, *(e for e in extra if e != "--")]
     out = Path(args.out)
     if out.exists():
         raise SystemExit(f"{out} exists; results files are never overwritten: choose a new name")

@@ -58,10 +58,12 @@ def test_auto_dtype_is_the_checkpoints_own(tmp_path):
     assert resolve_dtype("float16", "local", str(tmp_path)) == "float16"
 
 
-def test_bfloat16_prune_quantize_end_to_end(tiny_cfg, tmp_path):
-    report = slimkit.run(tiny_cfg("model.dtype=bfloat16", "eval.latency=false"), tmp_path)
+@pytest.mark.parametrize("stages, backends", [((), ["magnitude", "quanto"]),      # quanto writes the artifact
+                                              (("~quantizer",), ["magnitude"])])  # sparse storage writes it
+def test_bfloat16_end_to_end(tiny_cfg, tmp_path, stages, backends):
+    report = slimkit.run(tiny_cfg("model.dtype=bfloat16", "eval.latency=false", *stages), tmp_path)
     assert report["model"]["dtype"] == "bfloat16"
-    assert [s["backend"] for s in report["stages"]] == ["magnitude", "quanto"]
+    assert [s["backend"] for s in report["stages"]] == backends
     assert report["final"]["reload_max_abs_logit_diff"] <= 1e-3
     reloaded = slimkit.load(report["artifact"])
     floats = {p.dtype for p in reloaded.parameters() if p.is_floating_point()}
