@@ -106,3 +106,20 @@ def test_reference_weights_are_loaded_only_for_stages_that_need_them(tiny_cfg, t
     assert _Probe.seen == [(False, {"meta"}, False),   # no weights held for a stage that does not ask
                            (True, {"cpu"}, True),      # the original's weights, untouched by earlier stages
                            (False, {"meta"}, False)]   # freed again after the last stage that needed them
+
+
+@pytest.mark.parametrize("scope", ["layer", "row"])
+def test_layerwise_magnitude_masks_equal_the_all_at_once_masks(scope):
+    from slimkit.testing import random_token_state
+    from slimkit_magnitude import MagnitudePruner
+
+    class AllAtOnce(MagnitudePruner):
+        layerwise_scores = False
+
+    results = []
+    for cls in (MagnitudePruner, AllAtOnce):
+        state = random_token_state()
+        cls(cls.Config(sparsity=0.3, scope=scope)).apply(state)
+        results.append(state.model.state_dict())
+    assert all(torch.equal(results[0][k], results[1][k]) for k in results[0])
+    assert sum(int((v == 0).sum()) for v in results[0].values()) > 0
