@@ -133,6 +133,19 @@ class Original:
         return skeleton.eval().requires_grad_(False)
 
 
+def release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS. glibc keeps freed chunks below its mmap
+    threshold (up to 32 MB: most weight matrices) in the process, so without this a later phase adds its
+    memory on top of what an earlier one freed (e.g. tokenizing the corpus, a stage's float weights)."""
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to hand back this way
+        pass
+
+
 def peak_rss_bytes() -> int:
     """This process's peak resident memory so far (the kernel's high-water mark)."""
     import resource
@@ -215,6 +228,7 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
                         dtype=dtype, device=model_cfg.get("device", "cpu"))
     tokenizer = loaded.tokenizer
     data = build_splits(tokenizer, **data_cfg)
+    release_memory()  # tokenizing the corpus leaves freed buffers behind
     model_info = {"name": loaded.name, "path": loaded.path, "provenance": loaded.provenance,
                   "parameters": loaded.parameters, "class": type(loaded.model).__name__, "dtype": dtype,
                   "device": model_cfg.get("device", "cpu")}
@@ -261,7 +275,7 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
         state.applied.append(info.kind.value)
         if index == last_need:  # no later stage needs the original's weights
             state.reference = skeleton
-            gc.collect()
+        release_memory()  # what the stage replaced (float weights, scores, copies)
         final = evaluate(state.model, info.name)
         record["metrics"] = _jsonable({**metrics, **final})
         records.append(record)
@@ -272,7 +286,7 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
     expected = model_logits(state.model, probe)
     save_artifact(state, target, bool(out_cfg.get("overwrite", False)), records, model_info)
     state.model = None  # the artifact is the model from here on: free it before reloading
-    gc.collect()
+    release_memory()
     reloaded = load(target, registry)
     reload_diff = (model_logits(reloaded, probe).float() - expected.float()).abs().max().item()
     if reload_diff > 1e-3:
@@ -288,6 +302,7 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
         timed = latency({"baseline": reference, "final": reloaded}, prompt, threads=eval_cfg.get("threads", 1),
                         repeats=eval_cfg.get("repeats", 5), decode_tokens=eval_cfg.get("decode_tokens", 32))
         del reference
+        release_memory()
         baseline.update(timed["baseline"])
         final.update(timed["final"])
     report = {
