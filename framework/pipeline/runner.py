@@ -288,6 +288,7 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
     state.model = None  # the artifact is the model from here on: free it before reloading
     release_memory()
     reloaded = load(target, registry)
+    release_memory()  # the loader's file buffers
     reload_diff = (model_logits(reloaded, probe).float() - expected.float()).abs().max().item()
     if reload_diff > 1e-3:
         raise ArtifactError(f"the artifact in {target} reloads with logits differing by {reload_diff:.3g} from the "
