@@ -15,6 +15,7 @@ import re
 import xml.etree.ElementTree as ET
 
 import torch
+
 from slimkit.core.errors import DataError
 from slimkit.core.state import DataSplits
 

@@ -16,8 +16,9 @@ import tarfile
 from typing import Any
 
 import torch
-from slimkit.core.errors import DataError
 from tqdm.auto import tqdm
+
+from slimkit.core.errors import DataError
 
 SDIST = "vaderSentiment-3.3.2.tar.gz"
 FETCH_HINT = "pip download --no-deps --no-binary :all: vaderSentiment==3.3.2 -d \"$SLIMKIT_CACHE/sdist\""
