@@ -22,6 +22,7 @@ from slimkit.core.processes import is_main_process
 from slimkit.core.registry import PluginInfo, Registry, default_registry
 from slimkit.core.state import PipelineState
 from slimkit.data import build_splits
+from slimkit.deploy import plan_deployments
 from slimkit.evaluation import latency, model_logits, quality_metrics
 from slimkit.models import load_model, model_skeleton, resolve_device, resolve_dtype
 from slimkit.pipeline.config import check_eval, stage_config
@@ -298,6 +299,7 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
     dtype = resolve_dtype(model_cfg.get("dtype", "float32"), model_cfg["name"], model_cfg.get("path"))
     device = resolve_device(model_cfg.get("device", "cpu"))
     check_supports(stages, dtype, device)
+    deploy_plan = plan_deployments(settings, registry, output_dir)  # exporters: checked before the model loads
     seed = int(settings.get("seed", 0))
     torch.manual_seed(seed)
     skeleton = model_skeleton(model_cfg["name"], model_cfg.get("path"), model_cfg.get("trust_remote_code", False), seed)
@@ -401,6 +403,10 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
         "torch": torch.__version__,
         "resources": {"peak_rss_bytes": peak_rss_bytes()},
     }
+    if deploy_plan:  # each export written to <output>/deploy/<exporter>/ and measured in its runtime
+        # the reloaded artifact (verified to give the in-memory model's logits): the in-memory copy was freed
+        report["deployments"] = deploy_plan.run(target, reloaded, tokenizer, output_dir, data.eval, baseline,
+                                                state.artifact_writer)
     write_reports(report, output_dir)
     return report
 
