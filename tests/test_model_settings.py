@@ -59,7 +59,8 @@ def test_auto_dtype_is_the_checkpoints_own(tmp_path):
 
 
 @pytest.mark.parametrize("stages, backends", [((), ["magnitude", "quanto"]),      # quanto writes the artifact
-                                              (("~quantizer",), ["magnitude"])])  # sparse storage writes it
+                                              (("~quantizer",), ["magnitude"]),  # sparse storage writes it
+                                              (("pruner=torch_pruning", "~quantizer"), ["torch_pruning"])])
 def test_bfloat16_end_to_end(tiny_cfg, tmp_path, stages, backends):
     report = slimkit.run(tiny_cfg("model.dtype=bfloat16", "eval.latency=false", *stages), tmp_path)
     assert report["model"]["dtype"] == "bfloat16"
