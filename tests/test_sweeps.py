@@ -29,8 +29,10 @@ BASE = {"perplexity": 10.0, "size_bytes": 100e6, "decode_tokens_per_s": 20.0, "p
 
 
 def make_job(root: Path, name: str, overrides: list[str], ppl: float, size_mb: float, speed: float,
-             sparsity: float = 0.5, bits: int = 8, status: str | None = "ok", **final_extra) -> Path:
-    """A job folder as a sweep job leaves it: .hydra/overrides.yaml, report.json, status.json."""
+             sparsity: float = 0.5, bits: int = 8, status: str | None = "ok",
+             tasks: dict[str, tuple[float, float]] | None = None, **final_extra) -> Path:
+    """A job folder as a sweep job leaves it: .hydra/overrides.yaml, report.json, status.json;
+    ``tasks`` = {name: (baseline acc, final acc)} as report.json's ``tasks`` records them."""
     job = root / name
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
@@ -42,6 +44,8 @@ def make_job(root: Path, name: str, overrides: list[str], ppl: float, size_mb: f
                    {"kind": "quantizer", "backend": "quanto", "config": {"bits": bits}}],
         "ratios": {"size": BASE["size_bytes"] / final["size_bytes"], "speed": speed, "prefill_speed": speed,
                    "perplexity": ppl / BASE["perplexity"]},
+        "tasks": {name: {"metric": "acc", "higher_is_better": True, "baseline": b, "final": f, "retained": f / b}
+                  for name, (b, f) in (tasks or {}).items()},
     }
     (job / "report.json").write_text(json.dumps(report))
     if status:
@@ -59,7 +63,7 @@ def sweep(tmp_path: Path) -> Path:
     root.mkdir()
     (root / "multirun.yaml").write_text("sweep:\n  min_quality: 0.97\n  objective: size\n")
     make_job(root, "0", ["pruner.sparsity=0.3", "quantizer.bits=4", "seed=1"], ppl=10.1, size_mb=25, speed=0.5,
-             sparsity=0.3, bits=4, sentiment_accuracy=0.7)
+             sparsity=0.3, bits=4, tasks={"sentiment": (0.8, 0.7)})
     make_job(root, "1", ["pruner.sparsity=0", "quantizer.bits=8", "seed=1"], ppl=10.0, size_mb=50, speed=1.2,
              sparsity=0.0)
     make_job(root, "2", ["pruner.sparsity=0.5", "quantizer.bits=8", "seed=1"], ppl=10.2, size_mb=60, speed=1.5)
@@ -96,7 +100,7 @@ def test_collect_known_frontier_and_best_feasible(sweep: Path):
     job0 = result.jobs[0]
     assert (job0.sparsity, job0.bits, job0.backends["pruner"], job0.backends["quantizer"]) == (0.3, 4, "magnitude", "quanto")
     assert job0.other_overrides == ["seed=1"]
-    assert job0.accuracy == {"sentiment_accuracy": 0.7}
+    assert job0.accuracy == {"sentiment": 0.7}
     assert job0.quality == pytest.approx(10.0 / 10.1)
     assert job0.label == "sparsity=0.3 bits=4"  # seed=1 is the same everywhere
 

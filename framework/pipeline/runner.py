@@ -17,8 +17,9 @@ from slimkit.core.errors import ArtifactError, ConfigError, StageOrderError
 from slimkit.core.plugin import STAGE_KINDS, Kind, Stage
 from slimkit.core.registry import PluginInfo, Registry, default_registry
 from slimkit.core.state import PipelineState
-from slimkit.data import build_splits
+from slimkit.data import build_splits, corpus_from_config
 from slimkit.evaluation import latency, model_logits, quality_metrics
+from slimkit.evaluation.tasks import TaskSet, task_records
 from slimkit.models import load_model
 from slimkit.pipeline.config import stage_config
 from slimkit.pipeline.report import write_reports
@@ -144,11 +145,14 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
         raise ArtifactError(f"output.model_dir={str(target)!r} already exists; refusing to overwrite it "
                             "(set output.overwrite=true, or choose another output folder)")
     stages = resolve_stages(settings, registry)
+    corpus = corpus_from_config(data_cfg)  # data.path read and checked before the model loads
+    tasks = TaskSet(eval_cfg.get("tasks") or [])  # task data loaded offline before the model loads
     seed = int(settings.get("seed", 0))
     torch.manual_seed(seed)
 
     loaded = load_model(model_cfg["name"], model_cfg.get("path"), model_cfg.get("trust_remote_code", False), seed)
-    data = build_splits(loaded.tokenizer, **data_cfg)
+    data = build_splits(loaded.tokenizer, **{**data_cfg, "corpus": corpus})
+    tasks.bind(data, loaded.tokenizer)  # tasks cut from the held-out text (cloze)
     model_info = {"name": loaded.name, "path": loaded.path, "provenance": loaded.provenance,
                   "parameters": loaded.parameters, "class": type(loaded.model).__name__}
     reference = copy.deepcopy(loaded.model).eval().requires_grad_(False)
@@ -161,18 +165,14 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
             return {}
         return quality_metrics(model, data.eval, bs, desc=f"perplexity [{label}]")
 
-    def task_accuracy(model: torch.nn.Module, label: str) -> dict[str, Any]:
-        if not eval_cfg.get("tasks"):
-            return {}
-        from slimkit.evaluation.tasks import task_metrics
-
-        return task_metrics(model, loaded.tokenizer, list(eval_cfg["tasks"]), eval_cfg.get("task_samples", 200), label)
+    def task_scores(model: torch.nn.Module, label: str) -> dict[str, Any]:
+        return {"tasks": tasks.evaluate(model, loaded.tokenizer, eval_cfg.get("task_samples", 200), bs, label)}
 
     from slimkit.pipeline.baseline import (
         cached_baseline,  # in a sweep: evaluated once, reused by every job
     )
 
-    baseline = cached_baseline(settings, lambda: {**evaluate(loaded.model, "baseline"), **task_accuracy(reference, "baseline"),
+    baseline = cached_baseline(settings, lambda: {**evaluate(loaded.model, "baseline"), **task_scores(reference, "baseline"),
                                                   "size_bytes": _fp32_size(reference)})
     final = dict(baseline)
     records = []
@@ -197,7 +197,7 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
 
     final["size_bytes"] = artifact.directory_size(target) - _tokenizer_bytes(target)
     final["reload_max_abs_logit_diff"] = reload_diff
-    final.update(task_accuracy(reloaded, "final"))
+    final.update(task_scores(reloaded, "final"))
     if eval_cfg.get("latency", True):
         prompt = data.eval[:1, : eval_cfg.get("prompt_tokens", 128)]
         timed = latency({"baseline": reference, "final": reloaded}, prompt, threads=eval_cfg.get("threads", 1),
@@ -210,11 +210,14 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
         "stages": records,
         "baseline": baseline,
         "final": final,
+        "tasks": task_records(tasks.info(), baseline.get("tasks", {}), final.get("tasks", {})),
         "ratios": _ratios(baseline, final),
         "artifact": str(target),
         "seed": seed,
         "torch": torch.__version__,
     }
+    report["ratios"].update({f"{name}_retained": t["retained"] for name, t in report["tasks"].items()
+                             if t["retained"] is not None})
     write_reports(report, output_dir)
     return report
 
@@ -234,7 +237,4 @@ def _ratios(baseline: Mapping[str, Any], final: Mapping[str, Any]) -> dict[str, 
         ratios["prefill_speed"] = baseline["prefill_ms"] / final["prefill_ms"]
     if final.get("perplexity") and baseline.get("perplexity"):
         ratios["perplexity"] = final["perplexity"] / baseline["perplexity"]
-    for key in baseline:
-        if key.endswith("_accuracy") and baseline[key] and final.get(key) is not None:
-            ratios[key.replace("_accuracy", "_retained")] = final[key] / baseline[key]
     return ratios
