@@ -173,6 +173,8 @@ def load_corpus(path: str, format: str | None = None, field: str = "text", split
     if response_field is not None and not chat_template:
         raise ConfigError("data.response_field", response_field, "null unless data.chat_template=true",
                           "a prompt/response pair becomes a user and an assistant turn of the chat template")
+    if fmt != "saved" and all(p.stat().st_size == 0 for p in paths):
+        raise DataError(f"data.path={path!r} is an empty corpus: {len(paths)} file(s) of 0 bytes")
     dataset, chosen_split = _read(path, paths, fmt, split)
     if dataset.num_rows == 0:
         raise DataError(f"data.path={path!r} is an empty corpus: it holds no records")
@@ -194,6 +196,8 @@ def load_corpus(path: str, format: str | None = None, field: str = "text", split
             raise ConfigError("data.field", field, "a column of strings",
                               f"found {type(bad).__name__} {str(bad)[:60]!r}; for chat messages set data.chat_template=true")
         records = [v for v in values if v and v.strip()]
+        if fmt == "text":  # a paragraph keeps the file's trailing newline
+            records = [v.strip("\n") for v in records]
     if not records:
         raise DataError(f"data.path={path!r} is an empty corpus: the {dataset.num_rows} records of "
                         f"data.field={field!r} hold no text")

@@ -247,6 +247,14 @@ def task_yaml_config(path: str | Path) -> dict[str, Any]:
 
 # --- the task set of a run ------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=1)
+def _lm_eval_index():
+    """lm-eval's TaskManager over its built-in task YAMLs (indexed once per process)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager()
+
+
 def _is_yaml(spec: str) -> bool:
     return spec.endswith((".yaml", ".yml"))
 
@@ -326,10 +334,8 @@ class TaskSet:
                 self._add("cloze", task_yaml_config(cloze_task_yaml(data, tokenizer)), "built-in")
 
     def _registered(self, name: str) -> str:
-        from lm_eval.tasks import TaskManager
-
         if self._manager is None:  # indexing lm-eval's ~15k task YAMLs takes a while: only when needed
-            self._manager = TaskManager()
+            self._manager = _lm_eval_index()
         if name not in self._manager.all_tasks:
             import difflib
 
