@@ -118,6 +118,38 @@ def test_objective_penalises_infeasible_worse_than_baseline():
         objective(report, {"objective": "accuracy"})
 
 
+def test_quality_can_be_a_task_metric(sweep: Path, tiny_cfg):
+    """sweep.quality=task:<name>: feasibility, the objective's penalty and the table read the task's retained score."""
+    (sweep / "multirun.yaml").write_text("sweep:\n  min_quality: 0.97\n  objective: size\n  quality: task:sentiment\n")
+    result = collect(sweep)
+    job0 = result.jobs[0]
+    assert job0.quality == pytest.approx(0.7 / 0.8) and job0.feasible is False  # perplexity alone calls it feasible
+    assert all(j.quality is None for j in result.jobs[1:])  # jobs that did not score the task have no quality
+    assert result.best_feasible is None
+    assert collect(sweep, min_quality=0.85).best_feasible.job == "0"
+    report = json.loads((sweep / "0" / "report.json").read_text())
+    on_task = {"objective": "size", "quality": "task:sentiment"}
+    assert objective(report, {**on_task, "min_quality": 0.85}) == pytest.approx(25.0)
+    assert objective(report, {**on_task, "min_quality": 0.97}) > BASE["size_bytes"] / 1e6  # penalised
+    _, paths = write_sweep_report(sweep)
+    text = paths["markdown"].read_text()
+    assert "| quality % | sentiment | size MB |" in text and "| 87.5 | 0.700 |" in text
+    assert "retained sentiment score" in text
+    assert tiny_cfg("sweep.quality=task:sentiment").sweep.quality == "task:sentiment"  # Hydra takes the colon
+
+
+def test_sweep_quality_setting_is_checked():
+    from slimkit import ConfigError
+    from slimkit.sweeps.jobs import check_sweep_settings
+
+    with pytest.raises(ConfigError, match="sweep.quality='accuracy'.*'perplexity' or 'task:<name>'"):
+        check_sweep_settings({"quality": "accuracy"})
+    with pytest.raises(ConfigError, match="'colours' is not evaluated; add it to eval.tasks"):
+        check_sweep_settings({"quality": "task:colours"}, ["sentiment"])
+    check_sweep_settings({"quality": "task:colours"}, ["tasks/colours.yaml"])  # a YAML's stem names its task
+    check_sweep_settings({"quality": "task:mmlu_anatomy"}, ["mmlu"])  # a group's leaves are known once it loads
+
+
 def test_outputs_written(sweep: Path):
     result, paths = write_sweep_report(sweep)
     for path in paths.values():

@@ -85,6 +85,9 @@ class _LogitsModule(torch.nn.Module):
         first = next(self.inner.parameters(), None)
         return first.device if first is not None else torch.device("cpu")
 
+    def tie_weights(self) -> None:
+        """Nothing to tie (lm-eval calls this on Hugging Face models)."""
+
     def forward(self, input_ids: torch.Tensor, **kwargs: Any) -> Any:
         return self.inner(input_ids=input_ids, **kwargs)
 

@@ -173,31 +173,30 @@ def sentiment_task_yaml() -> Path:
     return _materialize(folder, "sentiment", {"test.jsonl": test, "demos.jsonl": demos})
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+")
-_LAST_WORD = re.compile(r"^(?P<context>.*\S)\s+(?P<target>[A-Za-z][A-Za-z'\-]*[A-Za-z])[\"')\]]*[.!?][\"')\]]*$", re.S)
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s|$)")
+_LAST_WORD = re.compile(r"^(?P<context>.*\S) (?P<target>[A-Za-z][A-Za-z'\-]*[A-Za-z]{2})[\"')\]]*[.!?][\"')\]]*$", re.S)
 
 
-def cloze_passages(text: str, min_words: int = 40) -> list[dict[str, str]]:
-    """LAMBADA-style items from running text: consecutive whole sentences of one paragraph, at least
-    ``min_words`` words, ending in a sentence whose last word (letters only, ≥ 2) is the target.
-    The first partial sentence of the text is skipped; passages never overlap."""
-    passages = []
-    for paragraph in re.split(r"\n\s*\n|\n", text):
-        sentences = [s.strip() for s in _SENTENCE_END.split(paragraph.strip()) if s.strip()]
-        buffer: list[str] = []
-        for sentence in sentences:
-            buffer.append(sentence)
-            words = sum(len(s.split()) for s in buffer)
-            if words < min_words or not sentence[-1:] in ".!?\"')]":
-                continue
-            match = _LAST_WORD.match(" ".join(buffer))
-            if match:
-                passages.append({"context": match["context"], "target": match["target"]})
-            buffer = []
+def cloze_passages(text: str, min_words: int = 30, max_words: int = 150) -> list[dict[str, str]]:
+    """LAMBADA-style items from running text: runs of whole sentences (line breaks kept) of at least
+    ``min_words`` words that end in a sentence whose last word (letters only, ≥ 3, after a space) is the
+    target, the context everything before it. Passages never overlap; a run that grows past ``max_words`` without a
+    usable ending is dropped."""
+    passages, start = [], 0
+    for end in (m.end() for m in _SENTENCE_END.finditer(text)):
+        segment = text[start:end].strip()
+        words = len(segment.split())
+        if words < min_words:
+            continue
+        match = _LAST_WORD.match(segment)
+        if match:
+            passages.append({"context": match["context"], "target": match["target"]})
+        if match or words > max_words:
+            start = end
     return passages
 
 
-def cloze_task_yaml(data: Any, tokenizer: Any, min_words: int = 40) -> Path:
+def cloze_task_yaml(data: Any, tokenizer: Any, min_words: int = 30) -> Path:
     """The cloze task's YAML in the cache, its passages cut from ``data.eval`` (the evaluation windows)."""
     from slimkit.core.paths import cache_dir
 
