@@ -162,3 +162,15 @@ def test_pipeline_reports_tasks_and_refuses_hub_tasks_before_loading(tiny_cfg, t
                    "doc_to_text: q\ndoc_to_target: a\n")
     with pytest.raises(DataError, match="hub_only"):
         slimkit.run(tiny_cfg(f"eval.tasks=[{hub}]"), tmp_path / "run2")
+
+
+def test_evaluation_leaves_model_and_tokenizer_as_they_were(tmp_path):
+    """lm-eval's HF class would re-tie embeddings and set a pad token; slimkit's objects must not change."""
+    model, tok = tiny_model(), tiny_tokenizer()
+    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach() * 2)  # untied, as after compression
+    head = model.lm_head.weight.detach().clone()
+    tok.pad_token = None
+    TaskSet([str(user_task(tmp_path, 4))]).evaluate(model, tok)
+    assert torch.equal(model.lm_head.weight, head)
+    assert model.lm_head.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr()
+    assert tok.pad_token is None

@@ -3,7 +3,9 @@
 :class:`SlimkitLM` subclasses lm-eval's ``HFLM`` so every lm-eval request type (log-likelihood,
 rolling log-likelihood, generation) works on the model slimkit holds in memory — any backend, before or
 after compression, or reloaded from an artifact. A plain ``torch.nn.Module`` whose ``forward(input_ids=...)``
-returns an object with ``.logits`` is wrapped so lm-eval finds the ``device`` and ``config`` it expects.
+returns an object with ``.logits`` works too. lm-eval never touches the objects slimkit keeps: the model is
+wrapped (HFLM would re-tie its embeddings, which breaks or silently changes a compressed model) and the
+tokenizer copied (HFLM may set a pad token on it, which would then be saved with the artifact).
 """
 
 from __future__ import annotations
@@ -71,7 +73,8 @@ def _datasets_progress_bars(enabled: bool) -> bool:
 
 
 class _LogitsModule(torch.nn.Module):
-    """Gives a bare module the ``device``/``config`` attributes lm-eval's HF model class reads."""
+    """What lm-eval's HF model class sees: ``device``/``config`` for any module, ``tie_weights`` a no-op,
+    ``generate`` passed through (generation tasks need a model that has it)."""
 
     def __init__(self, inner: torch.nn.Module):
         super().__init__()
@@ -85,8 +88,16 @@ class _LogitsModule(torch.nn.Module):
         first = next(self.inner.parameters(), None)
         return first.device if first is not None else torch.device("cpu")
 
-    def tie_weights(self) -> None:
-        """Nothing to tie (lm-eval calls this on Hugging Face models)."""
+    def tie_weights(self, *args: Any, **kwargs: Any) -> None:
+        """Leave the model's weights as slimkit made them (lm-eval calls this on Hugging Face models)."""
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        if not hasattr(self.inner, "generate"):
+            from slimkit.core.errors import ConfigError
+
+            raise ConfigError("eval.tasks", "a generate_until task", "log-likelihood tasks for this model",
+                              f"{type(self.inner).__name__} has no generate()")
+        return self.inner.generate(*args, **kwargs)
 
     def forward(self, input_ids: torch.Tensor, **kwargs: Any) -> Any:
         return self.inner(input_ids=input_ids, **kwargs)
@@ -99,8 +110,9 @@ def _model_class():
         """lm-eval's Hugging Face model interface over a model object (no loading, no device moves)."""
 
         def __init__(self, model: torch.nn.Module, tokenizer: Any, batch_size: int = 4, max_length: int | None = None):
-            if not (hasattr(model, "device") and hasattr(model, "config")):
-                model = _LogitsModule(model)
+            import copy
+
+            model, tokenizer = _LogitsModule(model), copy.deepcopy(tokenizer)
             if max_length is None:
                 config = getattr(model, "config", None)
                 max_length = getattr(config, "max_position_embeddings", None) or 2048
