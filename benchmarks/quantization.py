@@ -41,7 +41,7 @@ ROWS = {
     "fp32": (None, {}),
     "quanto w8": ("quanto", {"bits": 8}),
     "quanto w4 (g96/128)": ("quanto", {"bits": 4}),
-    "quanto w8a8": ("quanto", {"bits": 8, "activations": 8}),
+    "quanto w8a8": ("quanto", {"bits": 8, "activations": "int8-tensor"}),
     "bnb int8 (t=6)": ("bnb", {"bits": 8, "threshold": 6.0}),
     "bnb nf4 (dq)": ("bnb", {"bits": 4, "quant_type": "nf4", "double_quant": True}),
     "quanto budget 4.0 b {2,4,8}": ("quanto", {"bits": 4, "budget_bits": 4.0, "budget_candidates": [2, 4, 8],

@@ -99,8 +99,8 @@ def main() -> None:
         "int8_smooth_keep": dict(smooth=True, alpha=args.alpha, keep_float=args.keep_float),
         # the backend before GEMM fusion and the int8 embedding table (its first benchmarked form)
         "int8_smooth_unfused": dict(smooth=True, alpha=args.alpha, fuse=False, embedding="float"),
-        "tensor_raw": dict(smooth=False, activations="tensor"),
-        "tensor_smooth": dict(smooth=True, alpha=args.alpha, activations="tensor"),
+        "tensor_raw": dict(smooth=False, activations="int8-tensor"),
+        "tensor_smooth": dict(smooth=True, alpha=args.alpha, activations="int8-tensor"),
     }
     wanted = args.arms.split(",")
     models, rows = {}, {}

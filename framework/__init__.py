@@ -12,15 +12,29 @@ from slimkit.core.errors import (
     StageOrderError,
     UnknownPluginError,
 )
-from slimkit.core.plugin import Kind, Stage, StageConfig, check_choice, check_range
+from slimkit.core.plugin import (
+    ACTIVATION_SCHEMES,
+    DistillerConfig,
+    Exporter,
+    ExporterConfig,
+    Kind,
+    Plugin,
+    PrunerConfig,
+    QuantizerConfig,
+    RuntimeSession,
+    Stage,
+    StageConfig,
+    check_choice,
+    check_range,
+)
 from slimkit.core.registry import PluginInfo, Registry, default_registry
 
 __version__ = "0.1.0"
 
 
 def load(path, registry=None):
-    """Reload a slimkit artifact folder as a model (see :func:`slimkit.pipeline.runner.load`)."""
-    from slimkit.pipeline import load as _load
+    """Reload a slimkit artifact folder as a model (see :func:`slimkit.core.loader.load`)."""
+    from slimkit.core.loader import load as _load
 
     return _load(path, registry)
 

@@ -66,6 +66,7 @@ def _hydra_app() -> None:
     def app(cfg: DictConfig) -> float | None:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
+
         from slimkit.pipeline import run
 
         if HydraConfig.get().mode is RunMode.MULTIRUN:  # a sweep job: failures recorded, not raised
@@ -98,7 +99,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from slimkit.sweeps import validate_sweep
 
         register_configs(registry)
-        validate_sweep(argv, registry)  # a multirun: every combination's stage configs, before launch
+        if not validate_sweep(argv, registry):  # a multirun: every combination's stage configs, before launch
+            overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+            if len(overrides) == len([a for a in argv if not a.startswith("-")]):  # plain overrides only
+                from slimkit.pipeline import resolve_stages
+                from slimkit.pipeline.config import check_composes
+
+                resolve_stages(check_composes(overrides, registry), registry)  # unknown keys, bad values: now
     except SlimkitError as exc:
         print(f"slimkit: error: {exc}", file=sys.stderr)
         return 2

@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 
 def slimkit(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -33,10 +32,11 @@ def test_help_lists_third_party_backends():
     assert "random" in pruner_line and "magnitude" in pruner_line
 
 
-def test_unknown_backend_lists_installed_and_pip_extra():
+def test_unknown_backend_suggests_the_closest_installed_name():
     result = slimkit("quantizer=quantoo")
     assert result.returncode == 2
-    assert "quantizer='quantoo'" in result.stderr and "quanto" in result.stderr and "pip install" in result.stderr
+    assert "quantizer='quantoo'" in result.stderr and "Did you mean 'quanto'" in result.stderr
+    assert "slimkit-quantoo" not in result.stderr  # never a made-up package name to pip install
     assert "Traceback" not in result.stderr
 
 
@@ -69,3 +69,11 @@ def test_multirun_sweeps_sparsity_and_bits(tmp_path):
         seen.add((pruner["config"]["sparsity"], quantizer["config"]["bits"]))
         assert (path.parent / "model" / "slimkit.json").is_file()
     assert seen == {(0.25, 4), (0.25, 8), (0.5, 4), (0.5, 8)}
+
+
+def test_unknown_key_lists_the_backends_valid_keys_before_anything_loads(tmp_path):
+    result = slimkit("experiment=tiny", "quantizer=rtn", "quantizer.bitz=4", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2
+    assert "quantizer.bitz='4' is not allowed: expected a key of the quantizer 'rtn'" in result.stderr
+    assert "bits, exclude, include, overrides" in result.stderr
+    assert not (tmp_path / "model").exists()

@@ -20,7 +20,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def default_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("default-run")
-    cfg = compose("data.eval_tokens=2048", "eval.task_samples=40", "eval.repeats=2", "eval.decode_tokens=8")
+    cfg = compose("data.eval_tokens=2048", "eval.task_samples=40", "eval.repeats=2", "eval.decode_tokens=8",
+                  "eval.latency_processes=1")
     return slimkit.run(cfg, out), out
 
 
@@ -41,6 +42,10 @@ def test_default_recipe_compresses_and_keeps_quality(default_report):
     assert report["ratios"]["size"] > 2.0  # int8 weights, embedding kept in float
     assert report["ratios"]["perplexity"] < 1.25
     assert report["final"]["reload_max_abs_logit_diff"] <= 1e-3
+    assert report["final"]["achieved_sparsity"] == pytest.approx(0.2, abs=0.01)
+    # timed as it will be served: a fresh process that loads only the original and the artifact
+    assert report["timing"]["condition"] == "serving" and report["timing"]["processes"] == 1
+    assert report["timing"]["top1_agreement"] > 0.5  # the timed artifact is this model (random: 1/49,152)
     assert json.loads((out / "report.json").read_text())["artifact"] == str(out / "model")
 
 

@@ -154,3 +154,72 @@ def test_plain_from_pretrained_refuses_a_backend_format_artifact(tiny_cfg, tmp_p
     with pytest.raises(OSError):
         AutoModelForCausalLM.from_pretrained(report["artifact"])
     assert slimkit.load(report["artifact"]) is not None
+
+
+# --- the plugin contract as the pipeline enforces it (example third-party plugins only) ------------------
+
+def test_achieved_sparsity_bits_per_weight_and_timing_condition_in_the_report(tiny_cfg, tmp_path):
+    report = slimkit.run(tiny_cfg("pruner=random", "pruner.sparsity=0.5", "quantizer=rtn", "quantizer.bits=4",
+                                  "eval.latency_condition=serving", "eval.latency_processes=1"), tmp_path)
+    final = report["final"]
+    # random pruning of the selected Linear weights (all but lm_head, which is tied): half of them
+    assert final["achieved_sparsity"] == pytest.approx(0.5, abs=0.02)
+    assert final["bits_per_weight"] == pytest.approx(8 * final["size_bytes"] / report["model"]["parameters"])
+    timing = report["timing"]
+    assert timing["condition"] == "serving" and timing["processes"] == 1
+    assert timing["top1_agreement"] > 0.5                      # the timed artifact is the model, not garbage
+    assert {"prefill_speedup", "decode_speedup"} <= set(timing["in_process"])
+    assert report["ratios"]["speed"] == pytest.approx(timing["decode_speedup"]["median"])
+    assert "fresh processes" in (tmp_path / "report.md").read_text()
+
+
+def test_in_process_timing_is_labelled(tiny_cfg, tmp_path):
+    report = slimkit.run(tiny_cfg("pruner=random", "~quantizer", "eval.latency_condition=in_process"), tmp_path)
+    assert report["timing"]["condition"] == "in_process" and report["timing"]["processes"] == 0
+
+
+@pytest.mark.parametrize("override, key", [
+    ("quantizer.include=[model.blocks.*]", "quantizer.include"),
+    ("quantizer.exclude=[lm_head,nothing.here]", "quantizer.exclude"),
+    ("++quantizer.overrides={model.blocks.0.*:8}", "quantizer.overrides"),
+    ("pruner.include=[*.nope]", "pruner.include"),
+    ("eval.latency_condition=warm", "eval.latency_condition"),
+])
+def test_globs_and_eval_settings_are_checked_before_the_model_loads(tiny_cfg, tmp_path, monkeypatch, override, key):
+    from slimkit import ConfigError
+    from slimkit.pipeline import runner
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the config error")
+
+    monkeypatch.setattr(runner, "load_model", no_model)
+    with pytest.raises(ConfigError) as info:
+        slimkit.run(tiny_cfg("pruner=random", "quantizer=rtn", override), tmp_path)
+    assert info.value.key == key
+    assert not (tmp_path / "model").exists()
+
+
+def test_artifact_of_an_uninstalled_plugin_names_the_distribution_that_wrote_it(tiny_cfg, tmp_path):
+    report = slimkit.run(tiny_cfg("pruner=random", "quantizer=rtn", "eval.latency=false"), tmp_path)
+    manifest_path = Path(report["artifact"]) / MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    manifest["writer"] = {"kind": "quantizer", "backend": "vanished", "distribution": "acme-slimkit-vanished",
+                          "version": "2.1.0"}
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="acme-slimkit-vanished 2.1.0") as info:
+        slimkit.load(report["artifact"])
+    assert "pip install slimkit-vanished" not in str(info.value)
+
+
+def test_unfaithful_save_fails_the_run_and_leaves_no_model_folder(tiny_cfg, tmp_path, monkeypatch):
+    from slimkit_example_random import RoundToNearest
+
+    def forgets_writer(self, state):  # changes how the model computes, in a way save_pretrained does not write
+        state.model.lm_head.register_forward_hook(lambda module, args, out: out * 0.5)
+        return {}
+
+    monkeypatch.setattr(RoundToNearest, "apply", forgets_writer)
+    with pytest.raises(ArtifactError, match="not a faithful save"):
+        slimkit.run(tiny_cfg("~pruner", "quantizer=rtn", "eval.latency=false"), tmp_path)
+    assert not (tmp_path / "model").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".model")]

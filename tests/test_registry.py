@@ -57,12 +57,17 @@ def test_loads_the_class(fake_module):
     assert registry.get(Kind.PRUNER, "good") is GoodPruner
 
 
-def test_unknown_name_lists_installed_and_pip_hint():
-    registry = Registry(source(fake_ep("good", "x:Y", "slimkit-good")))
+def test_unknown_name_suggests_close_installed_names_and_never_a_made_up_package():
+    registry = Registry(source(fake_ep("wanda", "x:Y", "slimkit-wanda"), fake_ep("magnitude", "x:Z", "slimkit-magnitude")))
     with pytest.raises(UnknownPluginError) as err:
         registry.get(Kind.PRUNER, "wanda2")
     message = str(err.value)
-    assert "pruner='wanda2'" in message and "Installed: good" in message and "pip install slimkit-wanda2" in message
+    assert "pruner='wanda2'" in message and "Installed: magnitude, wanda" in message
+    assert err.value.suggestions == ["wanda"] and "Did you mean 'wanda'?" in message
+    assert "pip install slimkit-wanda2" not in message and "slimkit-wanda2" not in message
+    with pytest.raises(UnknownPluginError) as err:
+        registry.get(Kind.PRUNER, "zzz")
+    assert err.value.suggestions == [] and "Did you mean" not in str(err.value)
 
 
 def test_duplicate_names_from_two_distributions_raise_naming_both():
@@ -87,7 +92,7 @@ def test_broken_import_names_plugin_and_distribution():
 
 def test_entry_point_that_is_not_a_stage_is_rejected(fake_module):
     registry = Registry(source(fake_ep("odd", "fake_slimkit_plugins:NotAStage", "slimkit-odd")))
-    with pytest.raises(PluginError, match="not a slimkit Stage"):
+    with pytest.raises(PluginError, match="not a slimkit Plugin"):
         registry.get(Kind.PRUNER, "odd")
 
 

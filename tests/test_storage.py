@@ -113,30 +113,3 @@ def test_model_round_trip_keeps_ties_and_logits(tmp_path):
     ids = torch.randint(0, 512, (2, 16))
     with torch.no_grad():
         assert torch.equal(reloaded(input_ids=ids).logits, model(input_ids=ids).logits)
-
-
-def test_sparse_int8_with_quanto_shrinks_and_reloads(tmp_path):
-    pytest.importorskip("optimum.quanto")
-    from slimkit_quanto import QuantoQuantizer
-
-    from slimkit.testing import tiny_state
-
-    state = tiny_state()
-    layers = {n: m for n, m in state.model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"}
-    from slimkit_magnitude import prune_by_magnitude
-
-    prune_by_magnitude(layers, 0.7, "layer")
-    stage = QuantoQuantizer(QuantoQuantizer.Config(bits=8))
-    stage.apply(state)
-    stage.save(state.model, tmp_path)
-    from slimkit.toolkit.storage import untied_state_dict
-
-    save_file(untied_state_dict(state.model), str(tmp_path / "dense.safetensors"))
-    sparse_bytes = (tmp_path / WEIGHTS).stat().st_size
-    dense_bytes = (tmp_path / "dense.safetensors").stat().st_size
-    assert sparse_bytes < dense_bytes, (sparse_bytes, dense_bytes)
-    reloaded = QuantoQuantizer.load(tmp_path, {})
-    probe = state.data.eval[:1, :32]
-    with torch.no_grad():
-        diff = (reloaded(input_ids=probe).logits - state.model(input_ids=probe).logits).abs().max().item()
-    assert diff < 1e-4

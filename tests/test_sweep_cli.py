@@ -81,3 +81,36 @@ def test_report_on_foreign_directory(tmp_path: Path):
     (tmp_path / "foreign" / "readme.txt").write_text("not a sweep")
     run = slimkit("report", str(tmp_path / "foreign"), cwd=tmp_path)
     assert run.returncode == 2 and "not a slimkit sweep folder" in run.stderr
+
+
+@pytest.mark.slow  # 4 tiny jobs across backends: ~1-2 minutes on 2 busy cores
+def test_cross_backend_sweep_reports_comparable_sparsity_and_bits(tmp_path: Path):
+    """One sparsity means one thing for an unstructured and a structured pruner, and every file size
+    reflects both stages: the sweep table's achieved_sparsity and bits_per_weight columns say so."""
+    import csv
+
+    sweep = tmp_path / "sweep"
+    run = slimkit("-m", "experiment=tiny", "pruner=magnitude,torch_pruning", "pruner.sparsity=0.5",
+                  "quantizer=quanto,int8", "eval.latency=false", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = list(csv.DictReader((sweep / "sweep.csv").open()))
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"ok"}
+    for row in rows:
+        # half of the selected Linear weights zeroed (magnitude) or removed (torch_pruning: channels)
+        assert abs(float(row["achieved_sparsity"]) - 0.5) < 0.03, row
+        assert 0 < float(row["bits_per_weight"]) < 32
+    # the zeros of the unstructured pruner survive each quantizer's format: its files are smaller than a
+    # dense int8 model of the same parameters (8 bits per weight, plus the float embedding/norms)
+    magnitude = {r["quantizer"]: float(r["bits_per_weight"]) for r in rows if r["pruner"] == "magnitude"}
+    reports = [json.loads(p.read_text()) for p in sweep.glob("*/report.json")]
+    assert all(r["final"]["achieved_sparsity"] == pytest.approx(0.5, abs=0.03) for r in reports)
+    # bits per parameter *of the original model*, the same denominator for a pruner that removes weights
+    assert len({r["model"]["parameters"] for r in reports}) == 1
+    for r in reports:
+        assert r["final"]["bits_per_weight"] == pytest.approx(8 * r["final"]["size_bytes"] / r["model"]["parameters"])
+    structured = [r for r in reports if r["stages"][0]["backend"] == "torch_pruning"]
+    unstructured = [r for r in reports if r["stages"][0]["backend"] == "magnitude"]
+    for s in structured:  # removed weights make a smaller file than zeroed ones stored sparsely, same quantizer
+        same = next(u for u in unstructured if u["stages"][1]["backend"] == s["stages"][1]["backend"])
+        assert s["final"]["bits_per_weight"] < same["final"]["bits_per_weight"]
+    assert set(magnitude) == {"quanto", "int8"}

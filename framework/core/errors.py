@@ -26,13 +26,17 @@ class UnknownPluginError(PluginError, KeyError):
     """No installed plugin of that kind has that name."""
 
     def __init__(self, kind: str, name: str, installed: Iterable[str]):
+        import difflib
+
         names = sorted(installed)
         self.kind, self.name, self.installed = kind, name, names
+        self.suggestions = difflib.get_close_matches(str(name), names, n=3, cutoff=0.6)
         listed = ", ".join(names) if names else "none"
+        hint = f" Did you mean {' or '.join(repr(s) for s in self.suggestions)}?" if self.suggestions else ""
         super().__init__(
-            f"{kind}={name!r}: no such {kind} backend is installed. Installed: {listed}. "
-            f"First-party backends install with `pip install slimkit-{name}` "
-            f"(or `pip install -e plugins/{name}` from a clone); third-party ones with their own pip package."
+            f"{kind}={name!r}: no such {kind} backend is installed.{hint} Installed: {listed}. "
+            f"A backend from another package is installed with that package's own pip command "
+            f"(see `slimkit plugins` for what is installed and which distribution supplies each)."
         )
 
     def __str__(self) -> str:  # KeyError would quote the message

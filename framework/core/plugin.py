@@ -13,12 +13,13 @@ import dataclasses
 import importlib
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Mapping, Optional, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Mapping, Optional, Protocol, Sequence
 
 from slimkit.core.errors import ConfigError, MissingDependencyError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
+
     from slimkit.core.state import PipelineState
 
 
@@ -39,12 +40,39 @@ class Kind(str, Enum):
 STAGE_KINDS = (Kind.PRUNER, Kind.DISTILLER, Kind.QUANTIZER)
 
 
+def ranged(default: Any, low: float | None = None, high: float | None = None, *, low_open: bool = False,
+           high_open: bool = False) -> Any:
+    """A config field whose value must lie in a range; checked in ``StageConfig.__post_init__`` and by the
+    contract suite (``null`` passes when the default is ``None``)."""
+    return dataclasses.field(default=default, metadata={"range": (low, high, low_open, high_open)})
+
+
+def choice(default: Any, options: Sequence[Any]) -> Any:
+    """A config field whose value must be one of ``options``; checked like :func:`ranged`."""
+    return dataclasses.field(default=default, metadata={"choices": tuple(options)})
+
+
 @dataclasses.dataclass
 class StageConfig:
-    """Base of every backend config. Subclasses add typed fields and range checks in ``__post_init__``."""
+    """Base of every backend config. Subclasses add typed fields; ranges and choices declared with
+    :func:`ranged` / :func:`choice` are checked here, other checks go in ``__post_init__``."""
+
+    #: the config group its errors name (``pruner.sparsity``); set by each kind's base config
+    KEY_PREFIX: ClassVar[str] = ""
 
     def __post_init__(self) -> None:  # subclasses call super().__post_init__()
-        pass
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None and f.default is None:
+                continue
+            key = f"{self.KEY_PREFIX}.{f.name}" if self.KEY_PREFIX else f.name
+            if "range" in f.metadata:
+                low, high, low_open, high_open = f.metadata["range"]
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ConfigError(key, value, "a number")
+                check_range(key, value, low, high, low_open=low_open, high_open=high_open)
+            if "choices" in f.metadata:
+                check_choice(key, value, f.metadata["choices"])
 
 
 def _default_exclude() -> list[str]:
@@ -61,7 +89,7 @@ class PrunerConfig(StageConfig):
     """
 
     #: fraction of the selected Linear modules' weights removed, 0 <= sparsity < 1
-    sparsity: float = 0.5
+    sparsity: float = ranged(0.5, 0.0, 1.0, high_open=True)
     #: glob patterns of Linear module names (``model.layers.*.mlp.*``) that may be pruned
     include: List[str] = dataclasses.field(default_factory=lambda: ["*"])
     #: glob patterns of Linear module names kept whole (lm_head is tied to the embedding)
@@ -69,13 +97,17 @@ class PrunerConfig(StageConfig):
     #: glob -> sparsity for matching Linear modules (first matching glob wins)
     overrides: Dict[str, float] = dataclasses.field(default_factory=dict)
 
+    KEY_PREFIX: ClassVar[str] = "pruner"
+
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_range("pruner.sparsity", self.sparsity, 0.0, 1.0, high_open=True)
         self.overrides = dict(self.overrides)
         for glob, value in self.overrides.items():
             check_range(f"pruner.overrides[{glob!r}]", value, 0.0, 1.0, high_open=True)
 
+
+#: override values that mean "keep this module in float"
+FLOAT_WORDS = ("float", "fp", "none", "null")
 
 #: the activation-quantization vocabulary every quantizer uses (``quantizer.activations``):
 #: null = weights only; ``int8-token`` = int8 with one scale per token, computed at run time;
@@ -102,12 +134,15 @@ class QuantizerConfig(StageConfig):
     ALLOWED_BITS: ClassVar[tuple[int, ...]] = (8,)
     #: the activation schemes (from ACTIVATION_SCHEMES) this backend can do
     ACTIVATIONS: ClassVar[tuple[Optional[str], ...]] = (None,)
+    KEY_PREFIX: ClassVar[str] = "quantizer"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice("quantizer.bits", self.bits, self.ALLOWED_BITS)
         check_choice("quantizer.activations", self.activations, self.ACTIVATIONS)
         self.overrides = dict(self.overrides)
+        for pattern, value in self.overrides.items():
+            parse_bits(f"quantizer.overrides[{pattern!r}]", value, self.ALLOWED_BITS)
 
 
 @dataclasses.dataclass
@@ -115,23 +150,17 @@ class DistillerConfig(StageConfig):
     """Knobs every distiller shares: the loss is ``alpha·T²·KL(teacher/T ‖ student/T) + (1-alpha)·CE``."""
 
     #: softmax temperature of the soft targets
-    temperature: float = 2.0
+    temperature: float = ranged(2.0, 0.0, low_open=True)
     #: weight of the soft-target (KL) term; 1 - alpha weighs next-token cross-entropy
-    alpha: float = 0.5
+    alpha: float = ranged(0.5, 0.0, 1.0)
     #: optimizer steps
-    max_steps: int = 100
+    max_steps: int = ranged(100, 0)
     #: learning rate
-    lr: float = 5e-5
+    lr: float = ranged(5e-5, 0.0, low_open=True)
     #: windows per optimizer step (the global batch, over all processes)
-    batch_size: int = 4
+    batch_size: int = ranged(4, 1)
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_range("distiller.temperature", self.temperature, 0.0, low_open=True)
-        check_range("distiller.alpha", self.alpha, 0.0, 1.0)
-        check_range("distiller.max_steps", self.max_steps, 0)
-        check_range("distiller.lr", self.lr, 0.0, low_open=True)
-        check_range("distiller.batch_size", self.batch_size, 1)
+    KEY_PREFIX: ClassVar[str] = "distiller"
 
 
 @dataclasses.dataclass
@@ -141,6 +170,8 @@ class ExporterConfig(StageConfig):
     #: the weight format written for the runtime; each exporter lists what it accepts.
     #: "auto" carries slimkit's own weights through where the format can hold them
     weights: str = "auto"
+
+    KEY_PREFIX: ClassVar[str] = "exporter"
 
 
 def check_range(key: str, value: Any, low: float | None = None, high: float | None = None,
@@ -163,6 +194,18 @@ def check_choice(key: str, value: Any, allowed: Any) -> None:
     allowed = list(allowed)
     if value not in allowed:
         raise ConfigError(key, value, "one of " + ", ".join(map(repr, allowed)))
+
+
+def parse_bits(key: str, value: Any, allowed: Sequence[int]) -> Optional[int]:
+    """An override value as bits (an allowed int) or ``None`` (keep float); else :class:`ConfigError`."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in FLOAT_WORDS):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or (isinstance(value, str) and not value.strip().isdigit()):
+        raise ConfigError(key, value, "one of " + ", ".join(map(repr, allowed)) + ", or null/'float' to keep it float")
+    bits = int(value)
+    if bits not in allowed:
+        raise ConfigError(key, value, "one of " + ", ".join(map(repr, allowed)) + ", or null/'float' to keep it float")
+    return bits
 
 
 class Plugin:
@@ -208,10 +251,23 @@ class Stage(Plugin):
 
     #: True for a stage that may legitimately leave the model unchanged (the contract then skips that check)
     noop: ClassVar[bool] = False
+    #: True for a stage that zeroes weights in place (unstructured pruning): later writers should store them sparsely
+    zeroes_weights: ClassVar[bool] = False
+
+    def check_model(self, model_config: Any) -> None:
+        """Optional: before any weights load, raise a slimkit error (naming the model type, this backend and what
+        it supports) if this stage cannot handle the model ``model_config`` (a transformers config) describes."""
 
     def apply(self, state: "PipelineState") -> dict[str, Any]:
         """Apply this stage to ``state.model``; return metrics for the report."""
         raise NotImplementedError
+
+    def keeps_sparse_storage(self) -> bool:
+        """Whether this stage's artifact still stores exact zeros sparsely (bitmask + values) when an earlier
+        stage zeroed weights. Writers that save through ``slimkit.toolkit.storage.save_tensors`` do; a
+        format that packs codes so that zero is not the byte 0 returns False, and the pipeline then refuses
+        the combination at config time instead of silently writing a dense file."""
+        return True
 
     # --- artifact I/O: override only when save_pretrained cannot write the result -------------
     def save(self, model: "torch.nn.Module", directory: Path) -> None:

@@ -17,10 +17,11 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
+
 from slimkit.core.errors import ConfigError, DataError
 from slimkit.core.state import DataSplits
 from slimkit.data.corpus import Corpus, load_corpus
-from tqdm.auto import tqdm
 
 WIKI_SAMPLE = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 

@@ -45,7 +45,7 @@ def _decode_tokens_per_s(model: torch.nn.Module, prompt: torch.Tensor, new_token
 
 
 def latency(models: Mapping[str, torch.nn.Module], prompt: torch.Tensor, threads: int = 1, repeats: int = 5,
-            decode_tokens: int = 32) -> dict[str, dict[str, float]]:
+            decode_tokens: int = 32, progress: bool = True) -> dict[str, dict[str, float]]:
     """Median prefill ms and decode tokens/s for each model, timed alternately in this process.
 
     Every round runs each model once in turn, so drift in machine load hits all of them alike.
@@ -55,7 +55,8 @@ def latency(models: Mapping[str, torch.nn.Module], prompt: torch.Tensor, threads
         for model in models.values():  # warm-up: allocator, kernels, lazy init
             _prefill_ms(model, prompt)
             _decode_tokens_per_s(model, prompt, 2)
-        for _ in tqdm(range(repeats), desc=f"latency ({threads} thread{'s' if threads != 1 else ''})", leave=False):
+        for _ in tqdm(range(repeats), desc=f"latency ({threads} thread{'s' if threads != 1 else ''})", leave=False,
+                      disable=not progress):
             for name, model in models.items():
                 results[name]["prefill_ms"].append(_prefill_ms(model, prompt))
                 results[name]["decode_tokens_per_s"].append(_decode_tokens_per_s(model, prompt, decode_tokens))

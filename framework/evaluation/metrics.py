@@ -7,8 +7,9 @@ import math
 from typing import Any
 
 import torch
-from slimkit.models import count_parameters
 from tqdm.auto import tqdm
+
+from slimkit.models import count_parameters
 
 
 def model_logits(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
@@ -49,3 +50,22 @@ def quality_metrics(model: torch.nn.Module, windows: torch.Tensor, batch_size: i
         "parameters": count_parameters(model),
         "nonzero_parameters": nonzero_parameters(model),
     }
+
+
+def next_token_nll(logits: torch.Tensor, input_ids: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Next-token cross-entropy: position t's logits predict token t+1 (the last position is dropped)."""
+    shifted = logits[:, :-1].float()
+    return torch.nn.functional.cross_entropy(shifted.reshape(-1, shifted.shape[-1]), input_ids[:, 1:].reshape(-1),
+                                             reduction=reduction)
+
+
+def mean_next_token_loss(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 4) -> float:
+    """Mean next-token cross-entropy of ``model`` over every predicted token of ``windows`` (no grad)."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, windows.shape[0], batch_size):
+            batch = windows[start:start + batch_size]
+            total += next_token_nll(model(input_ids=batch, use_cache=False).logits, batch, "sum").item()
+            count += batch[:, 1:].numel()
+    return total / count if count else float("nan")
+

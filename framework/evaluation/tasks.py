@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 import hashlib
 import importlib.resources
 import io
+import logging
 import json
 import random
 import re
@@ -37,8 +37,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import torch
-from slimkit.core.errors import ConfigError, DataError
 from tqdm.auto import tqdm
+
+from slimkit.core.errors import ConfigError, DataError
 
 SDIST = "vaderSentiment-3.3.2.tar.gz"
 FETCH_HINT = "pip download --no-deps --no-binary :all: vaderSentiment==3.3.2 -d \"$SLIMKIT_CACHE/sdist\""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
 from slimkit.core.artifact import atomic_directory, load_pretrained
 from slimkit.core.errors import ConfigError, ModelLoadError
 from slimkit.core.paths import cache_dir
@@ -117,8 +118,9 @@ def tiny_tokenizer(vocab_size: int = 512):
 
     target = cache_dir() / "tokenizers" / f"tiny-bpe-{vocab_size}"
     if not (target / "tokenizer.json").is_file():
-        from slimkit.data import wikipedia_articles
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+        from slimkit.data import wikipedia_articles
 
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -146,6 +148,16 @@ def tiny_model(seed: int = 0, vocab_size: int = 512, hidden_size: int = 64, laye
 
 # --- the entry point -------------------------------------------------------------------------------
 
+def checked_folder(path: str) -> Path:
+    """``model.path`` as a folder, or a ModelLoadError saying why it is not a Hugging Face model folder."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise ModelLoadError(f"model.path={str(path)!r} is not a folder")
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(f"model.path={str(path)!r} has no config.json: not a Hugging Face model folder")
+    return folder
+
+
 def load_model(name: str = "smollm2-135m", path: str | None = None, trust_remote_code: bool = False,
                seed: int = 0) -> LoadedModel:
     """Load the model a ``model`` config names.
@@ -156,11 +168,7 @@ def load_model(name: str = "smollm2-135m", path: str | None = None, trust_remote
     from transformers import AutoTokenizer
 
     if path:
-        folder = Path(path).expanduser()
-        if not folder.is_dir():
-            raise ModelLoadError(f"model.path={str(path)!r} is not a folder")
-        if not (folder / "config.json").is_file():
-            raise ModelLoadError(f"model.path={str(path)!r} has no config.json: not a Hugging Face model folder")
+        folder = checked_folder(path)
         model = load_pretrained(folder, trust_remote_code=trust_remote_code)
         tokenizer = _load_tokenizer(folder, trust_remote_code)
         return LoadedModel(model, tokenizer, name=folder.name, path=str(folder), provenance=f"local folder {folder}")
@@ -192,3 +200,30 @@ def _load_tokenizer(folder: Path, trust_remote_code: bool):
         return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load a tokenizer from {str(folder)!r}: {exc}") from exc
+
+
+def model_skeleton(name: str = "smollm2-135m", path: str | None = None, trust_remote_code: bool = False,
+                   seed: int = 0) -> torch.nn.Module:
+    """The architecture ``load_model`` would build, on the meta device (no weights read or allocated): for
+    checking module names and shapes before the model loads."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if name == "tiny" and not path:
+        with init_empty_weights():
+            return tiny_model(seed)
+    if path:
+        source = str(checked_folder(path))
+    elif name in EMBEDDED:
+        source = str(EMBEDDED[name][0]())
+    elif "/" not in name:
+        raise ConfigError("model.name", name, "one of " + ", ".join(map(repr, [*EMBEDDED, "tiny"]))
+                          + ", a hub id like 'org/model', or set model.path to a local folder")
+    else:
+        source = name
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+        with init_empty_weights():
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"cannot build the architecture of {source!r}: {exc}") from exc

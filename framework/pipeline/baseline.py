@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from filelock import FileLock
+
 from slimkit.core.artifact import atomic_write_text
 
 log = logging.getLogger("slimkit")

@@ -8,8 +8,10 @@ dataclass is registered under its kind's group with a ``backend`` field naming i
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, List, Optional
+import re
+from typing import Any, List, Mapping, Optional, Sequence
 
+from slimkit.core.errors import SlimkitError
 from slimkit.core.plugin import Kind, Stage, StageConfig
 from slimkit.core.registry import Registry, default_registry
 
@@ -68,6 +70,27 @@ class EvalConfig:
     decode_tokens: int = 32
     repeats: int = 5
     batch_size: int = 4
+    #: 'serving': fresh processes that load only the original and the artifact (how a deployed model runs);
+    #: 'in_process': this run's own process. The report's timing.condition says which; both ratios are kept
+    latency_condition: str = "serving"
+    #: fresh processes for the serving condition (per-process ratios; the report gives median, min, max)
+    latency_processes: int = 3
+
+
+LATENCY_CONDITIONS = ("serving", "in_process")
+
+
+def check_eval(eval_cfg: Mapping[str, Any]) -> None:
+    """Range and choice checks of the ``eval`` group (before any model loads)."""
+    from slimkit.core.plugin import check_choice, check_range
+
+    check_choice("eval.latency_condition", eval_cfg.get("latency_condition", "serving"), LATENCY_CONDITIONS)
+    check_range("eval.latency_processes", eval_cfg.get("latency_processes", 3), 1)
+    for key in ("threads", "repeats", "prompt_tokens", "batch_size"):
+        if key in eval_cfg:
+            check_range(f"eval.{key}", eval_cfg[key], 1)
+    if eval_cfg.get("task_samples") is not None:  # null: every example of each task
+        check_range("eval.task_samples", eval_cfg["task_samples"], 1)
 
 
 @dataclasses.dataclass
@@ -103,6 +126,7 @@ class BrokenPluginNode:
 def register_configs(registry: Registry | None = None) -> None:
     """Register core schemas and every installed backend's config in Hydra's ConfigStore."""
     from hydra.core.config_store import ConfigStore
+
     from slimkit.core.errors import PluginError
 
     registry = registry or default_registry()
@@ -122,6 +146,7 @@ def register_configs(registry: Registry | None = None) -> None:
 def stage_config(cls: type[Stage], node: Any, key: str) -> StageConfig:
     """Build a backend's Config from a (possibly untyped) config node; unknown keys are errors."""
     from omegaconf import DictConfig, OmegaConf
+
     from slimkit.core.errors import ConfigError
 
     values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
@@ -131,3 +156,63 @@ def stage_config(cls: type[Stage], node: Any, key: str) -> StageConfig:
     if unknown:
         raise ConfigError(f"{key}.{unknown[0]}", values[unknown[0]], f"a key of {cls.Config.__name__}: {', '.join(sorted(fields))}")
     return cls.Config(**values)
+
+
+def _override_values(overrides: Sequence[str]) -> dict[str, str]:
+    values = {}
+    for item in overrides:
+        key, sep, value = item.lstrip("+~").partition("=")
+        if sep:
+            values[key] = value
+    return values
+
+
+def explain_compose_error(exc: BaseException, overrides: Sequence[str], registry: Registry | None = None) -> SlimkitError:
+    """Turn Hydra/OmegaConf's composition error into a slimkit error naming the key, the value and what is
+    allowed (for an unknown key: every valid key of that backend)."""
+    from slimkit.core.errors import ConfigError, SlimkitError
+
+    registry = registry or default_registry()
+    chain, seen = [], exc
+    while seen is not None and len(chain) < 5:  # Hydra wraps OmegaConf's error, which names the key
+        chain.append(str(seen))
+        seen = seen.__cause__ or seen.__context__
+    text = "\n".join(chain)
+    full_key = re.search(r"full_key: ([\w.\[\]]+)", text)
+    override = re.search(r"override '([\w.]+)'", text)
+    key = full_key.group(1) if full_key else (override.group(1) if override else None)
+    value = _override_values(overrides).get(key or "", None)
+    missing = re.search(r"Key '([^']+)' not in '(\w+)'", text)
+    if key and missing:
+        node_name = missing.group(2)
+        for kind in Kind:
+            for info in registry.infos(kind):
+                try:
+                    cls = registry.get(kind, info.name)
+                except SlimkitError:
+                    continue
+                if backend_node(cls).__name__ == node_name:
+                    fields = sorted(f.name for f in dataclasses.fields(cls.Config))
+                    return ConfigError(key, value, f"a key of the {kind.value} {info.name!r}: {', '.join(fields)}")
+    converted = re.search(r"Value '([^']*)'(?: of type '\w+')? (?:could not be converted to|is not a valid) (\w+)", text)
+    if key and converted:
+        return ConfigError(key, converted.group(1), f"a value of type {converted.group(2)}")
+    first = chain[0].strip().splitlines()[0] if chain[0].strip() else type(exc).__name__
+    return ConfigError(key or "config", value, "a configuration that composes", first)
+
+
+def check_composes(overrides: Sequence[str], registry: Registry | None = None) -> dict[str, Any]:
+    """Compose the run's config as Hydra will (without Hydra's own settings) and return it as a plain
+    dict; a composition error becomes a slimkit :class:`ConfigError` (see :func:`explain_compose_error`)."""
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    task = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
+    try:
+        with initialize_config_module(config_module="slimkit.conf", version_base="1.3"):
+            cfg = compose(config_name="config", overrides=task)
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise explain_compose_error(exc, task, registry) from None

@@ -70,7 +70,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "- stages: " + (" → ".join(f"{s['kind']} {s['backend']} ({s['distribution']} {s['version']}, "
                                     f"{s['seconds']} s)" for s in report["stages"]) or "none"),
         f"- ratios (baseline/final size, final/baseline speed and perplexity): {ratio_text}",
-        f"- latency: median of alternating runs, {threads} torch thread(s)" if threads else "- latency: not measured",
+        _timing_line(report.get("timing"), threads),
+        f"- achieved sparsity {report['final'].get('achieved_sparsity', 0):.3f} of the original Linear weights; "
+        f"{report['final'].get('bits_per_weight', float('nan')):.2f} stored bits per original parameter",
         f"- artifact: `{report['artifact']}` (reload max |Δlogit| {report['final'].get('reload_max_abs_logit_diff', 0):.2g})",
         "",
         markdown_table(summary_rows(report), {name: t["metric"] for name, t in (report.get("tasks") or {}).items()}),
@@ -87,6 +89,18 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+
+
+def _timing_line(timing: Mapping[str, Any] | None, threads: Any) -> str:
+    if not timing:
+        return "- latency: not measured"
+    if timing.get("condition") == "serving":
+        p, d = timing["prefill_speedup"], timing["decode_speedup"]
+        return (f"- latency: {timing['description']}, {timing['processes']} processes, {threads} torch thread(s): "
+                f"prefill ×{p['median']:.2f} (×{p['min']:.2f}–{p['max']:.2f}), decode ×{d['median']:.2f} "
+                f"(×{d['min']:.2f}–{d['max']:.2f}); in this run's process: prefill ×"
+                f"{timing['in_process']['prefill_speedup']:.2f}, decode ×{timing['in_process']['decode_speedup']:.2f}")
+    return f"- latency: {timing['description']}, median of alternating runs, {threads} torch thread(s)"
 
 
 def write_reports(report: Mapping[str, Any], output_dir: Path) -> None:

@@ -4,6 +4,7 @@ reload and verify → measure latency against the original → report."""
 from __future__ import annotations
 
 import copy
+import fnmatch
 import logging
 import tempfile
 import time
@@ -12,16 +13,18 @@ from typing import Any, Mapping
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+
 from slimkit.core import artifact
 from slimkit.core.errors import ArtifactError, ConfigError, StageOrderError
-from slimkit.core.plugin import STAGE_KINDS, Kind, Stage
+from slimkit.core.loader import load
+from slimkit.core.plugin import STAGE_KINDS, Kind, PrunerConfig, QuantizerConfig, Stage
 from slimkit.core.registry import PluginInfo, Registry, default_registry
 from slimkit.core.state import PipelineState
 from slimkit.data import build_splits, corpus_from_config
 from slimkit.evaluation import latency, model_logits, quality_metrics
 from slimkit.evaluation.tasks import TaskSet, task_records
-from slimkit.models import load_model
-from slimkit.pipeline.config import stage_config
+from slimkit.models import load_model, model_skeleton
+from slimkit.pipeline.config import check_eval, stage_config
 from slimkit.pipeline.report import write_reports
 
 log = logging.getLogger("slimkit")
@@ -69,7 +72,19 @@ def resolve_stages(cfg: Mapping[str, Any], registry: Registry) -> list[tuple[Sta
         stages.append((stage, registry.info(kind, backend)))
         if kind is Kind.QUANTIZER:
             quantized_by = backend
+    check_storage(stages)
     return stages
+
+
+def check_model(stages: list[tuple[Stage, PluginInfo]], model_cfg: Mapping[str, Any]) -> None:
+    """Let each stage refuse the model from its config alone (model type, layout), before any weights load."""
+    from slimkit.models import model_config
+
+    config = model_config(model_cfg.get("name", "smollm2-135m"), model_cfg.get("path"),
+                          model_cfg.get("trust_remote_code", False))
+    if config is not None:
+        for stage, _ in stages:
+            stage.check_model(config)
 
 
 def recovery_hook(stages: list[tuple[Stage, PluginInfo]]):
@@ -102,9 +117,36 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+#: an artifact must reload to logits within this of the model in memory, relative to the largest |logit|
+#: (every first-party backend reloads bit-exactly; fp16 rounding of weights, say, exceeds it)
+RELOAD_RTOL = 1e-5
+
+
+def verify_reload(directory: Path, model: torch.nn.Module, probe: torch.Tensor,
+                  registry: Registry | None = None) -> tuple[torch.nn.Module, float]:
+    """Reload the artifact in ``directory`` and compare its logits on ``probe`` with ``model``'s.
+
+    Returns the reloaded model and the largest absolute logit difference; raises :class:`ArtifactError`
+    when that exceeds ``RELOAD_RTOL`` × max(1, max |logit|)."""
+    reloaded = load(directory, registry)
+    expected = model_logits(model, probe)
+    diff = (model_logits(reloaded, probe) - expected).abs().max().item()
+    bound = RELOAD_RTOL * max(1.0, expected.abs().max().item())
+    if not diff <= bound:
+        raise ArtifactError(f"the artifact reloads with logits differing by {diff:.3g} (allowed {bound:.3g}) from the "
+                            "compressed model in memory: it is not a faithful save (a stage that changes weights in a "
+                            "way save_pretrained cannot write must set state.artifact_writer); nothing was kept")
+    return reloaded, diff
+
+
 def save_artifact(state: PipelineState, target: Path, overwrite: bool, records: list[dict[str, Any]],
-                  model_info: dict[str, Any]) -> None:
-    """Write the model, its tokenizer and the manifest into ``target`` atomically."""
+                  model_info: dict[str, Any], probe: torch.Tensor | None = None,
+                  registry: Registry | None = None) -> tuple[torch.nn.Module | None, float | None]:
+    """Write the model, its tokenizer and the manifest into ``target`` atomically.
+
+    With a ``probe``, the artifact is reloaded and verified (:func:`verify_reload`) *before* it is renamed
+    into place, so an unfaithful save leaves no folder behind. Returns (reloaded model, logit difference),
+    or (None, None) without a probe."""
     writer = state.artifact_writer
     with artifact.atomic_directory(target, overwrite=overwrite) as tmp:
         (writer or Stage()).save(state.model, tmp)
@@ -112,25 +154,74 @@ def save_artifact(state: PipelineState, target: Path, overwrite: bool, records: 
         writer_record = next((r for r in records if writer and r["kind"] == writer.kind.value and
                               r["backend"] == writer.name), None)
         artifact.write_manifest(tmp, {"writer": writer_record, "stages": records, "model": model_info})
-
-
-def load(path: str | Path, registry: Registry | None = None) -> torch.nn.Module:
-    """Reload a slimkit artifact (any backend) as a model in eval mode."""
-    from slimkit.models import load_pretrained
-
-    manifest = artifact.read_manifest(path)
-    writer = manifest.get("writer")
-    if not writer:
-        return load_pretrained(path)
-    cls = (registry or default_registry()).get(Kind(writer["kind"]), writer["backend"])
-    cls.check_dependencies()
-    return cls.load(Path(path), manifest).eval()
+        if probe is None:
+            return None, None
+        return verify_reload(tmp, state.model, probe, registry)
 
 
 def _fp32_size(model: torch.nn.Module) -> int:
     with tempfile.TemporaryDirectory(prefix="slimkit-baseline-") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         return artifact.directory_size(tmp)
+
+
+def check_module_globs(stages: list[tuple[Stage, PluginInfo]], skeleton: torch.nn.Module) -> None:
+    """Every include/exclude/overrides glob of a pruner or quantizer must match a Linear module of the model
+    (checked on a weightless copy, before any weights load)."""
+    from slimkit.toolkit.modules import select_modules
+
+    for stage, info in stages:
+        cfg = stage.config
+        if not isinstance(cfg, (PrunerConfig, QuantizerConfig)):
+            continue
+        key = info.kind.value
+        chosen = select_modules(skeleton, cfg.include, cfg.exclude, prefix=key)
+        # a quantizer's overrides may also re-include an excluded module; a pruner's apply to selected ones
+        pool = select_modules(skeleton, ["*"], [], prefix=key) if isinstance(cfg, QuantizerConfig) else chosen
+        for glob in cfg.overrides:
+            if not any(fnmatch.fnmatchcase(name, glob) for name in pool):
+                raise ConfigError(f"{key}.overrides", glob, f"a glob matching at least one Linear module "
+                                  f"(e.g. {', '.join(list(pool)[:3])})", "it matches none")
+
+
+def check_storage(stages: list[tuple[Stage, PluginInfo]]) -> None:
+    """Refuse, at config time, a stage whose artifact cannot keep the zeros an earlier stage made sparse."""
+    zeroed_by = None
+    for stage, info in stages:
+        if zeroed_by and not stage.keeps_sparse_storage():
+            raise ConfigError(f"{info.kind.value}", info.name, "a backend that stores exact zeros sparsely after the "
+                              f"unstructured pruner {zeroed_by!r} (quanto, int8, or this backend with settings that "
+                              "keep zeros as zero bytes)", f"{info.name} with these settings packs weights so that the "
+                              "pruned zeros would be stored densely and the file would not shrink")
+        if stage.zeroes_weights:
+            zeroed_by = info.name
+
+
+def linear_weight_count(model: torch.nn.Module) -> tuple[int, int]:
+    """(weights, nonzero weights) of the float Linear (and GPT-2 Conv1D) layers, output embeddings excluded."""
+    from slimkit.toolkit.modules import linear_types
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    types = linear_types()
+    total = nonzero = 0
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if module is head or not isinstance(module, types) or not isinstance(weight, torch.Tensor):
+            continue
+        if not weight.is_floating_point() or weight.device.type == "meta":
+            continue
+        total += weight.numel()
+        nonzero += int(torch.count_nonzero(weight))
+    return total, nonzero
+
+
+def _baseline_folder(loaded, reference: torch.nn.Module, scratch: Path) -> Path:
+    """A float folder of the original model for timing processes: the model's own folder when it has one."""
+    folder = Path(loaded.path) if loaded.path else None
+    if folder is not None and folder.is_dir() and any(folder.glob("*.safetensors")):
+        return folder
+    reference.save_pretrained(scratch, safe_serialization=True)
+    return scratch
 
 
 def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None) -> dict[str, Any]:
@@ -144,11 +235,15 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
     if target.exists() and not out_cfg.get("overwrite", False):
         raise ArtifactError(f"output.model_dir={str(target)!r} already exists; refusing to overwrite it "
                             "(set output.overwrite=true, or choose another output folder)")
+    check_eval(eval_cfg)
     stages = resolve_stages(settings, registry)
+    check_model(stages, model_cfg)
     corpus = corpus_from_config(data_cfg)  # data.path read and checked before the model loads
     tasks = TaskSet(eval_cfg.get("tasks") or [])  # task data loaded offline before the model loads
     seed = int(settings.get("seed", 0))
     torch.manual_seed(seed)
+    check_module_globs(stages, model_skeleton(model_cfg["name"], model_cfg.get("path"),
+                                              model_cfg.get("trust_remote_code", False), seed))
 
     loaded = load_model(model_cfg["name"], model_cfg.get("path"), model_cfg.get("trust_remote_code", False), seed)
     data = build_splits(loaded.tokenizer, **{**data_cfg, "corpus": corpus})
@@ -168,13 +263,13 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
     def task_scores(model: torch.nn.Module, label: str) -> dict[str, Any]:
         return {"tasks": tasks.evaluate(model, loaded.tokenizer, eval_cfg.get("task_samples", 200), bs, label)}
 
-    from slimkit.pipeline.baseline import (
-        cached_baseline,  # in a sweep: evaluated once, reused by every job
-    )
+    from slimkit.pipeline.baseline import cached_baseline  # in a sweep: evaluated once, reused by every job
 
     baseline = cached_baseline(settings, lambda: {**evaluate(loaded.model, "baseline"), **task_scores(reference, "baseline"),
                                                   "size_bytes": _fp32_size(reference)})
+    linear_total, _ = linear_weight_count(reference)
     final = dict(baseline)
+    achieved_sparsity = 0.0
     records = []
     for stage, info in stages:
         log.info("applying %s", info.describe())
@@ -183,25 +278,29 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
         metrics = stage.apply(state) or {}
         record["seconds"] = round(time.perf_counter() - start, 2)
         state.applied.append(info.kind.value)
+        if info.kind is Kind.PRUNER:  # zeroed or removed, as a fraction of the original's Linear weights
+            _, nonzero = linear_weight_count(state.model)
+            achieved_sparsity = 1 - nonzero / linear_total if linear_total else 0.0
+            metrics.setdefault("achieved_sparsity", achieved_sparsity)
         final = evaluate(state.model, info.name)
         record["metrics"] = _jsonable({**metrics, **final})
         records.append(record)
 
-    save_artifact(state, target, bool(out_cfg.get("overwrite", False)), records, model_info)
-    reloaded = load(target, registry)
     probe = data.eval[:1, :64]
-    reload_diff = (model_logits(reloaded, probe) - model_logits(state.model, probe)).abs().max().item()
-    if reload_diff > 1e-3:
-        raise ArtifactError(f"the artifact in {target} reloads with logits differing by {reload_diff:.3g} from the "
-                            "compressed model in memory; it is not a faithful save")
-
+    reloaded, reload_diff = save_artifact(state, target, bool(out_cfg.get("overwrite", False)), records, model_info,
+                                          probe=probe, registry=registry)
     final["size_bytes"] = artifact.directory_size(target) - _tokenizer_bytes(target)
     final["reload_max_abs_logit_diff"] = reload_diff
+    final["achieved_sparsity"] = achieved_sparsity
+    original_parameters = model_info["parameters"]  # counted before any stage changed the model
+    if original_parameters:  # stored bits per parameter of the original model: comparable across jobs and backends
+        final["bits_per_weight"] = 8 * final["size_bytes"] / original_parameters
+        baseline["bits_per_weight"] = 8 * baseline["size_bytes"] / original_parameters
     final.update(task_scores(reloaded, "final"))
+    timing = None
     if eval_cfg.get("latency", True):
         prompt = data.eval[:1, : eval_cfg.get("prompt_tokens", 128)]
-        timed = latency({"baseline": reference, "final": reloaded}, prompt, threads=eval_cfg.get("threads", 1),
-                        repeats=eval_cfg.get("repeats", 5), decode_tokens=eval_cfg.get("decode_tokens", 32))
+        timing, timed = _time(eval_cfg, loaded, reference, reloaded, target, prompt)
         baseline.update(timed["baseline"])
         final.update(timed["final"])
     report = {
@@ -212,6 +311,7 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
         "final": final,
         "tasks": task_records(tasks.info(), baseline.get("tasks", {}), final.get("tasks", {})),
         "ratios": _ratios(baseline, final),
+        "timing": timing,
         "artifact": str(target),
         "seed": seed,
         "torch": torch.__version__,
@@ -220,6 +320,36 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
                              if t["retained"] is not None})
     write_reports(report, output_dir)
     return report
+
+
+def _time(eval_cfg: Mapping[str, Any], loaded, reference: torch.nn.Module, reloaded: torch.nn.Module, target: Path,
+          prompt: torch.Tensor) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Latency of the artifact against the original, timed as ``eval.latency_condition`` says."""
+    from slimkit.evaluation.serving import CONDITIONS, serving_latency
+
+    threads, repeats = eval_cfg.get("threads", 1), eval_cfg.get("repeats", 5)
+    decode_tokens = eval_cfg.get("decode_tokens", 32)
+    condition = eval_cfg.get("latency_condition", "serving")
+    in_process = latency({"baseline": reference, "final": reloaded}, prompt, threads=threads, repeats=repeats,
+                         decode_tokens=decode_tokens)
+    timing: dict[str, Any] = {"condition": condition, "description": CONDITIONS[condition], "threads": threads,
+                              "repeats": repeats, "decode_tokens": decode_tokens, "prompt_tokens": int(prompt.shape[1]),
+                              "in_process": _speedups(in_process)}
+    if condition == "in_process":
+        timing["processes"] = 0
+        return timing, in_process
+    with tempfile.TemporaryDirectory(prefix="slimkit-timing-baseline-") as scratch:
+        folder = _baseline_folder(loaded, reference, Path(scratch))
+        served = serving_latency(folder, target, prompt[0].tolist(), processes=eval_cfg.get("latency_processes", 3),
+                                 threads=threads, repeats=repeats, decode_tokens=decode_tokens)
+    timing.update({"processes": len(served["runs"]), "prefill_speedup": served["prefill_speedup"],
+                   "decode_speedup": served["decode_speedup"], "top1_agreement": served["top1_agreement"]})
+    return timing, {"baseline": served["baseline"], "final": served["final"]}
+
+
+def _speedups(timed: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    return {"prefill_speedup": timed["baseline"]["prefill_ms"] / timed["final"]["prefill_ms"],
+            "decode_speedup": timed["final"]["decode_tokens_per_s"] / timed["baseline"]["decode_tokens_per_s"]}
 
 
 def _tokenizer_bytes(directory: Path) -> int:

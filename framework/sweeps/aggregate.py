@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from omegaconf import OmegaConf
+
 from slimkit.core.errors import ConfigError, SlimkitError
 from slimkit.sweeps.jobs import (
     check_sweep_settings,
@@ -39,6 +40,12 @@ class Job:
     backends: dict[str, str | None]
     sparsity: float | None = None
     bits: Any = None
+    #: fraction of the original Linear weights zeroed or removed (report.json final.achieved_sparsity)
+    achieved_sparsity: float | None = None
+    #: stored bits per parameter of the original model (file size x 8 / parameters; final.bits_per_weight)
+    bits_per_weight: float | None = None
+    #: how the speed ratios were timed (report.json timing.condition) and over how many fresh processes
+    timing: str | None = None
     perplexity: float | None = None
     quality: float | None = None
     accuracy: dict[str, float] = dataclasses.field(default_factory=dict)
@@ -170,6 +177,10 @@ def load_job(job_dir: Path, root: Path, sweep: Mapping[str, Any]) -> Job:
         job.size_mb = final["size_bytes"] / 1e6 if final.get("size_bytes") else None
         job.size_ratio, job.speed_ratio = ratios.get("size"), ratios.get("speed")
         job.prefill_ratio = ratios.get("prefill_speed")
+        job.achieved_sparsity, job.bits_per_weight = final.get("achieved_sparsity"), final.get("bits_per_weight")
+        timing = report.get("timing") or {}
+        if timing.get("condition"):
+            job.timing = f"{timing['condition']} x{timing.get('processes', 0)}" if timing.get("processes") else timing["condition"]
         floor = float(sweep.get("min_quality", 0.97))
         job.feasible = None if job.quality is None else job.quality >= floor
         try:

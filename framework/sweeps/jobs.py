@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from omegaconf import OmegaConf
+
 from slimkit.core.artifact import atomic_write_text
 from slimkit.core.errors import ArtifactError, SlimkitError
 from slimkit.pipeline.baseline import baseline_cache_dir

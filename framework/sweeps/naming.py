@@ -7,6 +7,7 @@ import logging
 import re
 
 from omegaconf import OmegaConf
+
 from slimkit.core.errors import ArtifactError
 
 log = logging.getLogger("slimkit.sweeps")

@@ -18,9 +18,9 @@ from slimkit.sweeps.naming import KINDS, OUTPUTS
 
 log = logging.getLogger("slimkit.sweeps")
 
-HEADERS = ["job", "status", "pruner", "sparsity", "distiller", "quantizer", "bits", "other overrides", "perplexity",
-           "quality %", "size MB", "size ×", "decode ×", "prefill ×", "feasible", "frontier", "objective",
-           "error"]
+HEADERS = ["job", "status", "pruner", "sparsity", "achieved sparsity", "distiller", "quantizer", "bits", "bits/weight",
+           "other overrides", "perplexity", "quality %", "size MB", "size ×", "decode ×", "prefill ×",
+           "timed", "feasible", "frontier", "objective", "error"]
 #: task columns (one per task any job scored) go after this column
 TASKS_AFTER = HEADERS.index("quality %")
 
@@ -53,12 +53,13 @@ def table_rows(result: SweepResult) -> list[list[str]]:
     for j in result.jobs:
         frontier = "/".join(n for n, on in (("size", j.pareto_size), ("speed", j.pareto_speed)) if on)
         rows.append([
-            j.job, j.status, _fmt(j.backends.get("pruner")), _fmt(j.sparsity), _fmt(j.backends.get("distiller")),
-            _fmt(j.backends.get("quantizer")), _fmt(j.bits), " ".join(j.other_overrides) or "–",
+            j.job, j.status, _fmt(j.backends.get("pruner")), _fmt(j.sparsity), _fmt(j.achieved_sparsity, "{:.3f}"),
+            _fmt(j.backends.get("distiller")), _fmt(j.backends.get("quantizer")), _fmt(j.bits),
+            _fmt(j.bits_per_weight, "{:.2f}"), " ".join(j.other_overrides) or "–",
             _fmt(j.perplexity, "{:.2f}"), _fmt(None if j.quality is None else 100 * j.quality, "{:.1f}"),
             *(_fmt(j.accuracy.get(t), "{:.3f}") for t in tasks), _fmt(j.size_mb, "{:.3f}"),
             _fmt(j.size_ratio, "{:.2f}"), _fmt(j.speed_ratio, "{:.2f}"), _fmt(j.prefill_ratio, "{:.2f}"),
-            _fmt(j.feasible), frontier or "–", _fmt(j.objective, "{:.4g}"), (j.error or "").splitlines()[0][:200] if j.error else "",
+            _fmt(j.timing), _fmt(j.feasible), frontier or "–", _fmt(j.objective, "{:.4g}"), (j.error or "").splitlines()[0][:200] if j.error else "",
         ])
     return rows
 
@@ -120,9 +121,9 @@ def summary_lines(result: SweepResult) -> list[str]:
 
 def write_csv(result: SweepResult, path: Path) -> None:
     """One CSV row per job with raw numbers (not formatted)."""
-    fields = ["job", "status", "pruner", "sparsity", "distiller", "quantizer", "bits", "other_overrides",
-              "perplexity", "quality", "accuracy", "size_mb", "size_ratio", "speed_ratio", "prefill_ratio",
-              "feasible", "pareto_size", "pareto_speed", "objective", "error"]
+    fields = ["job", "status", "pruner", "sparsity", "achieved_sparsity", "distiller", "quantizer", "bits",
+              "bits_per_weight", "other_overrides", "perplexity", "quality", "accuracy", "size_mb", "size_ratio",
+              "speed_ratio", "prefill_ratio", "timing", "feasible", "pareto_size", "pareto_speed", "objective", "error"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields)
     writer.writeheader()

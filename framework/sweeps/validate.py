@@ -8,6 +8,7 @@ import logging
 from typing import Any, Mapping, Sequence
 
 from omegaconf import OmegaConf
+
 from slimkit.core.errors import SlimkitError
 from slimkit.sweeps.jobs import check_sweep_settings
 from slimkit.sweeps.naming import KINDS, SweepError, override_key
@@ -103,8 +104,10 @@ def validate_sweep(argv: Sequence[str], registry: Any = None) -> int:
     from hydra import compose, initialize_config_module
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
+
     from slimkit.core.registry import default_registry
     from slimkit.pipeline import resolve_stages
+    from slimkit.pipeline.config import explain_compose_error
 
     registry = registry or default_registry()
 
@@ -140,7 +143,7 @@ def validate_sweep(argv: Sequence[str], registry: Any = None) -> int:
         except SlimkitError as exc:
             return str(exc)
         except (HydraException, OmegaConfBaseException) as exc:
-            return f"{type(exc).__name__}: {exc}".splitlines()[0]
+            return str(explain_compose_error(exc, items, registry))
         return None
 
     with initialize_config_module(config_module="slimkit.conf", version_base="1.3"):
@@ -184,6 +187,3 @@ def _parse_is_sweep(text: str) -> bool:
     return OverridesParser.create().parse_override(text).is_sweep_override()
 
 
-__all__ = ["Job", "SweepError", "SweepReportCallback", "SweepResult", "baseline_key", "cached_baseline", "collect",
-           "completed_report", "dominates", "expand_sweep", "find_jobs", "job_dirname", "objective", "pareto_front",
-           "quality", "report_command", "sweep_job", "validate_sweep", "write_sweep_report"]

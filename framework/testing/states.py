@@ -6,6 +6,7 @@ import copy
 import functools
 
 import torch
+
 from slimkit.core.state import PipelineState
 from slimkit.data import DataSplits, build_splits
 from slimkit.models import tiny_model, tiny_tokenizer

@@ -25,20 +25,21 @@ import logging
 import math
 import re
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
+from typing import Any, Callable, Iterator, List, Mapping, Optional
 
 import torch
-from slimkit.core.errors import ConfigError, DataError
-from slimkit.core.plugin import Kind, Stage, StageConfig, check_choice, check_range
-from slimkit.toolkit.modules import _matches, select_modules
 from tqdm.auto import tqdm
+
+from slimkit.core.errors import ConfigError, DataError
+from slimkit.core.plugin import Kind, PrunerConfig, Stage, check_choice, check_range
+from slimkit.toolkit.modules import _matches, select_modules, weight_matrix
 
 log = logging.getLogger("slimkit")
 
 SCOPES = ("layer", "row", "global")
 RAMPS = ("linear", "cubic")
 _PATTERN = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
-_BLOCK = re.compile(r"^(.*?\.layers\.\d+)\.")
+_BLOCK = re.compile(r"^(.*?\.(?:layers|h)\.\d+)\.")  # model.layers.3 (Llama, OPT, GPT-NeoX), transformer.h.3 (GPT-2)
 
 __all__ = ["PruningConfig", "ScheduleConfig", "SensitivityConfig", "UnstructuredPruner", "compute_masks",
            "parse_pattern", "ramp_fractions", "run_schedule", "sensitivity_scan", "sensitivity_allocation",
@@ -115,21 +116,14 @@ class SensitivityConfig:
 
 
 @dataclasses.dataclass
-class PruningConfig(StageConfig):
-    """Settings every unstructured pruner shares (the field names are the same across backends)."""
+class PruningConfig(PrunerConfig):
+    """Settings every unstructured pruner shares, on top of :class:`PrunerConfig`'s sparsity,
+    include/exclude (Linear globs) and overrides (glob -> sparsity)."""
 
-    #: fraction of the selected weights to zero, 0 <= sparsity < 1
-    sparsity: float = 0.5
     #: comparison group: 'layer' (each layer to ``sparsity``), 'row' (each output row), 'global' (one threshold)
     scope: str = "layer"
     #: null (unstructured) or 'N:M': keep N of every M consecutive input weights per row (sparsity 1 - N/M)
     pattern: Optional[str] = None
-    #: glob patterns of Linear module names to prune
-    include: List[str] = dataclasses.field(default_factory=lambda: ["*"])
-    #: glob patterns of Linear module names to keep dense (lm_head is tied to the embedding)
-    exclude: List[str] = dataclasses.field(default_factory=lambda: ["lm_head"])
-    #: glob -> sparsity overrides for matching layers (first matching glob wins), e.g. {"*.layers.0.*": 0.3}
-    per_layer: Dict[str, float] = dataclasses.field(default_factory=dict)
     #: steps, ramp, recovery and the perplexity stop criterion
     schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
     #: optional per-block sensitivity scan (and sensitivity-guided per-block sparsity)
@@ -142,11 +136,7 @@ class PruningConfig(StageConfig):
         super().__post_init__()
         self.schedule = _coerce(ScheduleConfig, self.schedule, "pruner.schedule")
         self.sensitivity = _coerce(SensitivityConfig, self.sensitivity, "pruner.sensitivity")
-        self.per_layer = dict(self.per_layer)
-        check_range("pruner.sparsity", self.sparsity, 0.0, 1.0, high_open=True)
         check_choice("pruner.scope", self.scope, self.scopes)
-        for glob, s in self.per_layer.items():
-            check_range(f"pruner.per_layer.{glob}", s, 0.0, 1.0, high_open=True)
         nm = parse_pattern(self.pattern)
         if nm is not None:
             n, m = nm
@@ -156,15 +146,15 @@ class PruningConfig(StageConfig):
             if self.schedule.steps > 1:
                 raise ConfigError("pruner.schedule.steps", self.schedule.steps, "1 with an N:M pattern",
                                   "N:M masks are applied in one step; use schedule.recovery_steps to recover after it")
-            if self.per_layer:
-                raise ConfigError("pruner.per_layer", self.per_layer, "{} with an N:M pattern", "N:M fixes every layer's sparsity")
+            if self.overrides:
+                raise ConfigError("pruner.overrides", self.overrides, "{} with an N:M pattern", "N:M fixes every layer's sparsity")
             if self.sensitivity.allocate:
                 raise ConfigError("pruner.sensitivity.allocate", True, "false with an N:M pattern")
-        if self.scope == "global" and (self.per_layer or self.sensitivity.allocate):
-            raise ConfigError("pruner.scope", self.scope, "'layer' or 'row' when per_layer or sensitivity.allocate "
+        if self.scope == "global" and (self.overrides or self.sensitivity.allocate):
+            raise ConfigError("pruner.scope", self.scope, "'layer' or 'row' when overrides or sensitivity.allocate "
                               "sets per-layer sparsities", "a global threshold has no per-layer target")
-        if self.per_layer and self.sensitivity.allocate:
-            raise ConfigError("pruner.per_layer", self.per_layer, "{} with sensitivity.allocate=true",
+        if self.overrides and self.sensitivity.allocate:
+            raise ConfigError("pruner.overrides", self.overrides, "{} with sensitivity.allocate=true",
                               "both would set per-layer sparsity")
 
 
@@ -195,7 +185,7 @@ def compute_masks(scores: Mapping[str, torch.Tensor], targets: Mapping[str, floa
         for name, score in scores.items():
             rows, cols = score.shape
             if cols % m:
-                raise ConfigError("pruner.pattern", f"{n}:{m}", f"an M that divides every pruned layer's input width",
+                raise ConfigError("pruner.pattern", f"{n}:{m}", "an M that divides every pruned layer's input width",
                                   f"{name} has {cols} inputs")
             groups = score.reshape(rows, cols // m, m)
             keep = torch.zeros_like(groups, dtype=torch.bool)
@@ -215,7 +205,7 @@ def compute_masks(scores: Mapping[str, torch.Tensor], targets: Mapping[str, floa
         return {name: s.float() > threshold for name, s in scores.items()}
     for name, score in scores.items():
         sparsity = targets[name]
-        keep = torch.ones_like(score, dtype=torch.bool)
+        keep = torch.ones(score.shape, dtype=torch.bool)  # contiguous even for a transposed (Conv1D) score
         if scope == "row":
             k = int(round(sparsity * score.shape[1]))
             if k:
@@ -233,7 +223,7 @@ def apply_masks(layers: Mapping[str, torch.nn.Module], masks: Mapping[str, torch
     mask would leave -0.0 for negative weights); zeros already there are made +0.0 too."""
     with torch.no_grad():
         for name, mask in masks.items():
-            w = layers[name].weight
+            w = weight_matrix(layers[name])  # [out, in] for Linear and Conv1D alike
             w.masked_fill_(~mask | (w == 0), 0.0)
 
 
@@ -344,15 +334,10 @@ def run_schedule(state, prune_to: Callable[[float], Mapping[str, Any]], schedule
 
 def calibration_loss(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 4) -> float:
     """Mean next-token cross-entropy on ``windows`` (no grad)."""
-    from slimkit.toolkit.training import next_token_loss
+    from slimkit.evaluation.metrics import mean_next_token_loss
 
     model.eval()
-    total = 0.0
-    with torch.no_grad():
-        for start in range(0, windows.shape[0], batch_size):
-            batch = windows[start:start + batch_size]
-            total += next_token_loss(model, batch).item() * batch.shape[0]
-    return total / windows.shape[0]
+    return mean_next_token_loss(model, windows, batch_size)
 
 
 def _blocks(names: Iterator[str]) -> dict[str, list[str]]:
@@ -445,13 +430,13 @@ def sensitivity_allocation(table: Mapping[str, Any], target: float, max_shift: f
 # --- the shared unstructured pruner -----------------------------------------------------------------
 
 def _layer_targets(layers: Mapping[str, torch.nn.Module], cfg: PruningConfig) -> dict[str, float]:
-    for glob in cfg.per_layer:
+    for glob in cfg.overrides:
         if not any(_matches(name, glob) for name in layers):
-            raise ConfigError("pruner.per_layer", glob, "a glob matching at least one pruned layer "
+            raise ConfigError("pruner.overrides", glob, "a glob matching at least one pruned layer "
                               f"(e.g. {', '.join(list(layers)[:2])})", "it matches none")
     targets = {}
     for name in layers:
-        targets[name] = next((s for glob, s in cfg.per_layer.items() if _matches(name, glob)), cfg.sparsity)
+        targets[name] = next((s for glob, s in cfg.overrides.items() if _matches(name, glob)), cfg.sparsity)
     return targets
 
 
@@ -464,6 +449,7 @@ class UnstructuredPruner(Stage):
 
     kind = Kind.PRUNER
     Config = PruningConfig
+    zeroes_weights = True
 
     def scores(self, state, layers: Mapping[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
         """Importance of every weight of each layer ([out, in]); the lowest are zeroed."""

@@ -38,15 +38,16 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, List, Mapping, Optional, Sequence
 
 import torch
+
 from slimkit.core.errors import ConfigError, DataError
-from slimkit.core.plugin import StageConfig, check_choice, check_range
-from slimkit.toolkit.modules import select_modules
+from slimkit.core.plugin import FLOAT_WORDS, QuantizerConfig, check_choice, check_range, parse_bits
+from slimkit.evaluation.metrics import mean_next_token_loss
+from slimkit.toolkit.modules import linear_types, select_modules
 
 #: override values meaning "keep this module in float"
-FLOAT_WORDS = ("float", "fp", "none", "null")
 SCAN_UNITS = ("module", "block")
 _BLOCK = re.compile(r"^(.*?\.(?:layers|h|blocks|layer)\.\d+)\.")
 
@@ -54,30 +55,12 @@ _BLOCK = re.compile(r"^(.*?\.(?:layers|h|blocks|layer)\.\d+)\.")
 MakeQuantized = Callable[[str, torch.nn.Module, int], torch.nn.Module]
 
 
-def parse_bits(key: str, value: Any, allowed: Sequence[int]) -> Optional[int]:
-    """An override value as bits (an allowed int) or ``None`` (keep float); else :class:`ConfigError`."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in FLOAT_WORDS):
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, str)) or (isinstance(value, str) and not value.strip().isdigit()):
-        raise ConfigError(key, value, "one of " + ", ".join(map(repr, allowed)) + ", or null/'float' to keep it float")
-    bits = int(value)
-    if bits not in allowed:
-        raise ConfigError(key, value, "one of " + ", ".join(map(repr, allowed)) + ", or null/'float' to keep it float")
-    return bits
-
 
 @dataclasses.dataclass
-class MixedPrecisionConfig(StageConfig):
-    """Bit-width settings every quantizer backend shares (subclasses set ``ALLOWED_BITS``)."""
+class MixedPrecisionConfig(QuantizerConfig):
+    """:class:`QuantizerConfig` plus per-module bit-widths chosen by a sensitivity scan under a budget,
+    for backends that can do more than one bit-width (subclasses set ``ALLOWED_BITS``)."""
 
-    #: default weight bit-width of the selected Linear modules
-    bits: int = 8
-    #: glob → bits (or null/"float" to keep float), applied in order after include/exclude
-    overrides: Dict[str, Any] = dataclasses.field(default_factory=dict)
-    #: glob patterns of Linear modules to quantize
-    include: List[str] = dataclasses.field(default_factory=lambda: ["*"])
-    #: glob patterns of Linear modules kept in float (lm_head is tied to the embedding)
-    exclude: List[str] = dataclasses.field(default_factory=lambda: ["lm_head"])
     #: average weight bits to reach by choosing per-module bit-widths from a sensitivity scan (null: off)
     budget_bits: Optional[float] = None
     #: bit-widths the budget allocator may choose (null: every width the backend can do)
@@ -87,14 +70,8 @@ class MixedPrecisionConfig(StageConfig):
     #: calibration windows the scan evaluates the loss on (0: all of them)
     scan_windows: int = 4
 
-    #: the bit-widths this backend can do; subclasses override
-    ALLOWED_BITS: ClassVar[tuple[int, ...]] = (8,)
-
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_choice("quantizer.bits", self.bits, self.ALLOWED_BITS)
-        for pattern, value in dict(self.overrides).items():
-            parse_bits(f"quantizer.overrides[{pattern!r}]", value, self.ALLOWED_BITS)
         check_choice("quantizer.scan_unit", self.scan_unit, SCAN_UNITS)
         check_range("quantizer.scan_windows", self.scan_windows, 0)
         if self.budget_candidates is not None:
@@ -118,13 +95,14 @@ class MixedPrecisionConfig(StageConfig):
 
 # --- plans ----------------------------------------------------------------------------------------
 
-def linear_modules(model: torch.nn.Module, types: tuple[type, ...] = (torch.nn.Linear,)) -> dict[str, torch.nn.Module]:
-    """Every module of ``types`` by qualified name."""
+def linear_modules(model: torch.nn.Module, types: Optional[tuple[type, ...]] = None) -> dict[str, torch.nn.Module]:
+    """Every module of ``types`` (default: ``Linear`` and ``Conv1D``) by qualified name."""
+    types = linear_types() if types is None else types
     return {name: m for name, m in model.named_modules() if isinstance(m, types)}
 
 
 def resolve_plan(model: torch.nn.Module, cfg: MixedPrecisionConfig, prefix: str = "quantizer",
-                 types: tuple[type, ...] = (torch.nn.Linear,)) -> dict[str, Optional[int]]:
+                 types: Optional[tuple[type, ...]] = None) -> dict[str, Optional[int]]:
     """``{name: bits or None}`` for every Linear, from ``include``/``exclude``/``bits``/``overrides``."""
     linears = linear_modules(model, types)
     selected = select_modules(model, cfg.include, cfg.exclude, types=types, prefix=prefix)
@@ -226,16 +204,7 @@ def swap_module(model: torch.nn.Module, name: str, new: torch.nn.Module) -> torc
 
 def calibration_loss(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 4) -> float:
     """Mean next-token cross-entropy of ``model`` on ``windows`` (no_grad)."""
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, windows.shape[0], batch_size):
-            batch = windows[start:start + batch_size]
-            logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1),
-                                                     reduction="sum")
-            total += loss.item()
-            count += batch[:, 1:].numel()
-    return total / count
+    return mean_next_token_loss(model, windows, batch_size)
 
 
 def sensitivity_scan(model: torch.nn.Module, units: Mapping[str, Sequence[str]], candidates: Sequence[int],
@@ -379,7 +348,7 @@ def allocate_bits(weights: Mapping[str, int], delta: Mapping[tuple[str, int], fl
 # --- the whole planning step a backend calls ----------------------------------------------------
 
 def plan_precision(state: Any, cfg: MixedPrecisionConfig, make_quantized: Optional[MakeQuantized] = None,
-                   backend: str = "quantizer", types: tuple[type, ...] = (torch.nn.Linear,),
+                   backend: str = "quantizer", types: Optional[tuple[type, ...]] = None,
                    label: Callable[[int], str] = lambda bits: f"int{bits}",
                    ) -> tuple[dict[str, Optional[int]], dict[str, Any]]:
     """Resolve the precision plan for ``state.model`` (running the scan and the allocator in budget
@@ -387,7 +356,7 @@ def plan_precision(state: Any, cfg: MixedPrecisionConfig, make_quantized: Option
     model = state.model
     plan = resolve_plan(model, cfg, types=types)
     metrics: dict[str, Any] = {}
-    if cfg.budget_bits is not None:
+    if getattr(cfg, "budget_bits", None) is not None:
         if make_quantized is None:
             raise ConfigError("quantizer.budget_bits", cfg.budget_bits, f"null: the {backend} backend cannot scan")
         fixed_names = overridden(list(plan), cfg)

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
+
 from slimkit.core.errors import ArtifactError
 
 #: metadata key holding the JSON description of the sparse tensors
@@ -149,17 +150,26 @@ def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 WEIGHTS = "model.slimkit.safetensors"
 
 
-def untied_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict with each shared storage kept once (safetensors refuses shared tensors)."""
-    seen: set[tuple[int, int, tuple]] = set()
+def unique_tensors(state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensors of ``state_dict`` with each shared storage kept once, under its first name (safetensors
+    refuses shared tensors; a tied lm_head/embedding is written once and re-tied on load). Meta tensors and
+    non-tensors are skipped."""
+    seen: set[tuple[int, int, tuple, torch.dtype]] = set()
     out = {}
-    for name, tensor in model.state_dict().items():
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+    for name, tensor in state_dict.items():
+        if not isinstance(tensor, torch.Tensor) or tensor.device.type == "meta":
+            continue
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.dtype)
         if key in seen:
             continue
         seen.add(key)
         out[name] = tensor.detach().contiguous()
     return out
+
+
+def untied_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict with each shared storage kept once (see :func:`unique_tensors`)."""
+    return unique_tensors(model.state_dict())
 
 
 def save_model_config(model: torch.nn.Module, directory: str | os.PathLike) -> None:

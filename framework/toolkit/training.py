@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 import torch
-from slimkit.core.errors import ArtifactError, ConfigError
 from tqdm.auto import tqdm
+
+from slimkit.core.errors import ArtifactError, ConfigError
 
 log = logging.getLogger("slimkit")
 
@@ -40,8 +41,9 @@ TRAINER_FILE = "trainer.json"
 
 def next_token_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy of ``model`` on a batch of token windows."""
-    logits = model(input_ids=batch, use_cache=False).logits[:, :-1]
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1))
+    from slimkit.evaluation.metrics import next_token_nll
+
+    return next_token_nll(model(input_ids=batch, use_cache=False).logits, batch)
 
 
 @dataclasses.dataclass
@@ -111,17 +113,9 @@ def fingerprint_tensor(t: torch.Tensor) -> str:
 
 def _unique_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Parameters and persistent buffers, each shared storage once (safetensors refuses shared tensors)."""
-    seen: set[tuple[int, int, tuple]] = set()
-    out = {}
-    for name, tensor in model.state_dict(keep_vars=False).items():
-        if not isinstance(tensor, torch.Tensor) or tensor.device.type == "meta":
-            continue
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
-        if key in seen:
-            continue
-        seen.add(key)
-        out[name] = tensor.detach().cpu().contiguous()
-    return out
+    from slimkit.toolkit.storage import unique_tensors
+
+    return {name: t.cpu() for name, t in unique_tensors(model.state_dict()).items()}
 
 
 def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -33,6 +33,7 @@ from typing import Any, ClassVar, Mapping
 import torch
 
 from slimkit import ArtifactError, Kind, Stage, check_choice, check_range
+from slimkit.toolkit.modules import in_features, out_features, weight_matrix
 from slimkit.toolkit.quantization import MixedPrecisionConfig, plan_precision, swap_module
 
 BITS = (4, 8)
@@ -40,6 +41,7 @@ QUANT_TYPES = ("nf4", "fp4")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 PLAN = "bnb_plan.json"
 from slimkit.toolkit.storage import WEIGHTS  # noqa: E402  (not model.safetensors: see slimkit.toolkit.storage)
+
 _CANONICAL = "_slimkit_canonical"
 
 
@@ -79,10 +81,11 @@ def _empty_module(linear: torch.nn.Module, spec: Mapping[str, Any]) -> torch.nn.
     import bitsandbytes as bnb
 
     has_bias = linear.bias is not None
+    n_in, n_out = in_features(linear), out_features(linear)
     if spec["bits"] == 8:
-        return bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=has_bias, has_fp16_weights=False,
+        return bnb.nn.Linear8bitLt(n_in, n_out, bias=has_bias, has_fp16_weights=False,
                                    threshold=spec["threshold"], device="meta")
-    return bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=has_bias,
+    return bnb.nn.Linear4bit(n_in, n_out, bias=has_bias,
                              compute_dtype=getattr(torch, spec["compute_dtype"]),
                              compress_statistics=spec["double_quant"], quant_type=spec["quant_type"], device="meta")
 
@@ -101,11 +104,11 @@ def _stash_canonical(module: torch.nn.Module) -> None:
 
 
 def quantize_linear(linear: torch.nn.Module, spec: Mapping[str, Any]) -> torch.nn.Module:
-    """A bitsandbytes copy of a float Linear per ``spec`` (the original is untouched)."""
+    """A bitsandbytes copy of a float Linear (or GPT-2 ``Conv1D``, transposed) per ``spec`` (the original is untouched)."""
     from bitsandbytes.nn import Int8Params, Params4bit
 
     module = _empty_module(linear, spec)
-    weight = linear.weight.detach().clone().float()
+    weight = weight_matrix(linear).detach().clone().float().contiguous()
     if spec["bits"] == 8:
         module.weight = Int8Params(weight, requires_grad=False, has_fp16_weights=False).to("cpu")
     else:
@@ -130,14 +133,9 @@ class _Frozen(torch.nn.Module):
 
 
 def _untied(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    seen, out = set(), {}
-    for name, tensor in state_dict.items():
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.dtype)
-        if key in seen:
-            continue
-        seen.add(key)
-        out[name] = tensor.detach().contiguous()
-    return out
+    from slimkit.toolkit.storage import unique_tensors
+
+    return unique_tensors(state_dict)
 
 
 class BnbQuantizer(Stage):
@@ -169,8 +167,13 @@ class BnbQuantizer(Stage):
         state.artifact_writer = self
         return metrics
 
+    def keeps_sparse_storage(self) -> bool:
+        """4-bit codes are packed two per byte (NF4/FP4 zero is not the byte 0): zeros cannot be stored sparsely."""
+        cfg = self.config
+        return cfg.bits == 8 and not any(str(v) == "4" for v in cfg.overrides.values()) and cfg.budget_bits is None
+
     def save(self, model: torch.nn.Module, directory: Path) -> None:
-        from safetensors.torch import save_file
+        from slimkit.toolkit.storage import save_tensors
 
         specs = getattr(model, "_slimkit_bnb_plan", None)
         if specs is None:
@@ -191,7 +194,7 @@ class BnbQuantizer(Stage):
         finally:
             for name, module in swapped.items():
                 swap_module(model, name, module)
-        save_file(state_dict, str(directory / WEIGHTS), metadata={"format": "pt", "quantizer": "bnb"})
+        save_tensors(state_dict, directory / WEIGHTS, metadata={"format": "pt", "quantizer": "bnb"})
         lm_head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         lm_name = next((n for n, m in model.named_modules() if m is lm_head), None)
         (directory / PLAN).write_text(json.dumps({"format": 1, "modules": specs,
@@ -200,13 +203,14 @@ class BnbQuantizer(Stage):
     @classmethod
     def load(cls, directory: Path, manifest: Mapping[str, Any]) -> torch.nn.Module:
         from bitsandbytes.nn import Int8Params, Params4bit
-        from safetensors.torch import load_file
         from transformers import AutoConfig, AutoModelForCausalLM
+
+        from slimkit.toolkit.storage import load_tensors
 
         info = json.loads((directory / PLAN).read_text())
         config = AutoConfig.from_pretrained(str(directory), trust_remote_code=False)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        state_dict = load_file(str(directory / WEIGHTS))
+        state_dict = load_tensors(directory / WEIGHTS)
         specs = info["modules"]
         for name, spec in specs.items():
             try:

@@ -7,11 +7,11 @@ import functools
 
 import pytest
 import torch
+from slimkit_bnb import BnbConfig, BnbQuantizer
 
 from slimkit import ConfigError
 from slimkit.evaluation import model_logits
 from slimkit.testing import StageContract, tiny_state
-from slimkit_bnb import BnbConfig, BnbQuantizer
 
 
 @functools.lru_cache(maxsize=1)

@@ -6,7 +6,7 @@ Sample config (``conf`` group ``quantizer``)::
     quantizer: int8
     quantizer.smooth: true          # SmoothQuant: fold activation outliers into the weights
     quantizer.alpha: 0.5            # migration strength (0: none, 1: all into the weights)
-    quantizer.activations: token    # int8 scale per token ('tensor': one per call, faster prefill)
+    quantizer.activations: int8-token   # int8 scale per token ('int8-tensor': one per call, faster prefill)
     quantizer.keep_float: 0         # keep the N Linear layers with the largest int8 error in float
     quantizer.embedding: int8       # int8 embedding table (shared with a tied int8 lm_head) or float
     quantizer.fuse: true            # run Linears that read the same input (q/k/v, gate/up) as one GEMM
@@ -14,6 +14,11 @@ Sample config (``conf`` group ``quantizer``)::
     quantizer.overrides: {"model.layers.0.*": float}
 
 CLI: ``slimkit quantizer=int8 quantizer.alpha=0.6 quantizer.keep_float=4``.
+
+Models: quantization takes every ``nn.Linear`` and GPT-2 ``Conv1D`` of any model; smoothing needs to know
+where the norms and projections sit, so it takes the families of :mod:`slimkit.toolkit.families` (Llama,
+Mistral, Qwen2/3, Gemma-3, Phi-3, GPT-2, OPT, GPT-NeoX) and refuses any other ``model_type`` before the
+model loads (``quantizer.smooth=false`` quantizes it without smoothing).
 """
 
 from __future__ import annotations
@@ -21,16 +26,18 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, ClassVar, List, Mapping
+from typing import Any, ClassVar, List, Mapping, Optional
 
 import torch
 
-from slimkit import ArtifactError, ConfigError, DataError, Kind, Stage, check_choice, check_range
-from slimkit.toolkit.quantization import MixedPrecisionConfig, plan_precision, precision_summary, swap_module
+from slimkit import ArtifactError, ConfigError, DataError, Kind, QuantizerConfig, Stage, check_range
+from slimkit.core.plugin import choice, ranged
+from slimkit.toolkit.quantization import plan_precision, precision_summary, swap_module
 from slimkit.toolkit.storage import untied_state_dict as _untied_state_dict
 
-from ._kernels import (ACTIVATION_MODES, FusedGroup, Int8Embedding, Int8Linear, find_shared_inputs, fuse_groups,
+from ._kernels import (FusedGroup, Int8Embedding, Int8Linear, find_shared_inputs, fuse_groups,
                        onednn_available, quantize_tokens, quantize_weight, set_prefill_kernel, simulated_int8)
+from ._smooth import check_model as check_smoothable
 from ._smooth import int8_errors, smooth
 
 from slimkit.toolkit.storage import WEIGHTS  # noqa: E402  (not model.safetensors: see slimkit.toolkit.storage)
@@ -40,7 +47,7 @@ PREFILL_KERNELS = ("auto", "onednn", "int_mm")
 
 
 @dataclasses.dataclass
-class Int8Config(MixedPrecisionConfig):
+class Int8Config(QuantizerConfig):
     """int8 backend settings (shares ``bits``/``include``/``exclude``/``overrides`` with every quantizer)."""
 
     #: glob patterns of Linear modules kept in float (default: none; lm_head gets its own int8 copy)
@@ -48,34 +55,36 @@ class Int8Config(MixedPrecisionConfig):
     #: apply SmoothQuant equalization calibrated on the calibration slice before quantizing
     smooth: bool = True
     #: SmoothQuant migration strength in [0, 1]
-    alpha: float = 0.5
-    #: activation scales: 'token' (one per token) or 'tensor' (one per call)
-    activations: str = "token"
+    alpha: float = ranged(0.5, 0.0, 1.0)
+    #: int8 activations with dynamic scales: 'int8-token' (one scale per token) or 'int8-tensor' (one per call)
+    activations: Optional[str] = "int8-token"
     #: keep this many quantized Linear layers with the largest (smoothed) int8 error in float
     keep_float: int = 0
     #: the input embedding table: 'int8' (per-row; shares the int8 lm_head's codes when tied) or 'float'
-    embedding: str = "int8"
+    embedding: str = choice("int8", EMBEDDING_MODES)
     #: fuse Linears that read the same input tensor (q/k/v, gate/up) into one int8 GEMM each
     fuse: bool = True
     #: kernel for several-row calls (prefill, scoring): 'onednn' (prepacked weights, ~10% faster prefill on
     #: SmolLM2, one more in-memory copy of the int8 weights), 'int_mm' (torch._int_mm on the stored codes),
     #: or 'auto' (onednn where this torch build has it). Results are bit-identical.
-    prefill_kernel: str = "auto"
+    prefill_kernel: str = choice("auto", PREFILL_KERNELS)
 
     ALLOWED_BITS: ClassVar[tuple[int, ...]] = (8,)
+    ACTIVATIONS: ClassVar[tuple[Optional[str], ...]] = ("int8-token", "int8-tensor")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_range("quantizer.alpha", self.alpha, 0.0, 1.0)
-        check_choice("quantizer.activations", self.activations, ACTIVATION_MODES)
         if isinstance(self.keep_float, bool) or not isinstance(self.keep_float, int):
             raise ConfigError("quantizer.keep_float", self.keep_float, "a non-negative integer")
         check_range("quantizer.keep_float", self.keep_float, 0)
-        check_choice("quantizer.embedding", self.embedding, EMBEDDING_MODES)
-        check_choice("quantizer.prefill_kernel", self.prefill_kernel, PREFILL_KERNELS)
         if self.prefill_kernel == "onednn" and not onednn_available():
             raise ConfigError("quantizer.prefill_kernel", self.prefill_kernel,
                               "'int_mm' or 'auto': oneDNN's int8 linear is not available in this torch build")
+
+    @property
+    def activation_mode(self) -> str:
+        """The kernels' name for the activation scheme: 'token' or 'tensor'."""
+        return self.activations.split("-", 1)[1]
 
 
 
@@ -102,6 +111,12 @@ class Int8Quantizer(Stage):
         if needs_data and samples is not None and samples < 1:
             raise ConfigError("data.calibration_samples", samples,
                               "at least 1 when quantizer.smooth is true or quantizer.keep_float > 0")
+
+    def check_model(self, model_config: Any) -> None:
+        """Smoothing needs the model's family layout (slimkit.toolkit.families); quantizing alone takes any
+        Linear/Conv1D model."""
+        if self.config.smooth:
+            check_smoothable(model_config)
 
     @staticmethod
     def make_quantized(name: str, linear: torch.nn.Module, bits: int) -> torch.nn.Module:
@@ -140,7 +155,7 @@ class Int8Quantizer(Stage):
             metrics.update(precision_summary(model, plan))
         modules = dict(model.named_modules())
         for n in sorted(chosen):
-            swap_module(model, n, Int8Linear.from_float(modules[n], cfg.activations))
+            swap_module(model, n, Int8Linear.from_float(modules[n], cfg.activation_mode))
         metrics.update({"quantized_modules": len(chosen), "weight_bits": 8, "activation_bits": 8,
                         "activation_scales": cfg.activations})
         if cfg.embedding == "int8" and embedding_name is not None:
@@ -161,7 +176,7 @@ class Int8Quantizer(Stage):
 
     # --- artifact ---------------------------------------------------------------------------------
     def save(self, model: torch.nn.Module, directory: Path) -> None:
-        from safetensors.torch import save_file
+        from slimkit.toolkit.storage import save_tensors
 
         from slimkit.toolkit.storage import save_model_config
 
@@ -182,7 +197,7 @@ class Int8Quantizer(Stage):
         # the fused members' buffers are views of one tensor: store each as its own tensor
         tensors = {k: v.clone() if v.untyped_storage().nbytes() != v.nbytes else v
                    for k, v in _untied_state_dict(model).items()}
-        save_file(tensors, str(directory / WEIGHTS), metadata={"format": "pt", "quantizer": "int8"})
+        save_tensors(tensors, directory / WEIGHTS, metadata={"format": "pt", "quantizer": "int8"})
         kernels = {m.use_onednn for m in modules.values() if isinstance(m, Int8Linear)}
         (directory / MODULE_MAP).write_text(json.dumps(
             {"modules": layout, "fused": fused, "prefill_kernel": "int_mm" if kernels == {False} else "auto"}, indent=1))
@@ -190,7 +205,7 @@ class Int8Quantizer(Stage):
     @classmethod
     def load(cls, directory: Path, manifest: Mapping[str, Any]) -> torch.nn.Module:
         from accelerate import init_empty_weights
-        from safetensors.torch import load_file
+        from slimkit.toolkit.storage import load_tensors
         from transformers import AutoConfig, AutoModelForCausalLM
 
         directory = Path(directory)
@@ -211,7 +226,7 @@ class Int8Quantizer(Stage):
                                                     spec["activations"]))
         for name, spec in tables.items():
             swap_module(model, name, Int8Embedding(spec["num_embeddings"], spec["embedding_dim"], spec["embed_scale"]))
-        state_dict = load_file(str(directory / WEIGHTS))
+        state_dict = load_tensors(directory / WEIGHTS)
         result = model.load_state_dict(state_dict, strict=False, assign=True)
         if result.unexpected_keys:
             raise ArtifactError(f"{directory} holds tensors the model does not have: {result.unexpected_keys[:5]}")

@@ -174,9 +174,11 @@ class Int8Linear(_KernelWeights, torch.nn.Module):
 
     @classmethod
     def from_float(cls, linear: torch.nn.Linear, activations: str = "token") -> "Int8Linear":
-        """Quantize a float Linear's weight (the Linear is left untouched)."""
-        module = cls(linear.in_features, linear.out_features, linear.bias is not None, activations)
-        q, s = quantize_weight(linear.weight)
+        """Quantize a float Linear's (or GPT-2 ``Conv1D``'s) weight (the layer is left untouched)."""
+        from slimkit.toolkit.modules import in_features, out_features, weight_matrix
+
+        module = cls(in_features(linear), out_features(linear), linear.bias is not None, activations)
+        q, s = quantize_weight(weight_matrix(linear).contiguous())
         module.weight_int8.copy_(q)
         module.weight_scale.copy_(s)
         if linear.bias is not None:

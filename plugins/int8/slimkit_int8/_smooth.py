@@ -1,19 +1,24 @@
-"""SmoothQuant equalization for Llama/Gemma-style decoders, and per-module int8 error estimates.
+"""SmoothQuant equalization for every family in :mod:`slimkit.toolkit.families`, and per-module int8
+error estimates.
 
 For a Linear whose input channel ``j`` carries outliers, ``y = x W^T = (x / s) (W * s)^T`` for any
 positive per-channel ``s``; choosing ``s_j = max|X_j|^alpha / max|W_j|^(1-alpha)`` moves the
 outliers from the activations (quantized per token, at run time) into the weights (quantized per
 channel, once). The ``1/s`` is folded into whatever produces ``x``, so the float model computes the
-same function:
+same function. The family table says where the pieces are; the groups are the same for every family:
 
-* ``input_layernorm`` (RMSNorm weight) -> ``q_proj``/``k_proj``/``v_proj`` columns;
-* the norm before the MLP (``post_attention_layernorm``, or Gemma's ``pre_feedforward_layernorm``)
-  -> ``gate_proj``/``up_proj`` columns;
-* ``v_proj`` rows -> ``o_proj`` columns (attention is linear in V; with grouped-query attention the
-  scale of an ``o_proj`` column is shared by all query heads reading the same KV head);
-* ``up_proj`` rows -> ``down_proj`` columns (``down`` reads ``act(gate) * up``, linear in ``up``).
+* the attention norm (Llama ``input_layernorm``, OPT ``self_attn_layer_norm``, GPT-2 ``ln_1``) -> the
+  q/k/v columns (separate projections or one fused ``qkv_proj`` / ``c_attn`` / ``query_key_value``);
+* the MLP norm (``post_attention_layernorm``, Gemma's ``pre_feedforward_layernorm``, OPT
+  ``final_layer_norm``, GPT-2 ``ln_2``) -> the gate/up (or ``fc1``, ``c_fc``, fused ``gate_up_proj``) columns;
+* the V rows -> the output projection's columns (attention is linear in V; with grouped-query
+  attention the scale of an output column is shared by all query heads reading the same KV head);
+* the up rows -> the down projection's columns, when ``down`` reads ``act(gate) * up`` (linear in ``up``)
+  or ``relu(up)`` (OPT: ``relu(x / s) = relu(x) / s``); GELU MLPs (GPT-2, GPT-NeoX) skip this group.
 
-Gemma's RMSNorm multiplies by ``1 + weight``; the fold respects that.
+Norm folds respect the norm kind: RMSNorm ``w``, Gemma's ``1 + w``, LayerNorm ``w`` and ``b`` together.
+Families whose norms come after the sublayers (OPT with ``do_layer_norm_before=False``) skip the norm
+groups. Conv1D (GPT-2) weights are handled through their ``[out, in]`` view.
 """
 
 from __future__ import annotations
@@ -23,20 +28,26 @@ from typing import Any, Iterable, Iterator, Mapping, Optional
 
 import torch
 
-from slimkit.core.errors import ConfigError
+from slimkit.toolkit.families import (Family, activation, block_sizes, config_sizes, decoder_blocks, family_of,
+                                      head_rows, mlp_rows, pre_norm)
+from slimkit.toolkit.families import HOMOGENEOUS_ACTIVATIONS
+from slimkit.toolkit.modules import weight_matrix
 
 from ._kernels import simulated_int8
 
-
-def _norm_scale(norm: torch.nn.Module) -> tuple[torch.Tensor, bool]:
-    """The norm's effective per-channel multiplier and whether it is Gemma-style (``1 + weight``)."""
-    gemma = type(norm).__name__.startswith("Gemma")
-    w = norm.weight.detach()
-    return (1.0 + w if gemma else w), gemma
+#: the config key that chose smoothing (named in errors)
+KEY = "quantizer.smooth"
 
 
-def _set_norm_scale(norm: torch.nn.Module, multiplier: torch.Tensor, gemma: bool) -> None:
-    norm.weight.data.copy_(multiplier - 1.0 if gemma else multiplier)
+def _norm_fold(norm: torch.nn.Module, s: torch.Tensor, kind: str) -> None:
+    """Divide the norm's output by ``s`` per channel."""
+    w = norm.weight.data
+    if kind == "rms_plus_one":  # Gemma: x * (1 + w)
+        w.copy_((1.0 + w) / s - 1.0)
+    else:
+        w.div_(s)
+    if kind == "layer" and getattr(norm, "bias", None) is not None:
+        norm.bias.data.div_(s)
 
 
 @contextlib.contextmanager
@@ -63,53 +74,63 @@ def _run(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 4) -> 
             model(input_ids=windows[start:start + batch_size], use_cache=False)
 
 
-def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The decoder blocks of a Llama/Gemma-style model (``model.model.layers``)."""
-    inner = getattr(model, "model", None)
-    layers = getattr(inner, "layers", None)
-    if layers is None:
-        raise ConfigError("quantizer.smooth", True, "false for this model",
-                          f"{type(model).__name__} has no model.layers decoder blocks to smooth")
-    return list(layers)
+def check_model(config: Any) -> Family:
+    """The family description smoothing needs for a model config, or a :class:`ConfigError` naming the model
+    type, the backend and the supported families (callable on an ``AutoConfig``, before any weights load)."""
+    return family_of(config, "int8", KEY, True, instead="false (int8 without smoothing), or ")
 
 
 def _pairs(model: torch.nn.Module) -> list[dict[str, Any]]:
-    """The smoothing groups of every decoder block: (kind, producer, consumer names)."""
+    """The smoothing groups of every decoder block, from the family table."""
+    family = check_model(model.config)
+    config = model.config
+    head_dim = config_sizes(config, family).head_dim
     names = {id(m): n for n, m in model.named_modules()}
+    norms_feed = pre_norm(config, family)
+    ungated_ok = activation(config, family) in HOMOGENEOUS_ACTIVATIONS
     groups = []
-    for layer in decoder_layers(model):
-        attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
-        if attn is not None and all(hasattr(attn, p) for p in ("q_proj", "k_proj", "v_proj", "o_proj")):
-            if getattr(layer, "input_layernorm", None) is not None:
-                groups.append({"kind": "norm", "norm": layer.input_layernorm,
-                               "consumers": [names[id(getattr(attn, p))] for p in ("q_proj", "k_proj", "v_proj")]})
-            if not hasattr(attn, "v_norm"):  # a norm on V would make the V->O fold invalid
-                groups.append({"kind": "v_o", "attn": attn, "producer": names[id(attn.v_proj)],
-                               "consumers": [names[id(attn.o_proj)]]})
-        if mlp is not None and all(hasattr(mlp, p) for p in ("gate_proj", "up_proj", "down_proj")):
-            norm = getattr(layer, "pre_feedforward_layernorm", None) or getattr(layer, "post_attention_layernorm", None)
-            if norm is not None and getattr(layer, "pre_feedforward_layernorm", None) is None and \
-                    hasattr(layer, "post_feedforward_layernorm"):
-                norm = None  # unknown norm placement: do not guess
-            if norm is not None:
-                groups.append({"kind": "norm", "norm": norm,
-                               "consumers": [names[id(mlp.gate_proj)], names[id(mlp.up_proj)]]})
-            groups.append({"kind": "up_down", "producer": names[id(mlp.up_proj)],
-                           "consumers": [names[id(mlp.down_proj)]]})
+    for block in decoder_blocks(model, family, KEY, True):
+        sizes = block_sizes(block, family, head_dim)
+        attn_in = [block.qkv] if block.qkv is not None else [block.q, block.k, block.v]
+        if norms_feed and getattr(block.attn_norm, "weight", None) is not None:
+            groups.append({"kind": "norm", "norm": block.attn_norm, "norm_kind": family.norm_kind,
+                           "consumers": [names[id(m)] for m in attn_in]})
+        if not hasattr(block.attention, "v_norm"):  # a norm on V would make the V->O fold invalid
+            v, rows = head_rows(block, family, sizes, "v", torch.arange(sizes.kv_heads))
+            groups.append({"kind": "v_o", "producer": names[id(v)], "rows": rows, "sizes": sizes,
+                           "consumers": [names[id(block.o)]]})
+        mlp_in = [m for m in (block.gate_up, block.gate, block.up) if m is not None]
+        if norms_feed and getattr(block.mlp_norm, "weight", None) is not None:
+            groups.append({"kind": "norm", "norm": block.mlp_norm, "norm_kind": family.norm_kind,
+                           "consumers": [names[id(m)] for m in mlp_in]})
+        if family.gated or ungated_ok:
+            up, rows = mlp_rows(block, sizes, "up", torch.arange(sizes.intermediate))
+            groups.append({"kind": "up_down", "producer": names[id(up)], "rows": rows,
+                           "consumers": [names[id(block.down)]]})
     return groups
 
 
 def _scales(act_max: torch.Tensor, weights: Iterable[torch.Tensor], alpha: float) -> torch.Tensor:
+    """Per input channel ``max|X|^alpha / max|W|^(1-alpha)`` over ``weights`` (``[out, in]`` each)."""
     w_max = torch.stack([w.detach().abs().amax(0) for w in weights]).amax(0).float()
     s = act_max.clamp_min(1e-5).pow(alpha) / w_max.clamp_min(1e-5).pow(1 - alpha)
     return s.clamp(1e-4, 1e4)
+
+
+def _divide_rows(module: torch.nn.Module, rows: torch.Tensor, s: torch.Tensor) -> None:
+    """Divide output rows ``rows`` of ``module`` (weight and bias) by ``s``."""
+    w = weight_matrix(module)
+    w[rows] = w[rows] / s[:, None].to(w.dtype)
+    if module.bias is not None:
+        module.bias.data[rows] = module.bias.data[rows] / s.to(module.bias.dtype)
 
 
 def smooth(model: torch.nn.Module, windows: torch.Tensor, alpha: float,
            quantized: Optional[set[str]] = None) -> dict[str, Any]:
     """Fold SmoothQuant scales into ``model`` in place (float, function-preserving); return metrics.
 
-    Only groups with at least one consumer in ``quantized`` (all when ``None``) are smoothed.
+    Only groups with at least one consumer in ``quantized`` (all when ``None``) are smoothed. A model
+    whose family :mod:`slimkit.toolkit.families` does not describe is a :class:`ConfigError`.
     """
     groups = _pairs(model)
     if quantized is not None:
@@ -124,33 +145,26 @@ def smooth(model: torch.nn.Module, windows: torch.Tensor, alpha: float,
     with torch.no_grad():
         for g in groups:
             consumers = [modules[c] for c in g["consumers"]]
+            weights = [weight_matrix(c) for c in consumers]
             act = stats[g["consumers"][0]]
             ratios.append(float(act.max() / act.median().clamp_min(1e-8)))
             if g["kind"] == "v_o":
-                attn, v, o = g["attn"], modules[g["producer"]], consumers[0]
-                head_dim = attn.head_dim
-                n_kv = v.out_features // head_dim
-                groups_per_kv = o.in_features // v.out_features
-                a = act.view(n_kv, groups_per_kv, head_dim).amax(1)
-                w = o.weight.abs().amax(0).float().view(n_kv, groups_per_kv, head_dim).amax(1)
+                sizes, o = g["sizes"], weights[0]
+                n_kv, per_kv, d = sizes.kv_heads, sizes.heads // sizes.kv_heads, sizes.head_dim
+                a = act.view(n_kv, per_kv, d).amax(1)
+                w = o.abs().amax(0).float().view(n_kv, per_kv, d).amax(1)
                 s_kv = (a.clamp_min(1e-5).pow(alpha) / w.clamp_min(1e-5).pow(1 - alpha)).clamp(1e-4, 1e4).reshape(-1)
-                s_o = s_kv.view(n_kv, 1, head_dim).expand(n_kv, groups_per_kv, head_dim).reshape(-1)
-                v.weight.div_(s_kv[:, None])
-                if v.bias is not None:
-                    v.bias.div_(s_kv)
-                o.weight.mul_(s_o)
+                s_o = s_kv.view(n_kv, 1, d).expand(n_kv, per_kv, d).reshape(-1)
+                _divide_rows(modules[g["producer"]], g["rows"], s_kv)
+                o.mul_(s_o.to(o.dtype))
                 continue
-            s = _scales(act, [c.weight for c in consumers], alpha)
+            s = _scales(act, weights, alpha)
             if g["kind"] == "norm":
-                mult, gemma = _norm_scale(g["norm"])
-                _set_norm_scale(g["norm"], mult / s, gemma)
+                _norm_fold(g["norm"], s, g["norm_kind"])
             else:  # up_down: scale the producer's output rows
-                up = modules[g["producer"]]
-                up.weight.div_(s[:, None])
-                if up.bias is not None:
-                    up.bias.div_(s)
-            for c in consumers:
-                c.weight.mul_(s)
+                _divide_rows(modules[g["producer"]], g["rows"], s)
+            for w in weights:
+                w.mul_(s.to(w.dtype))
     return {"smoothed_groups": len(groups),
             "activation_outlier_ratio_max": max(ratios) if ratios else None,
             "activation_outlier_ratio_median": sorted(ratios)[len(ratios) // 2] if ratios else None}
@@ -167,7 +181,7 @@ def int8_errors(model: torch.nn.Module, names: Iterable[str], windows: torch.Ten
             ref = output.detach().reshape(-1, output.shape[-1]).float()
             if module.bias is not None:
                 ref = ref - module.bias.float()
-            approx = simulated_int8(args[0].detach(), module.weight)
+            approx = simulated_int8(args[0].detach(), weight_matrix(module))
             err[name][0] += float((approx - ref).pow(2).sum())
             err[name][1] += float(ref.pow(2).sum())
         return record

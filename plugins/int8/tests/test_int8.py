@@ -29,7 +29,7 @@ def tiny_state():
 
 class TestInt8Contract(StageContract):
     stage_cls = Int8Quantizer
-    configs = [{}, {"smooth": False}, {"activations": "tensor", "alpha": 0.8},
+    configs = [{}, {"smooth": False}, {"activations": "int8-tensor", "alpha": 0.8},
                {"keep_float": 3, "overrides": {"model.layers.0.*": "float"}},
                {"exclude": ["lm_head"], "embedding": "float"}, {"fuse": False, "embedding": "float"}]
     # the artifact holds the exact int8 codes and scales and the same kernels run on reload, so the
@@ -126,7 +126,7 @@ def test_unsupported_bits_names_allowed_values():
         Int8Config(bits=4)
     with pytest.raises(ConfigError, match="quantizer.alpha"):
         Int8Config(alpha=1.5)
-    with pytest.raises(ConfigError, match="quantizer.activations.*'token'"):
+    with pytest.raises(ConfigError, match="quantizer.activations.*'int8-token'"):
         Int8Config(activations="channel")
     with pytest.raises(ConfigError, match="quantizer.keep_float"):
         Int8Config(keep_float=-1)

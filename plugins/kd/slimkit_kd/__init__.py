@@ -38,7 +38,7 @@ from typing import Any, List, Mapping, Optional
 
 import torch
 
-from slimkit import ConfigError, Kind, MissingDependencyError, Stage, StageConfig, check_choice, check_range
+from slimkit import ConfigError, DistillerConfig, Kind, MissingDependencyError, Stage, check_choice, check_range
 from slimkit.toolkit.training import LoopSettings, fingerprint_model, train_loop
 
 from .loss import LayerOutputs, hidden_mse, kd_logit_loss
@@ -56,8 +56,9 @@ RESUMABLE_CHANGES = {"max_steps", "resume", "checkpoint_every", "checkpoint_dir"
 
 
 @dataclasses.dataclass
-class KDConfig(StageConfig):
-    """Knowledge-distillation settings."""
+class KDConfig(DistillerConfig):
+    """Knowledge-distillation settings on top of :class:`DistillerConfig` (temperature, alpha, max_steps, lr,
+    batch_size)."""
 
     #: a local Hugging Face folder holding the teacher; null: the pipeline's original model
     teacher_path: Optional[str] = None
@@ -65,18 +66,10 @@ class KDConfig(StageConfig):
     student_layers: Any = None
     #: where a dropped-layer student is cut from: 'model' (the pipeline's current model) or 'teacher'
     student_from: str = "model"
-    #: softmax temperature of the KL term, > 0
-    temperature: float = 2.0
-    #: weight of the KL term in [0, 1]; (1 - alpha) weights the hard-label cross-entropy
-    alpha: float = 0.5
     #: weight of the normalised hidden-state MSE (0: off)
     hidden_weight: float = 0.0
     #: [[student_layer, teacher_layer], ...] for the hidden MSE; null: the kept layers (or identity)
     layer_map: Any = None
-    #: optimizer steps (a resumed run continues up to this step)
-    max_steps: int = 100
-    lr: float = 5e-5
-    batch_size: int = 4
     weight_decay: float = 0.0
     warmup_steps: int = 0
     #: clip the gradient norm (0: off)
@@ -104,12 +97,8 @@ class KDConfig(StageConfig):
     cpu: bool = True
 
     def __post_init__(self) -> None:
-        check_range("distiller.temperature", self.temperature, 0.0, None, low_open=True)
-        check_range("distiller.alpha", self.alpha, 0.0, 1.0)
+        super().__post_init__()
         check_range("distiller.hidden_weight", self.hidden_weight, 0.0)
-        check_range("distiller.max_steps", self.max_steps, 0)
-        check_range("distiller.lr", self.lr, 0.0, None, low_open=True)
-        check_range("distiller.batch_size", self.batch_size, 1)
         check_range("distiller.weight_decay", self.weight_decay, 0.0)
         check_range("distiller.warmup_steps", self.warmup_steps, 0)
         check_range("distiller.grad_clip", self.grad_clip, 0.0)

@@ -7,6 +7,8 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from slimkit.evaluation.metrics import next_token_nll
+
 
 def kd_logit_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, input_ids: torch.Tensor,
                   temperature: float, alpha: float) -> tuple[torch.Tensor, dict[str, float]]:
@@ -21,7 +23,7 @@ def kd_logit_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, in
     s_log = F.log_softmax(s.reshape(-1, vocab) / temperature, dim=-1)
     t_log = F.log_softmax(t.reshape(-1, vocab) / temperature, dim=-1)
     kl = F.kl_div(s_log, t_log, log_target=True, reduction="batchmean") * temperature ** 2
-    ce = F.cross_entropy(s.reshape(-1, vocab), input_ids[:, 1:].reshape(-1))
+    ce = next_token_nll(student_logits, input_ids)
     loss = alpha * kl + (1.0 - alpha) * ce
     return loss, {"kl": kl.item(), "ce": ce.item()}
 

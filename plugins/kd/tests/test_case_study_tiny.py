@@ -54,9 +54,9 @@ def test_case_study_presets_compose_and_resolve():
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
-    from slimkit.pipeline.config import register_configs
-    from slimkit.pipeline import resolve_stages
     from slimkit.core.registry import default_registry
+    from slimkit.pipeline import resolve_stages
+    from slimkit.pipeline.config import register_configs
 
     register_configs()
     with initialize_config_module("slimkit.conf", version_base="1.3"):

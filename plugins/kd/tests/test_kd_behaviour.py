@@ -6,12 +6,11 @@ import math
 
 import pytest
 import torch
+from kd_helpers import fresh_state
+from slimkit_kd import KDConfig, KDDistiller, drop_layers, kd_logit_loss
 from transformers import AutoModelForCausalLM
 
 from slimkit.toolkit.training import checkpoints
-from slimkit_kd import KDConfig, KDDistiller, drop_layers, kd_logit_loss
-
-from kd_helpers import fresh_state
 
 
 def _val_loss(stage, state, model, windows):
@@ -144,9 +143,9 @@ def test_pruned_zeros_stay_zero(pruned):
 
 
 def test_kd_is_the_recovery_hook_of_pruning_schedules():
-    from slimkit.pipeline import recovery_hook
-    from slimkit.core.registry import default_registry
     from slimkit.core.plugin import Kind
+    from slimkit.core.registry import default_registry
+    from slimkit.pipeline import recovery_hook
 
     stage = KDDistiller(KDConfig(lr=1e-2))
     hook = recovery_hook([(stage, default_registry().info(Kind.DISTILLER, "kd"))])

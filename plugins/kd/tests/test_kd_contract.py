@@ -1,9 +1,9 @@
 """The shared plugin contract for the kd distiller (tiny model, a few steps per variant)."""
 
-from slimkit.testing import StageContract
+from kd_helpers import fresh_state
 from slimkit_kd import KDDistiller
 
-from kd_helpers import fresh_state
+from slimkit.testing import StageContract
 
 
 class TestKDContract(StageContract):

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from kd_helpers import fresh_state
+from slimkit_kd import KDConfig, KDDistiller
 
 from slimkit import ArtifactError, ConfigError
 from slimkit.models import tiny_model
-from slimkit_kd import KDConfig, KDDistiller
-
-from kd_helpers import fresh_state
 
 
 @pytest.mark.parametrize("key,value", [("temperature", 0.0), ("temperature", -1.0), ("alpha", 1.5), ("alpha", -0.1),

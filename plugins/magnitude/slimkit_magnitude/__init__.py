@@ -7,7 +7,7 @@ Sample config (``conf`` group ``pruner``)::
     pruner.scope: layer           # layer | row | global (one |w| threshold across layers)
     pruner.pattern: null          # or "2:4" (then sparsity must be 0.5)
     pruner.exclude: [lm_head]     # glob patterns on module names
-    pruner.per_layer: {"model.layers.0.*": 0.3}
+    pruner.overrides: {"model.layers.0.*": 0.3}
     pruner.schedule: {steps: 4, ramp: cubic, recovery_steps: 20, max_perplexity_ratio: 1.5}
     pruner.sensitivity: {scan: true, sparsities: [0.3, 0.5, 0.7]}
 
@@ -24,6 +24,7 @@ from typing import Mapping
 
 import torch
 
+from slimkit.toolkit.modules import weight_matrix
 from slimkit.toolkit.pruning import PruningConfig, UnstructuredPruner, apply_masks, compute_masks, sparsity_report
 
 
@@ -36,7 +37,7 @@ class MagnitudeConfig(PruningConfig):
 
 def prune_by_magnitude(layers: dict[str, torch.nn.Module], sparsity: float, scope: str) -> dict[str, float]:
     """One-shot: zero the ``sparsity`` fraction of smallest-|w| weights in place; return per-layer sparsity."""
-    masks = compute_masks({n: m.weight.detach().abs() for n, m in layers.items()},
+    masks = compute_masks({n: weight_matrix(m).detach().abs() for n, m in layers.items()},
                           {n: sparsity for n in layers}, scope)
     apply_masks(layers, masks)
     return sparsity_report(layers)["per_layer_sparsity"]
@@ -49,4 +50,4 @@ class MagnitudePruner(UnstructuredPruner):
     Config = MagnitudeConfig
 
     def scores(self, state, layers: Mapping[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
-        return {n: m.weight.detach().abs().float() for n, m in layers.items()}
+        return {n: weight_matrix(m).detach().abs().float() for n, m in layers.items()}

@@ -6,7 +6,7 @@ Sample config (``conf`` group ``quantizer``)::
 
     quantizer: quanto
     quantizer.bits: 4                       # weight bits: 8, 4 or 2 (4/2: groups of up to 128, see below)
-    quantizer.activations: 8                # null (weight-only) or 8 (calibrated int8 activations)
+    quantizer.activations: int8-tensor      # null (weight-only) or int8-tensor (calibrated static int8 activations)
     quantizer.exclude: [lm_head]            # glob patterns on module names kept in float
     quantizer.overrides: {"model.layers.0.*": 8, "model.layers.29.*": 8}
     # or: quantizer.budget_bits=4.5 (choose bit-widths from a sensitivity scan; see slimkit.toolkit.quantization)
@@ -27,12 +27,12 @@ from typing import Any, ClassVar, Mapping, Optional
 import torch
 from tqdm.auto import tqdm
 
-from slimkit import ArtifactError, ConfigError, DataError, Kind, Stage, check_choice
+from slimkit import ArtifactError, ConfigError, DataError, Kind, Stage
+from slimkit.toolkit.modules import conv1d_to_linear
 from slimkit.toolkit.quantization import MixedPrecisionConfig, plan_precision
 from slimkit.toolkit.storage import untied_state_dict as _untied_state_dict
 
 WEIGHT_BITS = (2, 4, 8)
-ACTIVATION_BITS = (None, 8)
 QUANT_MAP = "quanto_qmap.json"
 EXTRA = "slimkit_quanto.json"
 from slimkit.toolkit.storage import WEIGHTS  # noqa: E402  (not model.safetensors: see slimkit.toolkit.storage)
@@ -42,14 +42,9 @@ from slimkit.toolkit.storage import WEIGHTS  # noqa: E402  (not model.safetensor
 class QuantoConfig(MixedPrecisionConfig):
     """optimum-quanto settings (bit-width fields shared with every backend: see ``slimkit.toolkit.quantization``)."""
 
-    #: activation bits: null for weight-only, or 8 (calibrated on data.calibration; needs calibration_samples >= 1)
-    activations: Optional[int] = None
-
     ALLOWED_BITS: ClassVar[tuple[int, ...]] = WEIGHT_BITS
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_choice("quantizer.activations", self.activations, ACTIVATION_BITS)
+    #: null (weight-only) or 'int8-tensor': static per-tensor int8 scales calibrated on data.calibration
+    ACTIVATIONS: ClassVar[tuple[Optional[str], ...]] = (None, "int8-tensor")
 
 
 def _qtype(bits: int):
@@ -95,10 +90,14 @@ class QuantoQuantizer(Stage):
         cfg = self.config
         windows = state.data.calibration
         if cfg.activations is not None and windows.shape[0] == 0:
-            raise DataError("quantizer.activations=8 needs calibration windows to set activation scales, but the "
+            raise DataError(f"quantizer.activations={cfg.activations!r} needs calibration windows to set activation scales, but the "
                             "calibration slice is empty (data.calibration_samples=0); set it to at least 1")
+        # quanto quantizes nn.Linear only: GPT-2's Conv1D layers become the equivalent Linear first (same weights,
+        # transposed; recorded so that load() rebuilds the same modules)
+        converted = conv1d_to_linear(state.model)
+        state.model._slimkit_conv1d_as_linear = converted
         plan, metrics = plan_precision(state, cfg, make_quantized, backend=self.name)
-        activations = _qtype(cfg.activations) if cfg.activations else None
+        activations = _qtype(8) if cfg.activations == "int8-tensor" else None
         by_bits: dict[int, list[str]] = {}
         for module_name, bits in plan.items():
             if bits is not None:
@@ -108,7 +107,7 @@ class QuantoQuantizer(Stage):
         for bits, names in by_bits.items():
             quantize(state.model, weights=_qtype(bits), activations=activations, include=names)
         metrics.update({"quantized_modules": sum(map(len, by_bits.values())), "weight_bits": cfg.bits,
-                        "activation_bits": cfg.activations})
+                        "activation_bits": cfg.activations, "conv1d_converted_to_linear": len(converted)})
         if activations is not None:
             with torch.no_grad(), Calibration(momentum=0.9):
                 for row in tqdm(windows, desc="calibrating activations", leave=False):
@@ -135,6 +134,7 @@ class QuantoQuantizer(Stage):
         output_embeddings = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         (directory / EXTRA).write_text(json.dumps({
             "format": 1, "output_quantization_disabled": disabled,
+            "conv1d_as_linear": list(getattr(model, "_slimkit_conv1d_as_linear", [])),
             "lm_head_quantized": isinstance(output_embeddings, QModuleMixin)}, indent=1))
 
     @classmethod
@@ -149,6 +149,11 @@ class QuantoQuantizer(Stage):
         state_dict = load_tensors(directory / WEIGHTS)
         qmap = json.loads((directory / QUANT_MAP).read_text())
         extra = json.loads((directory / EXTRA).read_text()) if (directory / EXTRA).is_file() else {}
+        converted = conv1d_to_linear(model, extra.get("conv1d_as_linear", []))
+        if len(converted) != len(extra.get("conv1d_as_linear", [])):
+            raise ArtifactError(f"{directory / EXTRA} lists Conv1D modules the model does not have: "
+                                f"{sorted(set(extra['conv1d_as_linear']) - set(converted))[:5]}")
+        model._slimkit_conv1d_as_linear = converted
         requantize(model, state_dict, qmap, device=torch.device("cpu"))
         modules = dict(model.named_modules())
         for name in extra.get("output_quantization_disabled", []):

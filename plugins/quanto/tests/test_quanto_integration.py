@@ -19,7 +19,7 @@ def test_smollm2_w8a8_reloads_exactly(tmp_path):
     loaded = load_model("smollm2-135m")
     data = build_splits(loaded.tokenizer, seq_len=128, train_tokens=512, calibration_samples=2, eval_tokens=256)
     state = PipelineState(loaded.model, loaded.tokenizer, data, loaded.model, work_dir=tmp_path)
-    stage = QuantoQuantizer(QuantoConfig(bits=8, activations=8))
+    stage = QuantoQuantizer(QuantoConfig(bits=8, activations="int8-tensor"))
     stage.apply(state)
     probe = data.eval[:1, :64]
     before = model_logits(state.model, probe)

@@ -28,7 +28,7 @@ def test_w8a8_reload_keeps_calibration_streamline_choices(tmp_path):
     from optimum.quanto.nn import QModuleMixin
 
     state = fresh_state()
-    stage = QuantoQuantizer(QuantoConfig(bits=8, activations=8))
+    stage = QuantoQuantizer(QuantoConfig(bits=8, activations="int8-tensor"))
     stage.apply(state)
     probe = state.data.eval[:2, :32]
     before = model_logits(state.model, probe)
@@ -58,7 +58,7 @@ def test_mixed_precision_map_and_effective_bits():
 
 
 def test_activations_without_calibration_data_is_a_clear_error():
-    stage = QuantoQuantizer(QuantoConfig(bits=8, activations=8))
+    stage = QuantoQuantizer(QuantoConfig(bits=8, activations="int8-tensor"))
     with pytest.raises(ConfigError, match="data.calibration_samples"):
         stage.check_before_load({"data": {"calibration_samples": 0}})
     state = fresh_state()
@@ -67,7 +67,7 @@ def test_activations_without_calibration_data_is_a_clear_error():
         stage.apply(state)
 
 
-@pytest.mark.parametrize("values, key", [({"bits": 3}, "quantizer.bits"), ({"activations": 4}, "quantizer.activations"),
+@pytest.mark.parametrize("values, key", [({"bits": 3}, "quantizer.bits"), ({"activations": "int8-token"}, "quantizer.activations"),
                                          ({"overrides": {"lm_head": 16}}, "quantizer.overrides"),
                                          ({"budget_bits": 1.5}, "quantizer.budget_bits")])
 def test_bad_values_rejected_at_config_time(values, key):

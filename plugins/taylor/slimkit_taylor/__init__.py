@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from slimkit.core.errors import DataError
 from slimkit.core.plugin import check_choice, check_range
+from slimkit.toolkit.modules import weight_matrix
 from slimkit.toolkit.pruning import PruningConfig, UnstructuredPruner
 
 ACCUMULATE = ("squared", "absolute")
@@ -65,7 +66,7 @@ class TaylorConfig(PruningConfig):
 
 def taylor_scores(model: torch.nn.Module, layers: Mapping[str, torch.nn.Module], windows: torch.Tensor,
                   accumulate: str = "squared", desc: str = "taylor gradients") -> dict[str, torch.Tensor]:
-    """Accumulated ``|W * dL/dW|`` per weight of each layer over ``windows`` ([n, seq_len] token ids),
+    """Accumulated ``|W * dL/dW|`` per weight of each layer (as ``[out, in]``) over ``windows`` ([n, seq_len] token ids),
     one window per forward/backward pass. Only the layers' weights get gradients; the model's
     ``requires_grad`` flags, gradients and train/eval mode are restored afterwards."""
     from slimkit.toolkit.training import next_token_loss
@@ -105,7 +106,7 @@ def taylor_scores(model: torch.nn.Module, layers: Mapping[str, torch.nn.Module],
             p.requires_grad_(flag)
             p.grad = grad
         model.train(was_training)
-    return sums
+    return {n: weight_matrix(layers[n], s) for n, s in sums.items()}  # [out, in], Conv1D transposed
 
 
 class TaylorPruner(UnstructuredPruner):

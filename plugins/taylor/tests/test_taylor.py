@@ -19,9 +19,10 @@ def _state():
 class TestTaylorContract(StageContract):
     stage_cls = TaylorPruner
     configs = [{"sparsity": 0.5}, {"sparsity": 0.3, "scope": "layer", "accumulate": "absolute"},
-               {"sparsity": 0.4, "scope": "global", "windows": 2}, {"sparsity": 0.0},
+               {"sparsity": 0.4, "scope": "global", "windows": 2},
                {"sparsity": 0.5, "pattern": "2:4"},
                {"sparsity": 0.6, "schedule": {"steps": 2, "ramp": "linear", "recovery_steps": 1}}]
+    unchanged_configs = [{"sparsity": 0.0}]
 
     def _state(self):
         return _state()

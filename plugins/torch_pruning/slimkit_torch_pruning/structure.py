@@ -1,38 +1,45 @@
-"""The mechanics of structured pruning on Llama-style decoders.
+"""The mechanics of structured pruning on decoder-only models of every family in
+:mod:`slimkit.toolkit.families` (Llama-style, Phi-3's fused projections, GPT-2's Conv1D, OPT, GPT-NeoX).
 
-Finds the prunable structures (MLP channels, attention heads grouped with their KV head), scores
-them, removes the lowest-scoring ones with Torch-Pruning's low-level pruning functions
-(``tp.prune_linear_out_channels`` / ``tp.prune_linear_in_channels``) and patches the config so a
-stock ``from_pretrained`` rebuilds the smaller model.
+Finds the prunable structures (MLP channels, attention heads grouped with their KV head) through the
+family table, scores them, removes the lowest-scoring ones with Torch-Pruning's low-level pruning
+functions (``tp.prune_linear_out_channels`` / ``tp.prune_linear_in_channels``; GPT-2's transposed
+``Conv1D`` is sliced the same way along its other axis) and patches the config so a stock
+``from_pretrained`` rebuilds the smaller model. A fused projection (``qkv_proj``, ``gate_up_proj``,
+``c_attn``, ``query_key_value``) loses the rows of every removed structure it holds, in its own layout.
 
 Torch-Pruning's dependency graph is not used: on transformers 5.24 its ``MetaPruner`` did not finish
 tracing a 4-layer tiny Llama within 300 s, and it has no notion of query heads sharing a KV head.
-The coupled index sets here are few and fixed by the architecture, so they are written out.
+The coupled index sets are few and fixed by the family, so they are read from the table.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch_pruning as tp
 
 from slimkit.core.errors import ConfigError
+from slimkit.toolkit.families import (FAMILIES, Block, Family, block_sizes, config_sizes, decoder_blocks, family_of,
+                                      head_rows, mlp_rows, model_type_of, supported)
+from slimkit.toolkit.modules import in_features, is_conv1d, out_features, weight_matrix
 
-MLP_NAMES = ("gate_proj", "up_proj", "down_proj")
-ATTN_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj")
-SUPPORTED = ("a decoder-only causal LM with `model.model.layers[i].self_attn.{q,k,v,o}_proj` and "
-             "`model.model.layers[i].mlp.{gate,up,down}_proj` as torch.nn.Linear and a config with "
-             "num_attention_heads, num_key_value_heads and an integer intermediate_size "
-             "(Llama/SmolLM2, Mistral, Qwen2, Gemma-3 and alike)")
+#: a block's projection roles (slimkit.toolkit.families.Block) by part
+ATTN_ROLES = ("q", "k", "v", "qkv", "o")
+MLP_ROLES = ("gate", "up", "gate_up", "down")
+#: the setting that chose this backend, named in errors about the model
+KEY, VALUE = "pruner", "torch_pruning"
+INSTEAD = "an unstructured pruner (magnitude, wanda and taylor prune any Linear/Conv1D model), or "
 
 
 class UnsupportedArchitectureError(ConfigError):
     """The model is not an architecture this pruner understands; the model was not changed."""
 
-    def __init__(self, model: torch.nn.Module, why: str):
-        super().__init__("pruner.backend", f"torch_pruning on {type(model).__name__}", SUPPORTED, why)
+    def __init__(self, model_type: str, why: str):
+        super().__init__(KEY, VALUE, f"{INSTEAD}a model whose model_type is one of: {supported()}",
+                         f"model_type {model_type!r}: {why}")
 
 
 @dataclasses.dataclass
@@ -50,43 +57,67 @@ class LayerDims:
 
 @dataclasses.dataclass
 class Arch:
-    """The decoder layers of a supported model and their current sizes."""
+    """The decoder blocks of a supported model and their current sizes."""
 
-    layers: torch.nn.ModuleList
+    family: Family
+    blocks: list[Block]
     head_dim: int
     dims: list[LayerDims]
+
+    @property
+    def layers(self) -> list[torch.nn.Module]:
+        return [b.module for b in self.blocks]
+
+
+def check_config(config: Any, heads_sparsity: float = 0.0) -> Family:
+    """What the model config alone tells (callable on an ``AutoConfig`` before any weights load): the family
+    is in the table, and attention heads are only removed where the config can describe fewer of them."""
+    family = family_of(config, VALUE, KEY, VALUE, instead=INSTEAD)
+    model_type = model_type_of(config)
+    for key in (family.heads_key, family.kv_heads_key):
+        if key and not isinstance(getattr(config, key, None), int):
+            raise UnsupportedArchitectureError(model_type, f"its config has no integer {key}")
+    if heads_sparsity > 0 and family.head_dim_key is None:
+        heads_ok = sorted(t for t, f in FAMILIES.items() if f.head_dim_key is not None)
+        raise ConfigError("pruner.heads_sparsity", heads_sparsity,
+                          f"0 for {VALUE} on model_type {model_type!r} (its MLP channels are pruned; attention heads "
+                          f"are pruned for: {', '.join(heads_ok)})",
+                          f"{family.label}'s config derives the head size from the hidden size and the head count, "
+                          "so a model with fewer heads cannot be described by its config")
+    return family
 
 
 def inspect(model: torch.nn.Module) -> Arch:
     """Check ``model`` is a supported architecture and read its per-layer sizes (changes nothing)."""
     config = getattr(model, "config", None)
-    layers = getattr(getattr(model, "model", None), "layers", None)
-    if config is None or not isinstance(layers, torch.nn.ModuleList) or len(layers) == 0:
-        raise UnsupportedArchitectureError(model, "it has no `model.layers` ModuleList of decoder layers")
-    for key in ("num_attention_heads", "num_key_value_heads", "intermediate_size", "hidden_size"):
-        if not isinstance(getattr(config, key, None), int):
-            raise UnsupportedArchitectureError(model, f"its config has no integer {key}")
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    if config is None:
+        raise UnsupportedArchitectureError(type(model).__name__, "it has no Hugging Face config")
+    family = check_config(config)
+    model_type = model_type_of(config)
+    blocks = decoder_blocks(model, family, KEY, VALUE)
+    head_dim = config_sizes(config, family).head_dim
     dims = []
-    for i, layer in enumerate(layers):
-        attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
-        for owner, names, what in ((attn, ATTN_NAMES, "self_attn"), (mlp, MLP_NAMES, "mlp")):
-            for name in names:
-                module = getattr(owner, name, None)
-                if type(module) is not torch.nn.Linear:  # subclasses (quantized/LoRA linears) are not safe to slice
-                    found = "missing" if module is None else type(module).__name__
-                    raise UnsupportedArchitectureError(model, f"layer {i}: {what}.{name} is {found}, not torch.nn.Linear")
-        q, k, v, o = (getattr(attn, n) for n in ATTN_NAMES)
-        gate, up, down = (getattr(mlp, n) for n in MLP_NAMES)
-        if q.out_features % head_dim or k.out_features % head_dim or k.out_features != v.out_features:
-            raise UnsupportedArchitectureError(model, f"layer {i}: q/k/v widths are not whole heads of head_dim {head_dim}")
-        heads, kv_heads = q.out_features // head_dim, k.out_features // head_dim
-        if heads % kv_heads or o.in_features != q.out_features:
-            raise UnsupportedArchitectureError(model, f"layer {i}: {heads} query heads do not group over {kv_heads} KV heads")
-        if not (gate.out_features == up.out_features == down.in_features):
-            raise UnsupportedArchitectureError(model, f"layer {i}: gate/up/down widths disagree")
-        dims.append(LayerDims(gate.out_features, heads, kv_heads))
-    return Arch(layers, head_dim, dims)
+    for block in blocks:
+        i = block.index
+        attn_out = out_features(block.qkv) if block.qkv is not None else out_features(block.q)
+        if attn_out % head_dim or in_features(block.o) % head_dim:
+            raise UnsupportedArchitectureError(model_type, f"layer {i}: attention widths are not whole heads of "
+                                               f"head_dim {head_dim}")
+        sizes = block_sizes(block, family, head_dim)
+        if block.qkv is None and out_features(block.k) != out_features(block.v):
+            raise UnsupportedArchitectureError(model_type, f"layer {i}: k and v widths differ")
+        if sizes.kv_heads < 1 or sizes.heads % sizes.kv_heads or in_features(block.o) != sizes.heads * head_dim:
+            raise UnsupportedArchitectureError(model_type, f"layer {i}: {sizes.heads} query heads do not group over "
+                                               f"{sizes.kv_heads} KV heads")
+        up_rows = out_features(block.gate_up) // 2 if block.gate_up is not None else out_features(block.up)
+        if up_rows != sizes.intermediate or (block.gate is not None and out_features(block.gate) != up_rows):
+            raise UnsupportedArchitectureError(model_type, f"layer {i}: MLP widths disagree")
+        dims.append(LayerDims(sizes.intermediate, sizes.heads, sizes.kv_heads))
+    return Arch(family, blocks, head_dim, dims)
+
+
+def _sizes(arch: Arch, i: int):
+    return block_sizes(arch.blocks[i], arch.family, arch.head_dim)
 
 
 def nearest_valid(requested: float, total: int, step: int = 1, keep_min: int = 1) -> list[float]:
@@ -119,57 +150,82 @@ def target_keep(key: str, requested: float, total: int, step: int, tolerance: fl
     return keep
 
 
+# --- which weight slices make up each structure ------------------------------------------------------
+
+def _structures(arch: Arch, i: int) -> dict[str, list[tuple[torch.nn.Module, str, torch.Tensor]]]:
+    """Per kind ('mlp', 'q', 'kv'), the weight slices of each structure: ``(module, 'rows'|'cols', index)``
+    with ``index`` of shape ``[structures, entries]`` into the module's ``[out, in]`` weight."""
+    block, family, sizes = arch.blocks[i], arch.family, _sizes(arch, i)
+    d = sizes.head_dim
+
+    def stacked(fn, n):  # per-structure index rows
+        module, rows = fn(torch.arange(n))
+        return module, rows.reshape(n, -1)
+
+    channels = torch.arange(sizes.intermediate)
+    mlp = []
+    for role in (("gate", "up") if family.gated else ("up",)):
+        module, rows = stacked(lambda idx, r=role: mlp_rows(block, sizes, r, idx), sizes.intermediate)
+        mlp.append((module, "rows", rows))
+    mlp.append((block.down, "cols", channels[:, None]))
+    q_module, q_rows = stacked(lambda idx: head_rows(block, family, sizes, "q", idx), sizes.heads)
+    q = [(q_module, "rows", q_rows), (block.o, "cols", torch.arange(sizes.heads)[:, None] * d + torch.arange(d))]
+    kv = []
+    for role in ("k", "v"):
+        module, rows = stacked(lambda idx, r=role: head_rows(block, family, sizes, r, idx), sizes.kv_heads)
+        kv.append((module, "rows", rows))
+    return {"mlp": mlp, "q": q, "kv": kv}
+
+
 # --- importance ------------------------------------------------------------------------------------
 
-def _score(grads: dict[torch.Tensor, torch.Tensor] | None, slices: Sequence[tuple[torch.Tensor, int]], n: int) -> torch.Tensor:
+def _score(grads: dict[torch.Tensor, torch.Tensor] | None,
+           slices: Sequence[tuple[torch.nn.Module, str, torch.Tensor]], n: int) -> torch.Tensor:
     """Per-structure score summed over coupled weight slices.
 
-    ``slices`` pairs a weight with the dim along which its rows/columns map onto structures (each
-    structure owns ``size // n`` consecutive entries). l2: sum of squares (the group criterion of
-    ``tp.importance.GroupMagnitudeImportance(p=2)``); taylor: sum of |w * dL/dw| (first-order Taylor,
-    as ``tp.importance.GroupTaylorImportance``).
+    l2: sum of squares (the group criterion of ``tp.importance.GroupMagnitudeImportance(p=2)``); taylor:
+    sum of |w * dL/dw| (first-order Taylor, as ``tp.importance.GroupTaylorImportance``).
     """
     total = torch.zeros(n, dtype=torch.float64)
-    for weight, dim in slices:
-        w = weight.detach().float()
-        value = w.pow(2) if grads is None else (w * grads[weight].float()).abs()
-        value = value.transpose(0, dim) if dim else value
-        total += value.reshape(n, -1).sum(1).double()
+    for module, axis, index in slices:
+        w = weight_matrix(module).detach().float()
+        value = w.pow(2) if grads is None else (w * weight_matrix(module, grads[module.weight]).float()).abs()
+        if axis == "rows":
+            total += value[index.reshape(-1)].reshape(n, -1).sum(1).double()
+        else:
+            total += value[:, index.reshape(-1)].reshape(value.shape[0], n, -1).sum((0, 2)).double()
     return total
 
 
-def layer_scores(layer: torch.nn.Module, dims: LayerDims, head_dim: int, importance: str,
-                 grads: dict | None, generator: torch.Generator,
+def layer_scores(arch: Arch, i: int, importance: str, grads: dict | None, generator: torch.Generator,
                  activations: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """Scores of one layer's MLP channels, KV groups and query heads (higher = more important).
+    """Scores of layer ``i``'s MLP channels, KV groups and query heads (higher = more important).
 
-    ``activations`` (importance 'activation') holds this layer's summed squared inputs of
-    ``down_proj`` and ``o_proj`` on calibration data; a channel scores
-    ||its column of the output projection||^2 * ||its input||^2 (Wanda's weight x activation
-    criterion applied to whole channels), so rare high-magnitude channels are kept.
+    ``activations`` (importance 'activation') holds this layer's summed squared inputs of the down and
+    output projections on calibration data; a channel scores ||its column of the output projection||^2 *
+    ||its input||^2 (Wanda's weight x activation criterion applied to whole channels), so rare
+    high-magnitude channels are kept.
     """
-    attn, mlp = layer.self_attn, layer.mlp
+    dims, block = arch.dims[i], arch.blocks[i]
     if importance == "random":
         return {"mlp": torch.rand(dims.intermediate, generator=generator, dtype=torch.float64),
                 "kv": torch.rand(dims.kv_heads, generator=generator, dtype=torch.float64),
                 "q": torch.rand(dims.heads, generator=generator, dtype=torch.float64)}
     if importance == "activation":
-        mlp_score = mlp.down_proj.weight.detach().double().pow(2).sum(0) * activations["mlp"]
-        q = (attn.o_proj.weight.detach().double().pow(2).sum(0) * activations["attn"]).reshape(dims.heads, -1).sum(1)
+        mlp_score = weight_matrix(block.down).detach().double().pow(2).sum(0) * activations["mlp"]
+        q = (weight_matrix(block.o).detach().double().pow(2).sum(0) * activations["attn"]).reshape(dims.heads, -1).sum(1)
         return {"mlp": mlp_score, "kv": q.reshape(dims.kv_heads, -1).sum(1), "q": q}
     g = grads if importance == "taylor" else None
-    mlp_slices = [(mlp.gate_proj.weight, 0), (mlp.up_proj.weight, 0), (mlp.down_proj.weight, 1)]
-    q_slices = [(attn.q_proj.weight, 0), (attn.o_proj.weight, 1)]
-    kv_slices = [(attn.k_proj.weight, 0), (attn.v_proj.weight, 0)]
-    q = _score(g, q_slices, dims.heads)
-    kv = _score(g, kv_slices, dims.kv_heads) + q.reshape(dims.kv_heads, -1).sum(1)
-    return {"mlp": _score(g, mlp_slices, dims.intermediate), "kv": kv, "q": q}
+    parts = _structures(arch, i)
+    q = _score(g, parts["q"], dims.heads)
+    kv = _score(g, parts["kv"], dims.kv_heads) + q.reshape(dims.kv_heads, -1).sum(1)
+    return {"mlp": _score(g, parts["mlp"], dims.intermediate), "kv": kv, "q": q}
 
 
 @torch.no_grad()
 def input_energy(model: torch.nn.Module, arch: Arch, windows: torch.Tensor, batch_size: int = 4) -> list[dict]:
-    """Per layer, the summed squared inputs of ``mlp.down_proj`` and ``self_attn.o_proj`` over ``windows``."""
-    stats = [{"mlp": 0.0, "attn": 0.0} for _ in arch.layers]
+    """Per layer, the summed squared inputs of the MLP's down projection and the attention's output projection."""
+    stats = [{"mlp": 0.0, "attn": 0.0} for _ in arch.blocks]
     hooks = []
 
     def hook(i: int, key: str):
@@ -178,9 +234,9 @@ def input_energy(model: torch.nn.Module, arch: Arch, windows: torch.Tensor, batc
             stats[i][key] = stats[i][key] + x.pow(2).reshape(-1, x.shape[-1]).sum(0)
         return accumulate
 
-    for i, layer in enumerate(arch.layers):
-        hooks.append(layer.mlp.down_proj.register_forward_pre_hook(hook(i, "mlp")))
-        hooks.append(layer.self_attn.o_proj.register_forward_pre_hook(hook(i, "attn")))
+    for i, block in enumerate(arch.blocks):
+        hooks.append(block.down.register_forward_pre_hook(hook(i, "mlp")))
+        hooks.append(block.o.register_forward_pre_hook(hook(i, "attn")))
     was_training = model.training
     try:
         model.eval()
@@ -197,8 +253,7 @@ def taylor_gradients(model: torch.nn.Module, arch: Arch, windows: torch.Tensor, 
     """dL/dw of next-token loss on ``windows`` for the prunable weights (other grads left untouched)."""
     from slimkit.toolkit.training import next_token_loss
 
-    weights = [getattr(owner, n).weight for layer in arch.layers
-               for owner, names in ((layer.self_attn, ATTN_NAMES), (layer.mlp, MLP_NAMES)) for n in names]
+    weights = [m.weight for block in arch.blocks for m in block.projections().values()]
     saved = {p: (p.requires_grad, p.grad) for p in model.parameters()}
     was_training = model.training
     try:
@@ -226,42 +281,71 @@ def _removed(keep: torch.Tensor, total: int) -> list[int]:
     return mask.nonzero().flatten().tolist()
 
 
-def _head_channels(heads: Iterable[int], head_dim: int) -> list[int]:
-    return [h * head_dim + d for h in heads for d in range(head_dim)]
+def _drop_outputs(module: torch.nn.Module, drop: list[int]) -> None:
+    if not drop:
+        return
+    if not is_conv1d(module):
+        tp.prune_linear_out_channels(module, drop)
+        return
+    keep = torch.tensor([i for i in range(module.nf) if i not in set(drop)], dtype=torch.long)
+    module.weight = torch.nn.Parameter(module.weight.data[:, keep].contiguous(), requires_grad=module.weight.requires_grad)
+    module.bias = torch.nn.Parameter(module.bias.data[keep].contiguous(), requires_grad=module.bias.requires_grad)
+    module.nf = len(keep)
+
+
+def _drop_inputs(module: torch.nn.Module, drop: list[int]) -> None:
+    if not drop:
+        return
+    if not is_conv1d(module):
+        tp.prune_linear_in_channels(module, drop)
+        return
+    keep = torch.tensor([i for i in range(module.nx) if i not in set(drop)], dtype=torch.long)
+    module.weight = torch.nn.Parameter(module.weight.data[keep].contiguous(), requires_grad=module.weight.requires_grad)
+    module.nx = len(keep)
 
 
 @torch.no_grad()
-def prune_layer(layer: torch.nn.Module, dims: LayerDims, head_dim: int, mlp_keep: torch.Tensor | None,
-                kv_keep: torch.Tensor | None, q_keep: torch.Tensor | None) -> LayerDims:
-    """Remove everything not in the keep sets (sorted indices; None keeps all); returns the new sizes.
+def prune_layer(arch: Arch, i: int, mlp_keep: torch.Tensor | None, kv_keep: torch.Tensor | None,
+                q_keep: torch.Tensor | None) -> LayerDims:
+    """Remove everything of layer ``i`` not in the keep sets (sorted indices; None keeps all); returns the
+    new sizes.
 
     ``kv_keep`` lists KV heads to keep (their query heads go with them); ``q_keep`` lists query heads
     to keep and must hold the same number per kept KV head.
     """
-    attn, mlp = layer.self_attn, layer.mlp
-    if mlp_keep is not None and len(mlp_keep) < dims.intermediate:
-        drop = _removed(mlp_keep, dims.intermediate)
-        tp.prune_linear_out_channels(mlp.gate_proj, drop)
-        tp.prune_linear_out_channels(mlp.up_proj, drop)
-        tp.prune_linear_in_channels(mlp.down_proj, drop)
+    block, family, dims = arch.blocks[i], arch.family, arch.dims[i]
+    sizes = _sizes(arch, i)
+    d = arch.head_dim
+    drop_rows: dict[int, tuple[torch.nn.Module, set[int]]] = {}
+
+    def drop(module, rows):
+        drop_rows.setdefault(id(module), (module, set()))[1].update(int(r) for r in rows)
+
+    mlp_drop = _removed(mlp_keep, dims.intermediate) if mlp_keep is not None else []
+    if mlp_drop:
+        for role in (("gate", "up") if family.gated else ("up",)):
+            drop(*mlp_rows(block, sizes, role, torch.tensor(mlp_drop)))
     kv_keep = torch.arange(dims.kv_heads) if kv_keep is None else kv_keep
     q_keep = torch.arange(dims.heads) if q_keep is None else q_keep
-    if len(kv_keep) < dims.kv_heads or len(q_keep) < dims.heads:
-        drop_kv = _head_channels(_removed(kv_keep, dims.kv_heads), head_dim)
-        drop_q = _head_channels(_removed(q_keep, dims.heads), head_dim)
-        if drop_kv:
-            tp.prune_linear_out_channels(attn.k_proj, drop_kv)
-            tp.prune_linear_out_channels(attn.v_proj, drop_kv)
-        if drop_q:
-            tp.prune_linear_out_channels(attn.q_proj, drop_q)
-            tp.prune_linear_in_channels(attn.o_proj, drop_q)
-    new = LayerDims(mlp.gate_proj.out_features, attn.q_proj.out_features // head_dim,
-                    attn.k_proj.out_features // head_dim)
-    for owner, name, value in ((mlp, "intermediate_size", new.intermediate),
-                               (attn, "num_key_value_groups", new.queries_per_kv),
-                               (attn, "num_heads", new.heads), (attn, "num_key_value_heads", new.kv_heads)):
+    kv_drop, q_drop = _removed(kv_keep, dims.kv_heads), _removed(q_keep, dims.heads)
+    if kv_drop:
+        for role in ("k", "v"):
+            drop(*head_rows(block, family, sizes, role, torch.tensor(kv_drop)))
+    if q_drop:
+        drop(*head_rows(block, family, sizes, "q", torch.tensor(q_drop)))
+    for module, rows in drop_rows.values():
+        _drop_outputs(module, sorted(rows))
+    _drop_inputs(block.down, mlp_drop)
+    _drop_inputs(block.o, [h * d + j for h in q_drop for j in range(d)])
+    new_sizes = block_sizes(block, family, d)
+    new = LayerDims(new_sizes.intermediate, new_sizes.heads, new_sizes.kv_heads)
+    for owner, name, value in ((block.mlp, "intermediate_size", new.intermediate),
+                               (block.attention, "num_key_value_groups", new.queries_per_kv),
+                               (block.attention, "num_heads", new.heads),
+                               (block.attention, "num_key_value_heads", new.kv_heads)):
         if hasattr(owner, name):  # attributes some model classes keep (repeat_kv reads num_key_value_groups)
             setattr(owner, name, value)
+    arch.dims[i] = new
     return new
 
 

@@ -28,6 +28,7 @@ from typing import Mapping
 import torch
 from tqdm.auto import tqdm
 
+from slimkit.toolkit.modules import in_features, weight_matrix
 from slimkit.toolkit.pruning import PruningConfig, UnstructuredPruner
 
 
@@ -44,11 +45,11 @@ class WandaConfig(PruningConfig):
 def input_norms(model: torch.nn.Module, layers: Mapping[str, torch.nn.Module], windows: torch.Tensor,
                 batch_size: int = 4) -> dict[str, torch.Tensor]:
     """``||X_j||_2`` over all tokens of ``windows`` for each input feature of each layer."""
-    sums = {n: torch.zeros(m.in_features, dtype=torch.float64) for n, m in layers.items()}
+    sums = {n: torch.zeros(in_features(m), dtype=torch.float64) for n, m in layers.items()}
 
     def hook(name):
         def record(module, args):
-            x = args[0].detach().reshape(-1, module.in_features).double()
+            x = args[0].detach().reshape(-1, in_features(module)).double()
             sums[name] += x.pow(2).sum(0)
         return record
 
@@ -72,4 +73,4 @@ class WandaPruner(UnstructuredPruner):
 
     def scores(self, state, layers: Mapping[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
         norms = input_norms(state.model, layers, state.data.calibration)
-        return {n: m.weight.detach().abs().float() * norms[n][None, :] for n, m in layers.items()}
+        return {n: weight_matrix(m).detach().abs().float() * norms[n][None, :] for n, m in layers.items()}

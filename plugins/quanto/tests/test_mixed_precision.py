@@ -20,7 +20,6 @@ from slimkit.toolkit.quantization import (
     MixedPrecisionConfig,
     allocate_bits,
     group_units,
-    plan_precision,
     precision_summary,
     resolve_plan,
     sensitivity_scan,
@@ -253,7 +252,7 @@ def test_stage_metrics_in_report_show_effective_bits_and_map(tiny_cfg, tmp_path)
 
 @pytest.mark.parametrize("preset", ["quanto_w4_mixed", "quanto_budget", "quanto_w8a8", "bnb_nf4", "bnb_int8"])
 def test_presets_compose_into_valid_backend_configs(preset):
-    from .conftest import compose
+    from slimkit.testing.config import compose
     from slimkit.pipeline.config import stage_config
 
     cfg = compose(f"quantizer={preset}")

@@ -121,18 +121,18 @@ def test_config_errors_name_the_key():
         MagnitudeConfig(schedule={"ramp": "exponential"})
     with pytest.raises(ConfigError, match="pruner.schedule.stepz"):
         MagnitudeConfig(schedule={"stepz": 3})
-    with pytest.raises(ConfigError, match="pruner.per_layer"):
-        MagnitudeConfig(per_layer={"*.layers.0.*": 1.2})
+    with pytest.raises(ConfigError, match="pruner.overrides"):
+        MagnitudeConfig(overrides={"*.layers.0.*": 1.2})
     with pytest.raises(ConfigError, match="pruner.scope"):
-        MagnitudeConfig(scope="global", per_layer={"*.layers.0.*": 0.2})
+        MagnitudeConfig(scope="global", overrides={"*.layers.0.*": 0.2})
 
 
 def test_per_layer_overrides_and_unmatched_glob(state):
-    metrics = MagnitudePruner(MagnitudeConfig(sparsity=0.5, per_layer={"model.layers.0.*": 0.25})).apply(state)
+    metrics = MagnitudePruner(MagnitudeConfig(sparsity=0.5, overrides={"model.layers.0.*": 0.25})).apply(state)
     for name, s in metrics["per_layer_sparsity"].items():
         assert s == pytest.approx(0.25 if name.startswith("model.layers.0.") else 0.5, abs=1e-3), name
-    with pytest.raises(ConfigError, match="pruner.per_layer"):
-        MagnitudePruner(MagnitudeConfig(per_layer={"model.blocks.*": 0.2})).apply(copy.deepcopy(_shared_state()))
+    with pytest.raises(ConfigError, match="pruner.overrides"):
+        MagnitudePruner(MagnitudeConfig(overrides={"model.blocks.*": 0.2})).apply(copy.deepcopy(_shared_state()))
 
 
 # --- N:M -------------------------------------------------------------------------------------------
