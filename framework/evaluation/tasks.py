@@ -138,13 +138,17 @@ def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
 
 def _materialize(folder: Path, name: str, files: dict[str, list[dict[str, Any]]]) -> Path:
     """A task folder (YAML + jsonl files) written atomically into the cache once; its YAML path."""
+    from filelock import FileLock
+
     from slimkit.core.artifact import atomic_directory
 
-    if not (folder / f"{name}.yaml").is_file():
-        with atomic_directory(folder, overwrite=True) as tmp:
-            for filename, rows in files.items():
-                _write_jsonl(tmp / filename, rows)
-            (tmp / f"{name}.yaml").write_text(_template(name))
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):  # parallel sweep jobs: one writes, the others wait and read
+        if not (folder / f"{name}.yaml").is_file():
+            with atomic_directory(folder, overwrite=True) as tmp:
+                for filename, rows in files.items():
+                    _write_jsonl(tmp / filename, rows)
+                (tmp / f"{name}.yaml").write_text(_template(name))
     return folder / f"{name}.yaml"
 
 
