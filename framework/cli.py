@@ -48,12 +48,14 @@ def _presets(kind: str) -> set[str]:
 def check_backend_overrides(args: Sequence[str], registry: Registry) -> None:
     """Fail early, with the installed names and the pip hint, on ``quantizer=<unknown>``."""
     for arg in args:
-        match = re.fullmatch(r"[+~]*(pruner|distiller|quantizer)=(.+)", arg)
+        match = re.fullmatch(r"[+~]*(pruner|distiller|quantizer|exporter)=(.+)", arg)
         if not match:
             continue
         kind, value = match.groups()
         known = set(registry.names(Kind(kind))) | _presets(kind) | {"null"}
-        for name in value.split(","):  # multirun choices
+        for name in re.split(r"[,\[\]]", value):  # multirun choices; exporter=[gguf,onnx] lists
+            if not name.strip():
+                continue
             if name.strip() not in known:
                 raise UnknownPluginError(kind, name.strip(), known - {"null"})
 

@@ -283,7 +283,8 @@ class Stage(Plugin):
 
 
 class RuntimeSession(Protocol):
-    """An export loaded in its runtime, for evaluation there."""
+    """An export loaded in its runtime, for evaluation there. A session may also set ``runtime`` (str) when
+    it is not the exporter's declared runtime (e.g. a fallback); the report's ``runtime`` uses it."""
 
     runtime_version: str
 

@@ -85,7 +85,8 @@ class _LogitsModule(torch.nn.Module):
 
     @property
     def device(self) -> torch.device:
-        first = next(self.inner.parameters(), None)
+        parameters = getattr(self.inner, "parameters", None)  # a runtime session (deploy) has none: CPU
+        first = next(parameters(), None) if callable(parameters) else None
         return first.device if first is not None else torch.device("cpu")
 
     def tie_weights(self, *args: Any, **kwargs: Any) -> None:

@@ -140,7 +140,9 @@ def register_configs(registry: Registry | None = None) -> None:
                 node = backend_node(registry.get(kind, info.name))
             except PluginError:
                 node = BrokenPluginNode(backend=info.name)  # the pipeline raises the real error if chosen
-            cs.store(group=kind.value, name=info.name, node=node, provider=info.distribution)
+            # exporters sit at exporter.<name>, so exporter=[gguf,onnx] selects several side by side
+            package = f"exporter.{info.name}" if kind is Kind.EXPORTER else None
+            cs.store(group=kind.value, name=info.name, node=node, provider=info.distribution, package=package)
 
 
 def stage_config(cls: type[Stage], node: Any, key: str) -> StageConfig:

@@ -86,7 +86,35 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                          f"{t.get('samples') or '–'} | {fmt(t['baseline'])} | {fmt(t['final'])} | {fmt(t['retained'])} | "
                          f"{t['source']} |")
         lines.append("")
+    if report.get("deployments"):
+        lines += deployments_table(report["deployments"], report["baseline"])
     return "\n".join(lines)
+
+
+def _num(value: Any, fmt: str) -> str:
+    return "–" if value is None else fmt.format(value)
+
+
+def deployments_table(deployments: list[Mapping[str, Any]], baseline: Mapping[str, Any]) -> list[str]:
+    """Markdown lines: one row per export, measured inside its runtime."""
+    tasks = sorted({t for d in deployments for t in (d.get("tasks") or {})})
+    lines = ["## Deployments (each export measured inside its runtime)", "",
+             "| exporter | runtime | format | size MB (×smaller) | perplexity (×fp32) | "
+             + "".join(f"{t} acc (retained) | " for t in tasks) + "prefill × fp32 | decode × fp32 | processes |",
+             "|" + "---|" * (8 + len(tasks))]
+    for d in deployments:
+        cells = [d["exporter"], f"{d.get('runtime')} {d.get('runtime_version', '')}".strip(), str(d.get("format")),
+                 f"{d['size_bytes'] / 1e6:.1f} ({_num(d.get('size_ratio'), '{:.1f}×')})",
+                 f"{_num(d.get('perplexity'), '{:.2f}')} ({_num(d.get('perplexity_ratio'), '×{:.3f}')})"]
+        for t in tasks:
+            acc = (d.get("tasks") or {}).get(t) or {}
+            cells.append(f"{_num(acc.get('final'), '{:.3f}')} ({_num(acc.get('retained'), '{:.1%}')})")
+        cells += [_num(d.get("prefill_speedup"), "{:.2f}×"), _num(d.get("decode_speedup"), "{:.2f}×"),
+                  str(len(d.get("processes") or []))]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Speed: fresh processes that load only PyTorch fp32 and the export, timed alternately at "
+              f"{baseline.get('threads', 1)} thread(s); the median over processes. Files: `deploy/<exporter>/`.", ""]
+    return lines
 
 
 

@@ -21,6 +21,7 @@ from slimkit.core.plugin import STAGE_KINDS, Kind, PrunerConfig, QuantizerConfig
 from slimkit.core.registry import PluginInfo, Registry, default_registry
 from slimkit.core.state import PipelineState
 from slimkit.data import build_splits, corpus_from_config
+from slimkit.deploy import plan_deployments
 from slimkit.evaluation import latency, model_logits, quality_metrics
 from slimkit.evaluation.tasks import TaskSet, task_records
 from slimkit.models import load_model, model_skeleton
@@ -240,6 +241,7 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
     check_model(stages, model_cfg)
     corpus = corpus_from_config(data_cfg)  # data.path read and checked before the model loads
     tasks = TaskSet(eval_cfg.get("tasks") or [])  # task data loaded offline before the model loads
+    deploy_plan = plan_deployments(settings, registry, output_dir)  # exporters: checked before the model loads
     seed = int(settings.get("seed", 0))
     torch.manual_seed(seed)
     check_module_globs(stages, model_skeleton(model_cfg["name"], model_cfg.get("path"),
@@ -318,6 +320,9 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
     }
     report["ratios"].update({f"{name}_retained": t["retained"] for name, t in report["tasks"].items()
                              if t["retained"] is not None})
+    if deploy_plan:  # each export written to <output>/deploy/<exporter>/ and measured in its runtime
+        report["deployments"] = deploy_plan.run(target, state.model, loaded.tokenizer, output_dir, data.eval, baseline,
+                                                state.artifact_writer)
     write_reports(report, output_dir)
     return report
 

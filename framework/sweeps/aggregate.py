@@ -62,6 +62,8 @@ class Job:
     baseline: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: the overrides that differ between the sweep's jobs (plot labels)
     label: str = ""
+    #: exports measured in their runtimes (exporter=...): exporter, runtime, format, size, quality, speed
+    deployments: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @property
     def other_overrides(self) -> list[str]:
@@ -181,6 +183,7 @@ def load_job(job_dir: Path, root: Path, sweep: Mapping[str, Any]) -> Job:
         timing = report.get("timing") or {}
         if timing.get("condition"):
             job.timing = f"{timing['condition']} x{timing.get('processes', 0)}" if timing.get("processes") else timing["condition"]
+        job.deployments = [_deployment_row(d) for d in report.get("deployments") or [] if isinstance(d, Mapping)]
         floor = float(sweep.get("min_quality", 0.97))
         job.feasible = None if job.quality is None else job.quality >= floor
         try:
@@ -188,6 +191,13 @@ def load_job(job_dir: Path, root: Path, sweep: Mapping[str, Any]) -> Job:
         except SlimkitError:
             job.objective = None
     return job
+
+
+def _deployment_row(entry: Mapping[str, Any]) -> dict[str, Any]:
+    keys = ("exporter", "runtime", "format", "size_bytes", "perplexity", "perplexity_ratio", "prefill_speedup", "decode_speedup")
+    row = {k: entry.get(k) for k in keys}
+    row["tasks"] = {t: (v or {}).get("final") for t, v in (entry.get("tasks") or {}).items()}
+    return row
 
 
 def dominates(a: Sequence[float], b: Sequence[float], senses: Sequence[str]) -> bool:

@@ -20,7 +20,7 @@ OUTPUTS = {"markdown": "sweep.md", "csv": "sweep.csv", "json": "sweep.json", "ht
 OBJECTIVES = ("size", "latency", "perplexity")
 KINDS = ("pruner", "distiller", "quantizer")
 #: overrides shown in their own columns rather than under "other overrides"
-COLUMN_KEYS = {"pruner", "distiller", "quantizer", "pruner.sparsity", "quantizer.bits"}
+COLUMN_KEYS = {"pruner", "distiller", "quantizer", "pruner.sparsity", "quantizer.bits", "exporter"}
 
 
 class SweepError(ArtifactError):

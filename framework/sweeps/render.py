@@ -123,7 +123,7 @@ def write_csv(result: SweepResult, path: Path) -> None:
     """One CSV row per job with raw numbers (not formatted)."""
     fields = ["job", "status", "pruner", "sparsity", "achieved_sparsity", "distiller", "quantizer", "bits",
               "bits_per_weight", "other_overrides", "perplexity", "quality", "accuracy", "size_mb", "size_ratio",
-              "speed_ratio", "prefill_ratio", "timing", "feasible", "pareto_size", "pareto_speed", "objective", "error"]
+              "speed_ratio", "prefill_ratio", "timing", "feasible", "pareto_size", "pareto_speed", "objective", "exporter", "deployments", "error"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields)
     writer.writeheader()
@@ -131,6 +131,8 @@ def write_csv(result: SweepResult, path: Path) -> None:
         row = j.as_dict()
         writer.writerow({**{k: row.get(k) for k in fields}, **{k: j.backends.get(k) for k in KINDS},
                          "other_overrides": " ".join(j.other_overrides), "accuracy": json.dumps(j.accuracy) if j.accuracy else "",
+                         "exporter": " ".join(d["exporter"] for d in j.deployments),
+                         "deployments": json.dumps(j.deployments) if j.deployments else "",
                          "error": (j.error or "").splitlines()[0] if j.error else ""})
     atomic_write_text(path, buffer.getvalue())
 

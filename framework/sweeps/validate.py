@@ -106,6 +106,7 @@ def validate_sweep(argv: Sequence[str], registry: Any = None) -> int:
     from omegaconf.errors import OmegaConfBaseException
 
     from slimkit.core.registry import default_registry
+    from slimkit.deploy import resolve_exporters
     from slimkit.pipeline import resolve_stages
     from slimkit.pipeline.config import explain_compose_error
 
@@ -140,6 +141,7 @@ def validate_sweep(argv: Sequence[str], registry: Any = None) -> int:
             settings = OmegaConf.to_container(cfg, resolve=True)
             check_sweep_settings(settings.get("sweep") or {}, (settings.get("eval") or {}).get("tasks"))
             resolve_stages(settings, registry)
+            resolve_exporters(settings, registry)  # exporter=... axes: names, runtimes, formats, model/writer
         except SlimkitError as exc:
             return str(exc)
         except (HydraException, OmegaConfBaseException) as exc:

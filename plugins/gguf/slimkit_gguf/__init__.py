@@ -1,0 +1,143 @@
+"""slimkit exporter ``gguf``: llama.cpp's file format, the on-device standard, through the ``gguf`` package.
+
+::
+
+    slimkit experiment=tiny exporter=gguf                       # fp32 weights carried through (F32)
+    slimkit '~quantizer' exporter=gguf exporter.gguf.weights=q4_0
+
+    # conf/exporter/<preset>.yaml
+    # @package exporter.gguf
+    backend: gguf
+    weights: q8_0        # auto | f32 | f16 | bf16 | q8_0 | q5_1 | q5_0 | q4_1 | q4_0
+    embeddings: auto     # the output / tied embedding matrix: auto (Q8_0 under 4/5-bit formats) or a format
+
+Model families: Llama (``LlamaForCausalLM``: SmolLM2, the tiny test model; checked in llama.cpp),
+Qwen2 and Qwen3 (same family table; checked only by reading tiny models back with transformers' GGUF
+loader). Byte-level BPE tokenizers only. Rope scaling (Llama 3.1's "llama3"), Gemma, Phi, Mistral
+and the rest are refused (a ConfigError before any weights load for the model type); llama.cpp's
+``convert_hf_to_gguf.py`` covers them. A structurally pruned model (uniform per layer) is written as
+its smaller architecture.
+
+Weights: "auto" writes the model's own float weights (fp32 → F32, no loss); the block formats are
+quantized by gguf-py's reference implementation, the same arithmetic as llama.cpp's quantizer for
+these types. optimum-quanto's quantized weights (``quantizer=quanto``, the default recipe) dequantize
+exactly: "auto" writes them as F32 (quanto's values, not its size), a block format re-quantizes them
+(the report's ``requantized`` and ``notes`` say so). Artifacts GGUF cannot hold or rebuild (bnb
+NF4/FP4/LLM.int8, the int8 quantizer's W8A8 kernels) are refused at config time, naming the
+alternatives.
+
+Documented tolerance (max |Δlogit| against PyTorch on the tiny test model, whose logits are ~1 in
+size): f32 1e-3 (bit-exact through transformers' loader; llama.cpp's kernels sum in another
+order), f16/bf16 1e-2, q8_0 5e-2, q5_*/q4_* 0.3; and, for every format, the file's logits equal
+PyTorch's on the same weights dequantized by gguf-py within 1e-4 (transformers' loader) or, in
+llama.cpp, within 2e-2 (Q8_0) / 5e-2 (Q4_0), which also quantizes activations to 8 bits in its dot products.
+
+Runtime: llama.cpp through ``llama-cpp-python`` when importable (``pip install llama-cpp-python``
+builds it from source: ``apt-get install build-essential cmake`` first, ~15 min on 2 cores); otherwise
+transformers' GGUF loader, which dequantizes to fp32 and runs in PyTorch — exact for quality, but its
+speed is PyTorch's. The report's ``runtime`` says which one ran.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from slimkit.core.errors import ArtifactError, ConfigError
+from slimkit.core.plugin import Exporter, ExporterConfig, check_choice
+from slimkit_gguf.runtime import LlamaCppSession, TransformersGGUFSession, llama_cpp_available
+from slimkit_gguf.writer import FAMILIES, WEIGHT_TYPES, quantized_modules, write_gguf
+
+__all__ = ["GGUFConfig", "GGUFExporter", "FILE_NAME"]
+
+FILE_NAME = "model.gguf"
+WEIGHTS = ("auto", *WEIGHT_TYPES)
+#: slimkit backends whose artifacts hold weights in a form GGUF cannot represent or rebuild
+UNHOLDABLE = {
+    "bnb": "bitsandbytes NF4/FP4/LLM.int8 weights",
+    "int8": "the int8 quantizer's SmoothQuant-scaled W8A8 weights and fused kernels",
+}
+
+
+@dataclasses.dataclass
+class GGUFConfig(ExporterConfig):
+    """What the GGUF file holds and what evaluates it."""
+
+    #: weight matrices: auto (the model's own float dtype, no loss), f32, f16, bf16, q8_0, q5_1, q5_0, q4_1, q4_0
+    weights: str = "auto"
+    #: the output / tied embedding matrix: auto (Q8_0 under 4/5-bit formats, as llama.cpp's quantizer) or a format
+    embeddings: str = "auto"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("exporter.gguf.weights", self.weights, WEIGHTS)
+        check_choice("exporter.gguf.embeddings", self.embeddings, WEIGHTS)
+
+
+class GGUFExporter(Exporter):
+    """A single ``model.gguf`` (weights, hyperparameters and tokenizer) for llama.cpp; see the module docstring."""
+
+    name = "gguf"
+    Config = GGUFConfig
+    runtime = "llama.cpp"
+    requires = {"gguf": "pip install gguf"}
+    config: GGUFConfig
+
+    def check_model(self, model_config: Any, writer: Optional[str]) -> None:
+        if writer in UNHOLDABLE:
+            raise ConfigError(
+                "exporter", "gguf", "a float artifact: no slimkit quantizer, or a pruner/distiller only",
+                f"quantizer={writer} writes {UNHOLDABLE[writer]}, which GGUF cannot hold. Alternatives: drop the "
+                f"quantizer (~quantizer) and let GGUF quantize (exporter.gguf.weights=q8_0 or q4_0), or deploy that "
+                f"artifact with a runtime that takes it (exporter=openvino or exporter=onnx)")
+        if writer == "torch_pruning":
+            raise ConfigError("exporter", "gguf", "a structurally pruned model with the same sizes in every layer",
+                              "the torch_pruning artifact has per-layer sizes (some layers were left whole), which this "
+                              "exporter does not write; prune every layer alike")
+        if model_config is not None and getattr(model_config, "model_type", None) not in FAMILIES:
+            raise ConfigError("exporter", "gguf", f"a model of type {', '.join(sorted(FAMILIES))}",
+                              f"model type {getattr(model_config, 'model_type', None)!r} is not mapped to GGUF by this "
+                              "exporter; llama.cpp's convert_hf_to_gguf.py converts many more families, or use "
+                              "exporter=onnx / exporter=openvino")
+        rope = (getattr(model_config, "rope_parameters", None) or {}) if model_config is not None else {}
+        if rope.get("rope_type") not in (None, "default"):
+            raise ConfigError("exporter", "gguf", "a model with plain rope",
+                              f"rope scaling {rope.get('rope_type')!r} is not mapped to GGUF by this exporter; "
+                              "llama.cpp's convert_hf_to_gguf.py converts it")
+
+    def resolved_weights(self, model: torch.nn.Module) -> str:
+        """``auto`` -> the model's own float dtype."""
+        if self.config.weights != "auto":
+            return self.config.weights
+        dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+        return {torch.float16: "f16", torch.bfloat16: "bf16"}.get(dtype, "f32")
+
+    def export(self, artifact_dir: Path, model: torch.nn.Module, tokenizer: Any, out_dir: Path) -> dict[str, Any]:
+        self.check_model(model.config, None)
+        quantized = quantized_modules(model)
+        weights = self.resolved_weights(model)
+        facts = write_gguf(model, tokenizer, out_dir / FILE_NAME, weights, self.config.embeddings)
+        if quantized:  # e.g. quanto: its integer codes times scales, dequantized exactly, then written as `weights`
+            kind = sorted(set(quantized.values()))
+            notes = (f"{len(quantized)} quantized weight matrices ({', '.join(kind)}) dequantized exactly and written as "
+                     f"{weights.upper()}" + ("" if self.config.weights == "auto" else " (re-quantized by gguf-py)") +
+                     "; activation quantization, if any, is not carried (llama.cpp runs its own)")
+            requantized = self.config.weights != "auto"
+        elif self.config.weights == "auto":
+            notes, requantized = "slimkit's float weights written as they are", False
+        else:
+            notes, requantized = f"float weights converted to {weights.upper()} by gguf-py (llama.cpp's block formats)", True
+        return {"format": f"gguf {weights.upper()}", "requantized": requantized, "file": FILE_NAME, "notes": notes,
+                "dequantized_modules": len(quantized), **facts}
+
+    @classmethod
+    def open(cls, out_dir: Path, threads: int = 1) -> Any:
+        """llama.cpp (llama-cpp-python) if importable, else transformers' GGUF loader; ``.runtime`` says which."""
+        path = Path(out_dir) / FILE_NAME
+        if not path.is_file():
+            raise ArtifactError(f"{str(out_dir)!r} holds no {FILE_NAME}: not a gguf export")
+        if llama_cpp_available():
+            return LlamaCppSession(path, threads)
+        return TransformersGGUFSession(path, threads)

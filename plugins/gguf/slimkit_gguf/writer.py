@@ -1,0 +1,238 @@
+"""Map a transformers causal LM onto GGUF with the ``gguf`` package (llama.cpp's gguf-py).
+
+The format knows nothing about slimkit: this module describes each supported model family (its GGUF
+architecture, the hyperparameters llama.cpp reads, and the one layout change Llama needs: q/k rows
+permuted from Hugging Face's rotate-half order to GGUF's interleaved order, as llama.cpp's own
+``convert_hf_to_gguf.py`` does), and lets gguf-py's ``TensorNameMap`` name the tensors and its
+``quants`` module write the blocks. The shapes are read from the model in memory, so a structurally
+pruned model is written as the smaller architecture it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from slimkit.core.errors import ArtifactError
+
+import gguf
+
+Q = gguf.GGMLQuantizationType
+
+#: exporter.weights -> the tensor type of 2-D weight matrices (1-D norms and biases stay F32)
+WEIGHT_TYPES = {"f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0, "q5_1": Q.Q5_1, "q5_0": Q.Q5_0,
+                "q4_1": Q.Q4_1, "q4_0": Q.Q4_0}
+FILE_TYPES = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+              "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+              "q5_1": gguf.LlamaFileType.MOSTLY_Q5_1, "q5_0": gguf.LlamaFileType.MOSTLY_Q5_0,
+              "q4_1": gguf.LlamaFileType.MOSTLY_Q4_1, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}
+FLOAT_TYPES = (Q.F32, Q.F16, Q.BF16)
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """How one transformers model type maps onto a GGUF architecture."""
+
+    arch: gguf.MODEL_ARCH
+    #: q/k rows from rotate-half to interleaved order (llama.cpp's LLAMA graph applies rope that way)
+    permute_qk: bool
+
+
+#: transformers ``model_type`` -> family. Checked by reading the file back with transformers' GGUF loader
+#: (tests) and, for llama, running it in llama.cpp (benchmarks/deploy.py).
+FAMILIES = {
+    "llama": Family(gguf.MODEL_ARCH.LLAMA, permute_qk=True),
+    "qwen2": Family(gguf.MODEL_ARCH.QWEN2, permute_qk=False),
+    "qwen3": Family(gguf.MODEL_ARCH.QWEN3, permute_qk=False),
+}
+
+
+def head_dim(config: Any) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def _rope_theta(config: Any) -> float:
+    rope = getattr(config, "rope_parameters", None) or {}
+    if rope.get("rope_type", "default") not in ("default", None):
+        raise ArtifactError(f"rope scaling {rope.get('rope_type')!r} is not mapped to GGUF by this exporter "
+                            "(only plain rope): export the model with llama.cpp's convert_hf_to_gguf.py")
+    return float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
+
+
+def permute_rope(weight: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Hugging Face's rotate-half q/k rows -> GGUF llama's interleaved pairs (convert_hf_to_gguf's permute)."""
+    return weight.reshape(n_head, 2, weight.shape[0] // n_head // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+def tensor_type(gguf_name: str, data: torch.Tensor, weights: str, embeddings: str, tied: bool) -> Any:
+    """The GGUF type of one tensor: 1-D tensors F32; 2-D ones the chosen format, except (``embeddings=auto``)
+    the output matrix and a tied embedding at Q8_0 under 4/5-bit formats, the rule llama.cpp's quantizer
+    applies when a row is not a multiple of 256 (otherwise it uses Q6_K, which gguf-py cannot write);
+    rows that are not whole blocks fall back to F16."""
+    if data.ndim < 2:
+        return Q.F32
+    wanted = WEIGHT_TYPES[weights]
+    is_output = gguf_name == "output.weight" or (tied and gguf_name == "token_embd.weight")
+    if is_output and embeddings != "auto":
+        wanted = WEIGHT_TYPES[embeddings]
+    elif is_output and wanted not in FLOAT_TYPES and wanted is not Q.Q8_0:
+        wanted = Q.Q8_0
+    if wanted not in FLOAT_TYPES and data.shape[-1] % gguf.GGML_QUANT_SIZES[wanted][0]:
+        return Q.F16
+    return wanted
+
+
+def _encode(array: np.ndarray, qtype: Any) -> tuple[np.ndarray, Any]:
+    if qtype is Q.F32:
+        return array.astype(np.float32), None
+    if qtype is Q.F16:
+        return array.astype(np.float16), None
+    return gguf.quants.quantize(array, qtype), gguf.quant_shape_to_byte_shape(array.shape, qtype)
+
+
+def write_gguf(model: torch.nn.Module, tokenizer: Any, path: Path, weights: str, embeddings: str = "auto") -> dict[str, Any]:
+    """Write ``model`` (a supported family, float weights) and ``tokenizer`` into one GGUF file.
+
+    Returns ``{"tensor_types": {type: count}, "architecture": ..., "tokenizer_pre": ...}``."""
+    config = model.config
+    family = FAMILIES[config.model_type]
+    arch = gguf.MODEL_ARCH_NAMES[family.arch]
+    writer = gguf.GGUFWriter(str(path), arch)
+    layers = config.num_hidden_layers
+    writer.add_name(str(getattr(config, "_name_or_path", "") or config.model_type))
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
+    writer.add_rope_freq_base(_rope_theta(config))
+    dim = head_dim(config)
+    writer.add_rope_dimension_count(dim)
+    if dim * config.num_attention_heads != config.hidden_size:  # e.g. after pruning whole heads
+        writer.add_key_length(dim)
+        writer.add_value_length(dim)
+    writer.add_vocab_size(config.vocab_size)
+    writer.add_file_type(FILE_TYPES[weights])
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    pre = add_vocab(writer, tokenizer, config.vocab_size)
+
+    names = gguf.get_tensor_name_map(family.arch, layers)
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    counts: dict[str, int] = {}
+    for hf_name, tensor in float_tensors(model).items():
+        if (tied and hf_name == "lm_head.weight") or hf_name.endswith("rotary_emb.inv_freq"):
+            continue
+        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise ArtifactError(f"the tensor {hf_name!r} has no GGUF name in the {arch} layout; a {config.model_type} "
+                                "model with extra or renamed modules cannot be exported by this exporter")
+        data = tensor.detach().float()
+        if family.permute_qk and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
+            data = permute_rope(data, config.num_attention_heads)
+        elif family.permute_qk and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
+            data = permute_rope(data, config.num_key_value_heads)
+        qtype = tensor_type(name, data, weights, embeddings, tied)
+        array, raw_shape = _encode(data.numpy(), qtype)
+        writer.add_tensor(name, array, raw_shape=raw_shape, raw_dtype=None if raw_shape is None else qtype)
+        counts[qtype.name] = counts.get(qtype.name, 0) + 1
+    quiet = logging.getLogger("gguf.gguf_writer")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # it logs every file it writes at INFO
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    finally:
+        quiet.setLevel(level)
+    return {"tensor_types": counts, "architecture": arch, "tokenizer_pre": pre}
+
+
+def float_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter of ``model`` as a float tensor, by its transformers name. Weights a backend holds as
+    quantized tensors that can dequantize themselves (optimum-quanto's) are dequantized, exactly; anything
+    else that is not float is an :class:`ArtifactError`."""
+    out: dict[str, torch.Tensor] = {}
+    for module_name, module in model.named_modules():
+        for name, param in module.named_parameters(recurse=False):
+            full = f"{module_name}.{name}" if module_name else name
+            tensor = param.dequantize() if backend_quantized(param) else param
+            if not tensor.is_floating_point():
+                raise ArtifactError(f"the tensor {full!r} is {tensor.dtype}, not float: GGUF export needs float "
+                                    "weights (drop the quantizer and choose exporter.gguf.weights instead)")
+            out[full] = tensor.detach()
+    held = tuple(f"{name}.weight." for name in quantized_modules(model))  # a quantized weight's own codes/scales
+    for key, tensor in model.state_dict().items():
+        if not tensor.is_floating_point() and not key.startswith(held):
+            raise ArtifactError(f"the tensor {key!r} is {tensor.dtype}, not float: GGUF export needs float "
+                                "weights (drop the quantizer and choose exporter.gguf.weights instead)")
+    return out
+
+
+def quantized_modules(model: torch.nn.Module) -> dict[str, str]:
+    """Modules whose weights a backend holds quantized (``name -> tensor class``)."""
+    return {name: type(m.weight).__name__ for name, m in model.named_modules() if backend_quantized(getattr(m, "weight", None))}
+
+
+def backend_quantized(tensor: Any) -> bool:
+    """A tensor subclass that holds quantized data and can dequantize itself (optimum-quanto's QTensor)."""
+    return (isinstance(tensor, torch.Tensor) and type(tensor) not in (torch.Tensor, torch.nn.Parameter)
+            and callable(getattr(tensor, "dequantize", None)))
+
+
+# --- the tokenizer: a byte-level BPE vocabulary (llama.cpp's "gpt2" tokenizer model) ---------------
+
+#: llama.cpp identifies a BPE pre-tokenizer by hashing the tokens of this text (convert_hf_to_gguf.py)
+CHECK_TEXT = ('\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis concatenated) ✅ '
+              '🦙🦙 3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 កាន់តែពិសេសអាច😁 ?我想在apple工作1314151天～ '
+              '------======= нещо на Български \'\'\'\'\'\'```````""""......!!!!!!?????? I\'ve been \'told he\'s there, '
+              '\'RE you sure? \'M not sure I\'ll make it, \'D you like some tea? We\'Ve a\'lL')
+#: the hashes of pre-tokenizers we export (llama.cpp's table); others are written as "default"
+PRE_TOKENIZERS = {"855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249": "smollm",
+                  "3ce83efda5659b07b1ad37ca97ca5797ea4285d9b9ab0dc679e4a720c9da7454": "gpt-2"}
+
+
+def add_vocab(writer: gguf.GGUFWriter, tokenizer: Any, vocab_size: int) -> str:
+    """Write a byte-level BPE tokenizer (vocabulary, merges, special tokens); returns the pre-tokenizer name."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    spec = json.loads(backend.to_str()) if backend is not None else {}
+    if (spec.get("model") or {}).get("type") != "BPE" or "ByteLevel" not in json.dumps(spec.get("pre_tokenizer")):
+        raise ArtifactError("the gguf exporter writes byte-level BPE tokenizers (GPT-2/Llama-3/SmolLM style); this "
+                            f"model's tokenizer is {(spec.get('model') or {}).get('type', type(tokenizer).__name__)}")
+    vocab = tokenizer.get_vocab()
+    by_id = {i: t for t, i in vocab.items()}
+    added = {t.content: t for t in tokenizer.added_tokens_decoder.values()}
+    tokens, types = [], []
+    for i in range(vocab_size):
+        token = by_id.get(i)
+        if token is None:
+            tokens.append(f"[PAD{i}]")
+            types.append(gguf.TokenType.UNUSED)
+        else:
+            tokens.append(token)
+            types.append(gguf.TokenType.NORMAL if token not in added else
+                         gguf.TokenType.CONTROL if added[token].special else gguf.TokenType.USER_DEFINED)
+    pre = PRE_TOKENIZERS.get(hashlib.sha256(str(tokenizer.encode(CHECK_TEXT)).encode()).hexdigest(), "default")
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    merges = spec["model"].get("merges") or []
+    writer.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in merges])
+    for kind in ("bos", "eos", "unk", "pad"):
+        token_id = getattr(tokenizer, f"{kind}_token_id", None)
+        if token_id is not None:
+            getattr(writer, f"add_{kind}_token_id")(int(token_id))
+    writer.add_add_bos_token(False)
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, str):
+        writer.add_chat_template(template)
+    return pre
