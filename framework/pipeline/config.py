@@ -26,6 +26,10 @@ class ModelConfig:
     path: Optional[str] = None
     #: run code shipped with a hub model; off unless you trust it
     trust_remote_code: bool = False
+    #: weights dtype: float32 | bfloat16 | float16, or auto (the checkpoint's own); every chosen backend must support it
+    dtype: str = "float32"
+    #: cpu | cuda | auto (accelerate's device map: the GPUs when visible, else the CPU)
+    device: str = "cpu"
 
 
 @dataclasses.dataclass
