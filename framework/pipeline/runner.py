@@ -21,9 +21,10 @@ from slimkit.core.plugin import STAGE_KINDS, Kind, PrunerConfig, QuantizerConfig
 from slimkit.core.processes import is_main_process
 from slimkit.core.registry import PluginInfo, Registry, default_registry
 from slimkit.core.state import PipelineState
-from slimkit.data import build_splits
+from slimkit.data import build_splits, corpus_from_config
 from slimkit.deploy import plan_deployments
 from slimkit.evaluation import latency, model_logits, quality_metrics
+from slimkit.evaluation.tasks import TaskSet, task_records
 from slimkit.models import load_model, model_skeleton, resolve_device, resolve_dtype
 from slimkit.pipeline.config import check_eval, stage_config
 from slimkit.pipeline.report import write_reports
@@ -296,6 +297,8 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
     check_eval(eval_cfg)
     stages = resolve_stages(settings, registry)
     check_model(stages, model_cfg)
+    corpus = corpus_from_config(data_cfg)  # data.path read and checked before the model loads
+    tasks = TaskSet(eval_cfg.get("tasks") or [])  # task data loaded offline before the model loads
     dtype = resolve_dtype(model_cfg.get("dtype", "float32"), model_cfg["name"], model_cfg.get("path"))
     device = resolve_device(model_cfg.get("device", "cpu"))
     check_supports(stages, dtype, device)
@@ -309,7 +312,8 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
     loaded = load_model(model_cfg["name"], model_cfg.get("path"), model_cfg.get("trust_remote_code", False), seed,
                         dtype=dtype, device=model_cfg.get("device", "cpu"))
     tokenizer = loaded.tokenizer
-    data = build_splits(tokenizer, **data_cfg)
+    data = build_splits(tokenizer, **{**data_cfg, "corpus": corpus})
+    tasks.bind(data, tokenizer)  # tasks cut from the held-out text (cloze)
     release_memory()  # tokenizing the corpus leaves freed buffers behind
     model_info = {"name": loaded.name, "path": loaded.path, "provenance": loaded.provenance,
                   "parameters": loaded.parameters, "class": type(loaded.model).__name__, "dtype": dtype,
@@ -326,18 +330,16 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
             return {}
         return quality_metrics(model, data.eval, bs, desc=f"perplexity [{label}]")
 
-    def task_accuracy(model: torch.nn.Module, label: str) -> dict[str, Any]:
-        if not eval_cfg.get("tasks") or not main:
+    def task_scores(model: torch.nn.Module, label: str) -> dict[str, Any]:
+        if not main:
             return {}
-        from slimkit.evaluation.tasks import task_metrics
-
-        return task_metrics(model, tokenizer, list(eval_cfg["tasks"]), eval_cfg.get("task_samples", 200), label)
+        return {"tasks": tasks.evaluate(model, tokenizer, eval_cfg.get("task_samples", 200), bs, label)}
 
     from slimkit.pipeline.baseline import cached_baseline  # in a sweep: evaluated once, reused by every job
 
     # the baseline is measured on the loaded model before any stage changes it: no copy kept for it
     baseline = cached_baseline(settings, lambda: {**evaluate(state.model, "baseline"),
-                                                  **task_accuracy(state.model, "baseline"),
+                                                  **task_scores(state.model, "baseline"),
                                                   "size_bytes": _saved_size(state.model)}) if main else {}
     linear_total, _ = linear_weight_count(state.model)
     final = dict(baseline)
@@ -380,7 +382,7 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
     if original_parameters:  # stored bits per parameter of the original model: comparable across jobs and backends
         final["bits_per_weight"] = 8 * final["size_bytes"] / original_parameters
         baseline["bits_per_weight"] = 8 * baseline["size_bytes"] / original_parameters
-    final.update(task_accuracy(reloaded, "final"))
+    final.update(task_scores(reloaded, "final"))
     timing = None
     if eval_cfg.get("latency", True):
         prompt = data.eval[:1, : eval_cfg.get("prompt_tokens", 128)]
@@ -396,6 +398,7 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
         "stages": records,
         "baseline": baseline,
         "final": final,
+        "tasks": task_records(tasks.info(), baseline.get("tasks", {}), final.get("tasks", {})),
         "ratios": _ratios(baseline, final),
         "timing": timing,
         "artifact": str(target),
@@ -403,6 +406,8 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
         "torch": torch.__version__,
         "resources": {"peak_rss_bytes": peak_rss_bytes()},
     }
+    report["ratios"].update({f"{name}_retained": t["retained"] for name, t in report["tasks"].items()
+                             if t["retained"] is not None})
     if deploy_plan:  # each export written to <output>/deploy/<exporter>/ and measured in its runtime
         # the reloaded artifact (verified to give the in-memory model's logits): the in-memory copy was freed
         report["deployments"] = deploy_plan.run(target, reloaded, tokenizer, output_dir, data.eval, baseline,
@@ -456,7 +461,4 @@ def _ratios(baseline: Mapping[str, Any], final: Mapping[str, Any]) -> dict[str, 
         ratios["prefill_speed"] = baseline["prefill_ms"] / final["prefill_ms"]
     if final.get("perplexity") and baseline.get("perplexity"):
         ratios["perplexity"] = final["perplexity"] / baseline["perplexity"]
-    for key in baseline:
-        if key.endswith("_accuracy") and baseline[key] and final.get(key) is not None:
-            ratios[key.replace("_accuracy", "_retained")] = final[key] / baseline[key]
     return ratios
