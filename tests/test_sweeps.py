@@ -29,8 +29,10 @@ BASE = {"perplexity": 10.0, "size_bytes": 100e6, "decode_tokens_per_s": 20.0, "p
 
 
 def make_job(root: Path, name: str, overrides: list[str], ppl: float, size_mb: float, speed: float,
-             sparsity: float = 0.5, bits: int = 8, status: str | None = "ok", **final_extra) -> Path:
-    """A job folder as a sweep job leaves it: .hydra/overrides.yaml, report.json, status.json."""
+             sparsity: float = 0.5, bits: int = 8, status: str | None = "ok",
+             tasks: dict[str, tuple[float, float]] | None = None, **final_extra) -> Path:
+    """A job folder as a sweep job leaves it: .hydra/overrides.yaml, report.json, status.json;
+    ``tasks`` = {name: (baseline acc, final acc)} as report.json's ``tasks`` records them."""
     job = root / name
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
@@ -42,6 +44,8 @@ def make_job(root: Path, name: str, overrides: list[str], ppl: float, size_mb: f
                    {"kind": "quantizer", "backend": "quanto", "config": {"bits": bits}}],
         "ratios": {"size": BASE["size_bytes"] / final["size_bytes"], "speed": speed, "prefill_speed": speed,
                    "perplexity": ppl / BASE["perplexity"]},
+        "tasks": {name: {"metric": "acc", "higher_is_better": True, "baseline": b, "final": f, "retained": f / b}
+                  for name, (b, f) in (tasks or {}).items()},
     }
     (job / "report.json").write_text(json.dumps(report))
     if status:
@@ -59,7 +63,7 @@ def sweep(tmp_path: Path) -> Path:
     root.mkdir()
     (root / "multirun.yaml").write_text("sweep:\n  min_quality: 0.97\n  objective: size\n")
     make_job(root, "0", ["pruner.sparsity=0.3", "quantizer.bits=4", "seed=1"], ppl=10.1, size_mb=25, speed=0.5,
-             sparsity=0.3, bits=4, sentiment_accuracy=0.7)
+             sparsity=0.3, bits=4, tasks={"sentiment": (0.8, 0.7)})
     make_job(root, "1", ["pruner.sparsity=0", "quantizer.bits=8", "seed=1"], ppl=10.0, size_mb=50, speed=1.2,
              sparsity=0.0)
     make_job(root, "2", ["pruner.sparsity=0.5", "quantizer.bits=8", "seed=1"], ppl=10.2, size_mb=60, speed=1.5)
@@ -96,7 +100,7 @@ def test_collect_known_frontier_and_best_feasible(sweep: Path):
     job0 = result.jobs[0]
     assert (job0.sparsity, job0.bits, job0.backends["pruner"], job0.backends["quantizer"]) == (0.3, 4, "magnitude", "quanto")
     assert job0.other_overrides == ["seed=1"]
-    assert job0.accuracy == {"sentiment_accuracy": 0.7}
+    assert job0.accuracy == {"sentiment": 0.7}
     assert job0.quality == pytest.approx(10.0 / 10.1)
     assert job0.label == "sparsity=0.3 bits=4"  # seed=1 is the same everywhere
 
@@ -112,6 +116,38 @@ def test_objective_penalises_infeasible_worse_than_baseline():
     assert objective(report, {"objective": "perplexity"}) == 20.0
     with pytest.raises(SlimkitError, match="sweep.objective"):
         objective(report, {"objective": "accuracy"})
+
+
+def test_quality_can_be_a_task_metric(sweep: Path, tiny_cfg):
+    """sweep.quality=task:<name>: feasibility, the objective's penalty and the table read the task's retained score."""
+    (sweep / "multirun.yaml").write_text("sweep:\n  min_quality: 0.97\n  objective: size\n  quality: task:sentiment\n")
+    result = collect(sweep)
+    job0 = result.jobs[0]
+    assert job0.quality == pytest.approx(0.7 / 0.8) and job0.feasible is False  # perplexity alone calls it feasible
+    assert all(j.quality is None for j in result.jobs[1:])  # jobs that did not score the task have no quality
+    assert result.best_feasible is None
+    assert collect(sweep, min_quality=0.85).best_feasible.job == "0"
+    report = json.loads((sweep / "0" / "report.json").read_text())
+    on_task = {"objective": "size", "quality": "task:sentiment"}
+    assert objective(report, {**on_task, "min_quality": 0.85}) == pytest.approx(25.0)
+    assert objective(report, {**on_task, "min_quality": 0.97}) > BASE["size_bytes"] / 1e6  # penalised
+    _, paths = write_sweep_report(sweep)
+    text = paths["markdown"].read_text()
+    assert "| quality % | sentiment | size MB |" in text and "| 87.5 | 0.700 |" in text
+    assert "retained sentiment score" in text
+    assert tiny_cfg("sweep.quality=task:sentiment").sweep.quality == "task:sentiment"  # Hydra takes the colon
+
+
+def test_sweep_quality_setting_is_checked():
+    from slimkit import ConfigError
+    from slimkit.sweeps.jobs import check_sweep_settings
+
+    with pytest.raises(ConfigError, match="sweep.quality='accuracy'.*'perplexity' or 'task:<name>'"):
+        check_sweep_settings({"quality": "accuracy"})
+    with pytest.raises(ConfigError, match="'colours' is not evaluated; add it to eval.tasks"):
+        check_sweep_settings({"quality": "task:colours"}, ["sentiment"])
+    check_sweep_settings({"quality": "task:colours"}, ["tasks/colours.yaml"])  # a YAML's stem names its task
+    check_sweep_settings({"quality": "task:mmlu_anatomy"}, ["mmlu"])  # a group's leaves are known once it loads
 
 
 def test_outputs_written(sweep: Path):

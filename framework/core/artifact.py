@@ -98,14 +98,32 @@ def directory_size(directory: str | os.PathLike) -> int:
     return sum(p.stat().st_size for p in Path(directory).rglob("*") if p.is_file())
 
 
-def load_pretrained(path: str | os.PathLike, trust_remote_code: bool = False, **kwargs: Any) -> torch.nn.Module:
-    """Load a causal LM from safetensors only (never unpickles)."""
+def load_pretrained(path: str | os.PathLike, trust_remote_code: bool = False, dtype: Any = "auto",
+                    **kwargs: Any) -> torch.nn.Module:
+    """Load a causal LM from safetensors only (never unpickles).
+
+    ``dtype``: ``"auto"`` keeps the dtype the folder was saved in (an artifact reloads as it was written),
+    or a ``torch.dtype`` / its name (``"float32"``) to cast while loading.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
+    if isinstance(dtype, str) and dtype != "auto":
+        dtype = getattr(torch, dtype)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            str(path), use_safetensors=True, trust_remote_code=trust_remote_code, dtype=torch.float32, **kwargs)
+            str(path), use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype, **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelLoadError(f"cannot load a model from {str(path)!r}: {exc}") from exc
     return model.eval()
+
+
+def saved_dtype(config: Any) -> "torch.dtype":
+    """The dtype a transformers ``config`` records for its weights (float32 when it records none), for
+    backends that rebuild a model skeleton from the config before loading their own tensors."""
+    import torch
+
+    value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(value, str):
+        value = getattr(torch, value, None)
+    return value if isinstance(value, torch.dtype) else torch.float32

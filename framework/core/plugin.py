@@ -39,6 +39,11 @@ class Kind(str, Enum):
 #: the kinds that change the model, in their default order; exporters run after them
 STAGE_KINDS = (Kind.PRUNER, Kind.DISTILLER, Kind.QUANTIZER)
 
+#: the values ``model.dtype`` resolves to (``auto`` becomes the checkpoint's own dtype before any check)
+DTYPES = ("float32", "bfloat16", "float16")
+#: the device types ``model.device`` resolves to (``auto``: accelerate's device map, i.e. cuda when visible)
+DEVICES = ("cpu", "cuda")
+
 
 def ranged(default: Any, low: float | None = None, high: float | None = None, *, low_open: bool = False,
            high_open: bool = False) -> Any:
@@ -216,6 +221,11 @@ class Plugin:
     Config: ClassVar[type[StageConfig]] = StageConfig
     #: import name -> install hint; checked before any model is loaded
     requires: ClassVar[Mapping[str, str]] = {}
+    #: the model dtypes (from :data:`DTYPES`) and device types (from :data:`DEVICES`) this backend works with;
+    #: the pipeline refuses any other ``model.dtype``/``model.device`` before the model loads, naming these.
+    #: The default is what every backend was first written for: float32 on the CPU.
+    supports: ClassVar[Mapping[str, frozenset[str]]] = {"dtypes": frozenset({"float32"}),
+                                                         "devices": frozenset({"cpu"})}
 
     def __init__(self, config: StageConfig | None = None):
         self.config = config if config is not None else self.Config()
@@ -251,6 +261,11 @@ class Stage(Plugin):
 
     #: True for a stage that may legitimately leave the model unchanged (the contract then skips that check)
     noop: ClassVar[bool] = False
+    #: True for a stage that reads the original model's *weights* (``state.reference``, e.g. as a teacher).
+    #: The pipeline then loads the original beside the model being compressed; otherwise ``state.reference``
+    #: is a weightless copy on the meta device (config and shapes only), so no second copy sits in memory.
+    #: A subclass may make it a property of its config (a distiller with its own teacher needs none).
+    needs_reference: ClassVar[bool] = False
     #: True for a stage that zeroes weights in place (unstructured pruning): later writers should store them sparsely
     zeroes_weights: ClassVar[bool] = False
 

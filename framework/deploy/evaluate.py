@@ -42,19 +42,23 @@ class RuntimeModel:
 
 
 def quality(session: RuntimeSession, windows: torch.Tensor | None, tokenizer: Any, tasks: list[str],
-            task_samples: int, baseline: Mapping[str, Any], batch_size: int = 4, label: str = "export") -> dict[str, Any]:
-    """Perplexity on ``windows`` and each task's accuracy (``final`` and ``retained`` against the
-    baseline's ``<task>_accuracy``), measured on the runtime's logits."""
+            task_samples: int | None, baseline: Mapping[str, Any], batch_size: int = 4, label: str = "export",
+            task_windows: torch.Tensor | None = None) -> dict[str, Any]:
+    """Perplexity on ``windows`` and each task's score through lm-evaluation-harness (``final`` and
+    ``retained`` against the baseline's ``tasks`` scores), measured on the runtime's logits.
+    ``task_windows`` (the run's evaluation windows) feed the tasks cut from held-out text (``cloze``)."""
     from slimkit.evaluation import perplexity
-    from slimkit.evaluation.tasks import task_metrics
+    from slimkit.evaluation.tasks import TaskSet, task_records
 
     model = RuntimeModel(session)
     out: dict[str, Any] = {"perplexity": None, "tasks": {}}
     if windows is not None:
         out["perplexity"] = perplexity(model, windows, batch_size, desc=f"perplexity [{label}]")  # type: ignore[arg-type]
     if tasks:
-        accuracies = task_metrics(model, tokenizer, list(tasks), task_samples, label)  # type: ignore[arg-type]
-        for task in tasks:
-            final, base = accuracies[f"{task}_accuracy"], baseline.get(f"{task}_accuracy")
-            out["tasks"][task] = {"final": final, "retained": final / base if base else None}
+        task_set = TaskSet(tasks)
+        task_set.bind(SimpleNamespace(eval=task_windows if task_windows is not None else windows), tokenizer)
+        scores = task_set.evaluate(model, tokenizer, task_samples, batch_size, label)  # type: ignore[arg-type]
+        records = task_records(task_set.info(), baseline.get("tasks") or {}, scores)
+        out["tasks"] = {name: {"metric": r["metric"], "final": r["final"], "retained": r["retained"]}
+                        for name, r in records.items()}
     return out

@@ -15,6 +15,9 @@ from slimkit.models import count_parameters
 def model_logits(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
     """Logits of ``model`` on ``input_ids`` without a KV cache (no_grad, not inference_mode:
     quanto's int4/int2 kernels fail under inference_mode)."""
+    device = getattr(model, "device", None)  # transformers models say where their inputs go
+    if isinstance(device, torch.device) and device.type != "meta":
+        input_ids = input_ids.to(device)
     with torch.no_grad():
         return model(input_ids=input_ids, use_cache=False).logits
 
@@ -25,11 +28,13 @@ def perplexity(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 
     model.eval()
     for start in tqdm(range(0, windows.shape[0], batch_size), desc=desc, leave=False, unit="batch"):
         batch = windows[start:start + batch_size]
-        logits = model_logits(model, batch)[:, :-1].float()
-        targets = batch[:, 1:]
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
-        total_loss += loss.item()
+        logits = model_logits(model, batch)
+        targets = batch[:, 1:].to(logits.device)
+        for row in range(batch.shape[0]):  # one window at a time: no batch-sized copies of the logits
+            total_loss += torch.nn.functional.cross_entropy(logits[row, :-1].float(), targets[row],
+                                                            reduction="sum").item()
         total_tokens += targets.numel()
+        del logits
     return math.exp(total_loss / total_tokens)
 
 

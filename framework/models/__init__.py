@@ -11,9 +11,12 @@ from slimkit.models.loading import (
                                     embedded_smollm2,
                                     load_model,
                                     model_skeleton,
+                                    resolve_device,
+                                    resolve_dtype,
                                     tiny_model,
                                     tiny_tokenizer,
 )
 
 __all__ = ["LoadedModel", "cache_dir", "convert_gguf", "count_parameters", "embedded_gemma3", "embedded_smollm2",
-           "load_model", "load_pretrained", "model_config", "model_skeleton", "tiny_model", "tiny_tokenizer"]
+           "load_model", "load_pretrained", "model_config", "model_skeleton", "resolve_device",
+           "resolve_dtype", "tiny_model", "tiny_tokenizer"]

@@ -134,8 +134,10 @@ def tiny_tokenizer(vocab_size: int = 512):
 
 
 def tiny_model(seed: int = 0, vocab_size: int = 512, hidden_size: int = 64, layers: int = 4,
-               heads: int = 4, kv_heads: int = 2, intermediate_size: int = 128) -> torch.nn.Module:
-    """A random-init Llama (grouped-query attention, tied embeddings) small enough for unit tests."""
+               heads: int = 4, kv_heads: int = 2, intermediate_size: int = 128,
+               dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A random-init Llama (grouped-query attention, tied embeddings) small enough for unit tests, with
+    weights in ``dtype``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=layers,
@@ -143,7 +145,10 @@ def tiny_model(seed: int = 0, vocab_size: int = 512, hidden_size: int = 64, laye
                          intermediate_size=intermediate_size, max_position_embeddings=1024,
                          tie_word_embeddings=True, bos_token_id=0, eos_token_id=0, pad_token_id=0)
     torch.manual_seed(seed)
-    return LlamaForCausalLM(config).eval()
+    if dtype == torch.float32:
+        return LlamaForCausalLM(config).eval()
+    # built in ``dtype`` the way from_pretrained builds it (rotary buffers stay float32), not cast afterwards
+    return LlamaForCausalLM._from_config(config, dtype=dtype).eval()
 
 
 # --- the entry point -------------------------------------------------------------------------------
@@ -158,33 +163,81 @@ def checked_folder(path: str) -> Path:
     return folder
 
 
+#: ``model.dtype`` values; ``auto`` resolves to the checkpoint's own dtype
+MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16")
+#: ``model.device`` values; ``auto`` is accelerate's device map (the GPUs when visible, else the CPU)
+MODEL_DEVICES = ("cpu", "cuda", "auto")
+
+
+def resolve_dtype(dtype: str = "float32", name: str = "smollm2-135m", path: str | None = None) -> str:
+    """``model.dtype`` as a concrete dtype name, reading only the checkpoint's config for ``auto``."""
+    if dtype not in MODEL_DTYPES:
+        raise ConfigError("model.dtype", dtype, "one of " + ", ".join(map(repr, MODEL_DTYPES)))
+    if dtype != "auto":
+        return dtype
+    if not path and (name == "tiny" or name in EMBEDDED):
+        return "float32"  # built in float32 / converted to float32
+    config = Path(path).expanduser() / "config.json" if path else None
+    try:
+        if config is not None:
+            values = json.loads(config.read_text())
+        else:
+            from transformers import AutoConfig
+
+            values = AutoConfig.from_pretrained(name).to_dict()
+    except (OSError, ValueError):
+        return "float32"  # unreadable here: loading will say why
+    saved = str(values.get("dtype") or values.get("torch_dtype") or "float32").replace("torch.", "")
+    return saved if saved in MODEL_DTYPES else "float32"
+
+
+def resolve_device(device: str = "cpu") -> str:
+    """``model.device`` as a device type (``cpu``/``cuda``); ``cuda`` without a visible GPU is a
+    :class:`ConfigError`, ``auto`` is ``cuda`` when one is visible, else ``cpu``."""
+    if device not in MODEL_DEVICES:
+        raise ConfigError("model.device", device, "one of " + ", ".join(map(repr, MODEL_DEVICES)))
+    cuda = torch.cuda.is_available()
+    if device == "cuda" and not cuda:
+        raise ConfigError("model.device", device, "'cpu' or 'auto' on this machine", "torch sees no CUDA device")
+    if device == "auto":
+        return "cuda" if cuda else "cpu"
+    return device
+
+
 def load_model(name: str = "smollm2-135m", path: str | None = None, trust_remote_code: bool = False,
-               seed: int = 0) -> LoadedModel:
+               seed: int = 0, dtype: str = "float32", device: str = "cpu") -> LoadedModel:
     """Load the model a ``model`` config names.
 
     ``path`` (a local Hugging Face folder) wins over ``name``; ``name`` is an embedded model
-    (``smollm2-135m``), ``tiny`` (random-init, for tests) or a hub id.
+    (``smollm2-135m``), ``tiny`` (random-init, for tests) or a hub id. ``dtype`` (see :data:`MODEL_DTYPES`)
+    is the weights' dtype; ``device`` (see :data:`MODEL_DEVICES`) where they live (``auto``: accelerate's
+    ``device_map="auto"``).
     """
     from transformers import AutoTokenizer
 
+    dtype = resolve_dtype(dtype, name, path)
+    placement = {"device_map": "auto"} if device == "auto" else {"device_map": resolve_device(device)}
+    if placement["device_map"] == "cpu":
+        placement = {}  # transformers' default: plain CPU tensors, no accelerate hooks
     if path:
         folder = checked_folder(path)
-        model = load_pretrained(folder, trust_remote_code=trust_remote_code)
+        model = load_pretrained(folder, trust_remote_code=trust_remote_code, dtype=dtype, **placement)
         tokenizer = _load_tokenizer(folder, trust_remote_code)
         return LoadedModel(model, tokenizer, name=folder.name, path=str(folder), provenance=f"local folder {folder}")
     if name == "tiny":
-        return LoadedModel(tiny_model(seed), tiny_tokenizer(), name="tiny", path="",
+        model = tiny_model(seed, dtype=getattr(torch, dtype)).to(resolve_device(device))
+        return LoadedModel(model, tiny_tokenizer(), name="tiny", path="",
                            provenance="random-init Llama built from config (tests only)")
     if name in EMBEDDED:
         make, provenance = EMBEDDED[name]
         folder = make()
-        return LoadedModel(load_pretrained(folder), AutoTokenizer.from_pretrained(str(folder)),
+        return LoadedModel(load_pretrained(folder, dtype=dtype, **placement), AutoTokenizer.from_pretrained(str(folder)),
                            name=name, path=str(folder), provenance=provenance)
     if "/" not in name:
         raise ConfigError("model.name", name, "one of " + ", ".join(map(repr, [*EMBEDDED, "tiny"]))
                           + ", a hub id like 'org/model', or set model.path to a local folder")
     try:
-        model = load_pretrained(name, trust_remote_code=trust_remote_code)
+        model = load_pretrained(name, trust_remote_code=trust_remote_code, dtype=dtype, **placement)
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     except (ModelLoadError, OSError) as exc:
         raise ModelLoadError(f"model.name={name!r}: could not load it from the Hugging Face hub "

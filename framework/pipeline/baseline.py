@@ -31,6 +31,18 @@ def _fingerprint(path: str | None) -> list[Any]:
     return sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in Path(path).iterdir() if p.is_file())
 
 
+def _data_fingerprint(path: str | None) -> list[Any]:
+    """Names, sizes and mtimes of the files ``data.path`` names (a file, a glob or a saved-dataset folder)."""
+    if not path:
+        return []
+    import glob
+
+    target = Path(path).expanduser()
+    files = [target] if target.is_file() else sorted(target.rglob("*")) if target.is_dir() else \
+        sorted(Path(p) for p in glob.glob(str(target), recursive=True))
+    return [(str(p), p.stat().st_size, int(p.stat().st_mtime)) for p in files if p.is_file()]
+
+
 def baseline_key(settings: Mapping[str, Any]) -> str:
     """Hash of everything the baseline's quality and size depend on: model, data, eval config,
     seed (random-init test models), torch and transformers versions."""
@@ -38,7 +50,9 @@ def baseline_key(settings: Mapping[str, Any]) -> str:
     import transformers
 
     model = dict(settings.get("model") or {})
+    data_path = (settings.get("data") or {}).get("path")
     parts = {"model": model, "model_files": _fingerprint(model.get("path")), "data": settings.get("data"),
+             "data_files": _data_fingerprint(data_path),
              "eval": settings.get("eval"), "seed": settings.get("seed", 0), "torch": torch.__version__,
              "transformers": transformers.__version__}
     blob = json.dumps(parts, sort_keys=True, default=str)

@@ -26,13 +26,31 @@ class ModelConfig:
     path: Optional[str] = None
     #: run code shipped with a hub model; off unless you trust it
     trust_remote_code: bool = False
+    #: weights dtype: float32 | bfloat16 | float16, or auto (the checkpoint's own); every chosen backend must support it
+    dtype: str = "float32"
+    #: cpu | cuda | auto (accelerate's device map: the GPUs when visible, else the CPU)
+    device: str = "cpu"
 
 
 @dataclasses.dataclass
 class DataConfig:
-    """Text for training/calibration (head of the stream) and evaluation (tail), never overlapping."""
+    """Text for training/calibration (head of the stream) and evaluation (tail), never sharing a document."""
 
+    #: the embedded text ('wikipedia'); ignored when ``path`` is set
     source: str = "wikipedia"
+    #: a local corpus: a .txt/.md, .jsonl/.json, .csv or .parquet file, a glob of them, or a save_to_disk folder
+    path: Optional[str] = None
+    #: text | json | csv | parquet | saved; default: from the extension (a folder: saved)
+    format: Optional[str] = None
+    #: the column holding each document's text (chat messages with chat_template=true)
+    field: str = "text"
+    #: the split of a saved DatasetDict (default: its only split, or 'train')
+    split: Optional[str] = None
+    #: render each record with the tokenizer's chat template (field = a messages column, or the prompt
+    #: column when response_field is set)
+    chat_template: bool = False
+    #: with chat_template: the column of assistant answers to ``field``'s prompts
+    response_field: Optional[str] = None
     seq_len: int = 256
     train_tokens: int = 32768
     calibration_samples: int = 16
@@ -44,10 +62,11 @@ class EvalConfig:
     """What is measured before and after compression."""
 
     perplexity: bool = True
-    #: task accuracies measured on the original and the final model (see slimkit.evaluation.tasks)
+    #: tasks scored through lm-evaluation-harness on the original and the final model: built-in
+    #: (sentiment, cloze), lm-eval task YAML paths, or lm-eval task names (see slimkit.evaluation.tasks)
     tasks: List[str] = dataclasses.field(default_factory=lambda: ["sentiment"])
-    #: balanced examples per task
-    task_samples: int = 200
+    #: examples per task: the first N of its evaluation split (lm-eval's limit); null: all
+    task_samples: Optional[int] = 200
     latency: bool = True
     #: torch threads while timing; pinned so numbers compare
     threads: int = 1
@@ -74,6 +93,8 @@ def check_eval(eval_cfg: Mapping[str, Any]) -> None:
     for key in ("threads", "repeats", "prompt_tokens", "batch_size"):
         if key in eval_cfg:
             check_range(f"eval.{key}", eval_cfg[key], 1)
+    if eval_cfg.get("task_samples") is not None:  # null: every example of each task
+        check_range("eval.task_samples", eval_cfg["task_samples"], 1)
 
 
 @dataclasses.dataclass

@@ -10,7 +10,6 @@ from slimkit.core.artifact import atomic_write_text
 
 COLUMNS = [  # (key, header, format)
     ("perplexity", "perplexity", "{:.2f}"),
-    ("sentiment_accuracy", "sentiment acc", "{:.3f}"),
     ("size_bytes", "size MB", "{:.1f}"),
     ("parameters", "params M", "{:.2f}"),
     ("nonzero_parameters", "nonzero M", "{:.2f}"),
@@ -27,12 +26,21 @@ def _cell(metrics: Mapping[str, Any], key: str, fmt: str) -> str:
     return fmt.format(value / SCALE.get(key, 1))
 
 
-def markdown_table(rows: list[tuple[str, Mapping[str, Any]]]) -> str:
-    """A markdown table with one row per (label, metrics)."""
-    header = "| | " + " | ".join(h for _, h, _ in COLUMNS) + " |"
-    lines = [header, "|" + "---|" * (len(COLUMNS) + 1)]
+def _task_cell(metrics: Mapping[str, Any], task: str, metric: str) -> str:
+    value = ((metrics.get("tasks") or {}).get(task) or {}).get(metric)
+    return "–" if value is None else f"{value:.3f}"
+
+
+def markdown_table(rows: list[tuple[str, Mapping[str, Any]]], tasks: Mapping[str, str] | None = None) -> str:
+    """A markdown table with one row per (label, metrics); ``tasks`` ({task: metric}) adds a column
+    per task after perplexity, read from ``metrics["tasks"][task][metric]``."""
+    tasks = dict(tasks or {})
+    headers = [COLUMNS[0][1], *(f"{t} {m}" for t, m in tasks.items()), *(h for _, h, _ in COLUMNS[1:])]
+    lines = ["| | " + " | ".join(headers) + " |", "|" + "---|" * (len(headers) + 1)]
     for label, metrics in rows:
-        lines.append(f"| {label} | " + " | ".join(_cell(metrics, k, f) for k, _, f in COLUMNS) + " |")
+        cells = [_cell(metrics, *COLUMNS[0][::2]), *(_task_cell(metrics, t, m) for t, m in tasks.items()),
+                 *(_cell(metrics, k, f) for k, _, f in COLUMNS[1:])]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -54,7 +62,11 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "",
         f"- model: {model['provenance']} ({model['parameters'] / 1e6:.1f}M parameters)",
         f"- data: {data['description']}; eval tokens {data['eval']['tokens']}, "
-        f"calibration/train tokens {data['train']['tokens']} (disjoint)",
+        f"calibration/train tokens {data['train']['tokens']} (disjoint)"
+        + (f"; documents: eval {data['eval']['documents']}, train {data['train']['documents']} of {data['documents']}"
+           if "documents" in data else ""),
+        *(f"  - file `{f['path']}` ({f['bytes']} bytes, sha256 `{f['sha256']}`)"
+          for f in (data.get("corpus") or {}).get("files", [])),
         "- stages: " + (" → ".join(f"{s['kind']} {s['backend']} ({s['distribution']} {s['version']}, "
                                     f"{s['seconds']} s)" for s in report["stages"]) or "none"),
         f"- ratios (baseline/final size, final/baseline speed and perplexity): {ratio_text}",
@@ -63,9 +75,17 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"{report['final'].get('bits_per_weight', float('nan')):.2f} stored bits per original parameter",
         f"- artifact: `{report['artifact']}` (reload max |Δlogit| {report['final'].get('reload_max_abs_logit_diff', 0):.2g})",
         "",
-        markdown_table(summary_rows(report)),
+        markdown_table(summary_rows(report), {name: t["metric"] for name, t in (report.get("tasks") or {}).items()}),
         "",
     ]
+    if report.get("tasks"):
+        lines += ["| task (lm-eval) | metric | examples | baseline | final | retained | source |", "|---|---|---|---|---|---|---|"]
+        for name, t in report["tasks"].items():
+            fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+            lines.append(f"| {name} | {t['metric']}{'' if t['higher_is_better'] else ' (lower is better)'} | "
+                         f"{t.get('samples') or '–'} | {fmt(t['baseline'])} | {fmt(t['final'])} | {fmt(t['retained'])} | "
+                         f"{t['source']} |")
+        lines.append("")
     if report.get("deployments"):
         lines += deployments_table(report["deployments"], report["baseline"])
     return "\n".join(lines)

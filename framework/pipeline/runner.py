@@ -3,8 +3,8 @@ reload and verify → measure latency against the original → report."""
 
 from __future__ import annotations
 
-import copy
 import fnmatch
+import gc
 import logging
 import tempfile
 import time
@@ -18,12 +18,14 @@ from slimkit.core import artifact
 from slimkit.core.errors import ArtifactError, ConfigError, StageOrderError
 from slimkit.core.loader import load
 from slimkit.core.plugin import STAGE_KINDS, Kind, PrunerConfig, QuantizerConfig, Stage
+from slimkit.core.processes import is_main_process
 from slimkit.core.registry import PluginInfo, Registry, default_registry
 from slimkit.core.state import PipelineState
-from slimkit.data import build_splits
+from slimkit.data import build_splits, corpus_from_config
 from slimkit.deploy import plan_deployments
 from slimkit.evaluation import latency, model_logits, quality_metrics
-from slimkit.models import load_model, model_skeleton
+from slimkit.evaluation.tasks import TaskSet, task_records
+from slimkit.models import load_model, model_skeleton, resolve_device, resolve_dtype
 from slimkit.pipeline.config import check_eval, stage_config
 from slimkit.pipeline.report import write_reports
 
@@ -98,6 +100,63 @@ def recovery_hook(stages: list[tuple[Stage, PluginInfo]]):
     return finetune
 
 
+def check_supports(stages: list[tuple[Stage, PluginInfo]], dtype: str, device: str) -> None:
+    """Refuse a model dtype/device a chosen backend does not declare in ``supports`` (before any load)."""
+    for stage, info in stages:
+        for key, value, field in (("model.dtype", dtype, "dtypes"), ("model.device", device, "devices")):
+            allowed = sorted(type(stage).supports.get(field, ()))
+            if value not in allowed:
+                raise ConfigError(key, value, "one of " + ", ".join(map(repr, allowed)),
+                                  f"what the {info.kind.value} {info.name!r} supports")
+
+
+def reference_needs(stages: list[tuple[Stage, PluginInfo]]) -> list[bool]:
+    """Which stages need the original model's weights: those that say so (``needs_reference``), and
+    pruners when the recovery step they may call is a distiller that does."""
+    hook = recovery_hook(stages)
+    recovery_needs = bool(getattr(getattr(hook, "__self__", None), "needs_reference", False))
+    return [bool(stage.needs_reference) or (info.kind is Kind.PRUNER and recovery_needs) for stage, info in stages]
+
+
+class Original:
+    """The original model on demand, never kept as a second copy: reloaded from where it came from
+    (a folder, the embedded cache, or the seeded config of the tiny model) when a stage or the timing
+    needs its weights (otherwise stages see :func:`slimkit.models.model_skeleton`'s weightless copy)."""
+
+    def __init__(self, model_cfg: Mapping[str, Any], seed: int):
+        self.model_cfg, self.seed = model_cfg, seed
+
+    def load(self) -> torch.nn.Module:
+        """A fresh, frozen copy of the original model (the global RNG state is left as it was)."""
+        cfg = self.model_cfg
+        with torch.random.fork_rng():
+            loaded = load_model(cfg["name"], cfg.get("path"), cfg.get("trust_remote_code", False), self.seed,
+                                dtype=cfg.get("dtype", "float32"), device=cfg.get("device", "cpu"))
+        return loaded.model.eval().requires_grad_(False)
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS. glibc keeps freed chunks below its mmap
+    threshold (up to 32 MB: most weight matrices) in the process, so without this a later phase adds its
+    memory on top of what an earlier one freed (e.g. tokenizing the corpus, a stage's float weights)."""
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to hand back this way
+        pass
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far (the kernel's high-water mark)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB on Linux
+
+
 def stage_record(info: PluginInfo, stage: Stage) -> dict[str, Any]:
     import dataclasses
 
@@ -159,7 +218,7 @@ def save_artifact(state: PipelineState, target: Path, overwrite: bool, records: 
         return verify_reload(tmp, state.model, probe, registry)
 
 
-def _fp32_size(model: torch.nn.Module) -> int:
+def _saved_size(model: torch.nn.Module) -> int:
     with tempfile.TemporaryDirectory(prefix="slimkit-baseline-") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         return artifact.directory_size(tmp)
@@ -238,48 +297,69 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
     check_eval(eval_cfg)
     stages = resolve_stages(settings, registry)
     check_model(stages, model_cfg)
+    corpus = corpus_from_config(data_cfg)  # data.path read and checked before the model loads
+    tasks = TaskSet(eval_cfg.get("tasks") or [])  # task data loaded offline before the model loads
+    dtype = resolve_dtype(model_cfg.get("dtype", "float32"), model_cfg["name"], model_cfg.get("path"))
+    device = resolve_device(model_cfg.get("device", "cpu"))
+    check_supports(stages, dtype, device)
     deploy_plan = plan_deployments(settings, registry, output_dir)  # exporters: checked before the model loads
     seed = int(settings.get("seed", 0))
     torch.manual_seed(seed)
-    check_module_globs(stages, model_skeleton(model_cfg["name"], model_cfg.get("path"),
-                                              model_cfg.get("trust_remote_code", False), seed))
+    skeleton = model_skeleton(model_cfg["name"], model_cfg.get("path"), model_cfg.get("trust_remote_code", False), seed)
+    check_module_globs(stages, skeleton)
+    main = is_main_process()  # data-parallel workers other than the main one train, and write nothing
 
-    loaded = load_model(model_cfg["name"], model_cfg.get("path"), model_cfg.get("trust_remote_code", False), seed)
-    data = build_splits(loaded.tokenizer, **data_cfg)
+    loaded = load_model(model_cfg["name"], model_cfg.get("path"), model_cfg.get("trust_remote_code", False), seed,
+                        dtype=dtype, device=model_cfg.get("device", "cpu"))
+    tokenizer = loaded.tokenizer
+    data = build_splits(tokenizer, **{**data_cfg, "corpus": corpus})
+    tasks.bind(data, tokenizer)  # tasks cut from the held-out text (cloze)
+    release_memory()  # tokenizing the corpus leaves freed buffers behind
     model_info = {"name": loaded.name, "path": loaded.path, "provenance": loaded.provenance,
-                  "parameters": loaded.parameters, "class": type(loaded.model).__name__}
-    reference = copy.deepcopy(loaded.model).eval().requires_grad_(False)
-    state = PipelineState(loaded.model, loaded.tokenizer, data, reference, settings=settings,
+                  "parameters": loaded.parameters, "class": type(loaded.model).__name__, "dtype": dtype,
+                  "device": model_cfg.get("device", "cpu")}
+    original = Original({**model_cfg, "dtype": dtype}, seed)
+    skeleton = skeleton.eval().requires_grad_(False)
+    state = PipelineState(loaded.model, tokenizer, data, skeleton, settings=settings,
                           work_dir=output_dir, seed=seed, recover=recovery_hook(stages))
+    loaded.model = None  # the state holds the one full copy of the model
     bs = eval_cfg.get("batch_size", 4)
 
     def evaluate(model: torch.nn.Module, label: str) -> dict[str, Any]:
-        if not eval_cfg.get("perplexity", True):
+        if not eval_cfg.get("perplexity", True) or not main:
             return {}
         return quality_metrics(model, data.eval, bs, desc=f"perplexity [{label}]")
 
-    def task_accuracy(model: torch.nn.Module, label: str) -> dict[str, Any]:
-        if not eval_cfg.get("tasks"):
+    def task_scores(model: torch.nn.Module, label: str) -> dict[str, Any]:
+        if not main:
             return {}
-        from slimkit.evaluation.tasks import task_metrics
-
-        return task_metrics(model, loaded.tokenizer, list(eval_cfg["tasks"]), eval_cfg.get("task_samples", 200), label)
+        return {"tasks": tasks.evaluate(model, tokenizer, eval_cfg.get("task_samples", 200), bs, label)}
 
     from slimkit.pipeline.baseline import cached_baseline  # in a sweep: evaluated once, reused by every job
 
-    baseline = cached_baseline(settings, lambda: {**evaluate(loaded.model, "baseline"), **task_accuracy(reference, "baseline"),
-                                                  "size_bytes": _fp32_size(reference)})
-    linear_total, _ = linear_weight_count(reference)
+    # the baseline is measured on the loaded model before any stage changes it: no copy kept for it
+    baseline = cached_baseline(settings, lambda: {**evaluate(state.model, "baseline"),
+                                                  **task_scores(state.model, "baseline"),
+                                                  "size_bytes": _saved_size(state.model)}) if main else {}
+    linear_total, _ = linear_weight_count(state.model)
     final = dict(baseline)
     achieved_sparsity = 0.0
     records = []
-    for stage, info in stages:
+    needs = reference_needs(stages)
+    last_need = max((i for i, need in enumerate(needs) if need), default=-1)
+    for index, (stage, info) in enumerate(stages):
+        if needs[index] and state.reference is skeleton:
+            log.info("loading the original model beside the compressed one (needed by %s)", info.name)
+            state.reference = original.load()
         log.info("applying %s", info.describe())
         record = stage_record(info, stage)
         start = time.perf_counter()
         metrics = stage.apply(state) or {}
         record["seconds"] = round(time.perf_counter() - start, 2)
         state.applied.append(info.kind.value)
+        if index == last_need:  # no later stage needs the original's weights
+            state.reference = skeleton
+        release_memory()  # what the stage replaced (float weights, scores, copies)
         if info.kind is Kind.PRUNER:  # zeroed or removed, as a fraction of the original's Linear weights
             _, nonzero = linear_weight_count(state.model)
             achieved_sparsity = 1 - nonzero / linear_total if linear_total else 0.0
@@ -287,10 +367,14 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
         final = evaluate(state.model, info.name)
         record["metrics"] = _jsonable({**metrics, **final})
         records.append(record)
+    if not main:
+        return {"stages": records, "process": "worker"}
 
     probe = data.eval[:1, :64]
     reloaded, reload_diff = save_artifact(state, target, bool(out_cfg.get("overwrite", False)), records, model_info,
                                           probe=probe, registry=registry)
+    state.model = None  # the artifact is the model from here on
+    release_memory()  # the compressed model and the loader's buffers
     final["size_bytes"] = artifact.directory_size(target) - _tokenizer_bytes(target)
     final["reload_max_abs_logit_diff"] = reload_diff
     final["achieved_sparsity"] = achieved_sparsity
@@ -298,11 +382,14 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
     if original_parameters:  # stored bits per parameter of the original model: comparable across jobs and backends
         final["bits_per_weight"] = 8 * final["size_bytes"] / original_parameters
         baseline["bits_per_weight"] = 8 * baseline["size_bytes"] / original_parameters
-    final.update(task_accuracy(reloaded, "final"))
+    final.update(task_scores(reloaded, "final"))
     timing = None
     if eval_cfg.get("latency", True):
         prompt = data.eval[:1, : eval_cfg.get("prompt_tokens", 128)]
+        reference = original.load()  # timed against the original, reloaded for the timing only
         timing, timed = _time(eval_cfg, loaded, reference, reloaded, target, prompt)
+        del reference
+        release_memory()
         baseline.update(timed["baseline"])
         final.update(timed["final"])
     report = {
@@ -311,14 +398,19 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
         "stages": records,
         "baseline": baseline,
         "final": final,
+        "tasks": task_records(tasks.info(), baseline.get("tasks", {}), final.get("tasks", {})),
         "ratios": _ratios(baseline, final),
         "timing": timing,
         "artifact": str(target),
         "seed": seed,
         "torch": torch.__version__,
+        "resources": {"peak_rss_bytes": peak_rss_bytes()},
     }
+    report["ratios"].update({f"{name}_retained": t["retained"] for name, t in report["tasks"].items()
+                             if t["retained"] is not None})
     if deploy_plan:  # each export written to <output>/deploy/<exporter>/ and measured in its runtime
-        report["deployments"] = deploy_plan.run(target, state.model, loaded.tokenizer, output_dir, data.eval, baseline,
+        # the reloaded artifact (verified to give the in-memory model's logits): the in-memory copy was freed
+        report["deployments"] = deploy_plan.run(target, reloaded, tokenizer, output_dir, data.eval, baseline,
                                                 state.artifact_writer)
     write_reports(report, output_dir)
     return report
@@ -369,7 +461,4 @@ def _ratios(baseline: Mapping[str, Any], final: Mapping[str, Any]) -> dict[str, 
         ratios["prefill_speed"] = baseline["prefill_ms"] / final["prefill_ms"]
     if final.get("perplexity") and baseline.get("perplexity"):
         ratios["perplexity"] = final["perplexity"] / baseline["perplexity"]
-    for key in baseline:
-        if key.endswith("_accuracy") and baseline[key] and final.get(key) is not None:
-            ratios[key.replace("_accuracy", "_retained")] = final[key] / baseline[key]
     return ratios

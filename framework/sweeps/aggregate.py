@@ -174,8 +174,8 @@ def load_job(job_dir: Path, root: Path, sweep: Mapping[str, Any]) -> Job:
         job.model = (report.get("model") or {}).get("name")
         job.baseline = {k: base.get(k) for k in ("perplexity", "size_bytes", "decode_tokens_per_s") if k in base}
         job.perplexity = final.get("perplexity")
-        job.quality = quality(report)
-        job.accuracy = {k: v for k, v in final.items() if k.endswith("accuracy") and isinstance(v, (int, float))}
+        job.quality = quality(report, sweep)
+        job.accuracy = {name: t["final"] for name, t in (report.get("tasks") or {}).items() if t.get("final") is not None}
         job.size_mb = final["size_bytes"] / 1e6 if final.get("size_bytes") else None
         job.size_ratio, job.speed_ratio = ratios.get("size"), ratios.get("speed")
         job.prefill_ratio = ratios.get("prefill_speed")
@@ -226,6 +226,13 @@ class SweepResult:
     objective_name: str
     baselines: dict[str, dict[str, Any]]
     optimization: Any = None
+    #: what quality measures: ``perplexity`` or ``task:<name>`` (sweep.quality)
+    quality_name: str = "perplexity"
+
+    @property
+    def tasks(self) -> list[str]:
+        """Task names scored by any job, in first-seen order (one sweep-table column each)."""
+        return list(dict.fromkeys(name for j in self.jobs for name in j.accuracy))
 
     @property
     def ok(self) -> list[Job]:
@@ -245,6 +252,7 @@ class SweepResult:
     def as_dict(self) -> dict[str, Any]:
         best = self.best_feasible
         return {"sweep_dir": str(self.sweep_dir), "min_quality": self.min_quality, "objective": self.objective_name,
+                "quality": self.quality_name,
                 "baselines": self.baselines, "jobs": [j.as_dict() for j in self.jobs],
                 "frontier": {"size": [j.job for j in self.frontier("size")],
                              "speed": [j.job for j in self.frontier("speed")]},
@@ -300,6 +308,7 @@ def collect(sweep_dir: str | Path, min_quality: float | None = None, objective_n
         if job.status == "ok" and job.baseline:
             baselines.setdefault(job.model or "model", job.baseline)
     optimization = _read_yaml(root / "optimization_results.yaml") if (root / "optimization_results.yaml").exists() else None
-    return SweepResult(root, jobs, float(sweep["min_quality"]), str(sweep["objective"]), baselines, optimization)
+    return SweepResult(root, jobs, float(sweep["min_quality"]), str(sweep["objective"]), baselines, optimization,
+                       str(sweep.get("quality") or "perplexity"))
 
 

@@ -27,16 +27,60 @@ def _sweep_settings(cfg: Any) -> dict[str, Any]:
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
 
 
-def check_sweep_settings(sweep: Mapping[str, Any]) -> None:
-    """Validate the ``sweep`` config node (objective name, quality floor)."""
+def quality_task(sweep: Mapping[str, Any] | None) -> str | None:
+    """The task ``sweep.quality=task:<name>`` names, or None for ``perplexity``."""
+    measure = str((sweep or {}).get("quality") or "perplexity")
+    return measure.split(":", 1)[1] if measure.startswith("task:") else None
+
+
+def _task_names(tasks: Iterable[str]) -> tuple[set[str], bool]:
+    """Names ``eval.tasks`` entries give their tasks (YAML: file stem and its ``task:``), and whether an
+    lm-eval task/group name is among them (its leaf names are known only once it loads)."""
+    names, opaque = set(), False
+    for spec in tasks:
+        spec = str(spec)
+        names.add(spec)
+        if spec.endswith((".yaml", ".yml")):
+            names.add(Path(spec).stem)
+            try:
+                from lm_eval.tasks._yaml_loader import load_yaml
+
+                task = load_yaml(Path(spec).expanduser(), resolve_func=False, recursive=True).get("task")
+                names.update([task] if isinstance(task, str) else [])
+            except Exception:  # an unreadable YAML is reported by the run itself
+                pass
+        elif spec not in ("sentiment", "cloze"):
+            opaque = True
+    return names, opaque
+
+
+def check_sweep_settings(sweep: Mapping[str, Any], eval_tasks: Iterable[str] | None = None) -> None:
+    """Validate the ``sweep`` config node (objective name, quality measure and floor); with the run's
+    ``eval.tasks``, also that ``sweep.quality=task:<name>`` names one of them."""
+    from slimkit.core.errors import ConfigError
     from slimkit.core.plugin import check_choice, check_range
 
     check_choice("sweep.objective", sweep.get("objective", "size"), OBJECTIVES)
     check_range("sweep.min_quality", sweep.get("min_quality", 0.97), 0.0, 1.0, low_open=True)
+    measure = str(sweep.get("quality") or "perplexity")
+    task = quality_task(sweep)
+    if measure != "perplexity" and not task:
+        raise ConfigError("sweep.quality", measure, "'perplexity' or 'task:<name>' with <name> one of eval.tasks")
+    if task and eval_tasks is not None:
+        names, opaque = _task_names(eval_tasks)
+        if task not in names and not opaque:
+            raise ConfigError("sweep.quality", measure, "'perplexity' or 'task:<name>' with <name> one of eval.tasks "
+                              f"{sorted(names)}", f"{task!r} is not evaluated; add it to eval.tasks")
 
 
-def quality(report: Mapping[str, Any]) -> float | None:
-    """Baseline perplexity / final perplexity (1.0 = unchanged, higher is better), or None."""
+def quality(report: Mapping[str, Any], sweep: Mapping[str, Any] | None = None) -> float | None:
+    """The job's quality (1.0 = unchanged, higher is better), or None: by default (``sweep.quality=perplexity``)
+    baseline perplexity / final perplexity; with ``sweep.quality=task:<name>`` the fraction of the task's
+    baseline score the final model retains (``report.json``'s ``tasks.<name>.retained``)."""
+    task = quality_task(sweep)
+    if task is not None:
+        record = (report.get("tasks") or {}).get(task) or {}
+        return record.get("retained")
     base = (report.get("baseline") or {}).get("perplexity")
     final = (report.get("final") or {}).get("perplexity")
     if not base or final is None:
@@ -68,7 +112,7 @@ def objective(report: Mapping[str, Any], sweep: Mapping[str, Any] | None = None)
                             for m in (final, base))
     if value is None:
         raise ArtifactError(f"report has no metric for sweep.objective={name!r} (was it measured? eval.latency)")
-    q = quality(report)
+    q = quality(report, sweep)
     floor = float(sweep.get("min_quality", 0.97))
     if q is None or q >= floor:
         return float(value)
@@ -135,7 +179,7 @@ def sweep_job(cfg: Any, output_dir: str | Path, runner: Callable[..., dict[str, 
     start = time.time()
     write_status(job_dir, "running", overrides=overrides, started=start)
     try:
-        check_sweep_settings(sweep)
+        check_sweep_settings(sweep, (cfg.get("eval") or {}).get("tasks"))
         with open_dict(cfg):
             if cfg.get("output") is None:
                 cfg.output = {}

@@ -19,8 +19,21 @@ from slimkit.sweeps.naming import KINDS, OUTPUTS
 log = logging.getLogger("slimkit.sweeps")
 
 HEADERS = ["job", "status", "pruner", "sparsity", "achieved sparsity", "distiller", "quantizer", "bits", "bits/weight",
-           "other overrides", "perplexity", "quality %", "accuracy", "size MB", "size ×", "decode ×", "prefill ×",
+           "other overrides", "perplexity", "quality %", "size MB", "size ×", "decode ×", "prefill ×",
            "timed", "feasible", "frontier", "objective", "error"]
+#: task columns (one per task any job scored) go after this column
+TASKS_AFTER = HEADERS.index("quality %")
+
+
+def headers(result: SweepResult) -> list[str]:
+    """The sweep table's columns: :data:`HEADERS` with one column per task (its final score)."""
+    return HEADERS[:TASKS_AFTER + 1] + result.tasks + HEADERS[TASKS_AFTER + 1:]
+
+
+def quality_label(name: str) -> str:
+    """How a quality measure reads in the report (``perplexity`` or ``task:<name>``)."""
+    task = name.split(":", 1)[1] if name.startswith("task:") else None
+    return f"retained {task} score (final / baseline)" if task else "baseline perplexity / perplexity"
 
 
 def _fmt(value: Any, spec: str = "{:.3g}") -> str:
@@ -34,8 +47,9 @@ def _fmt(value: Any, spec: str = "{:.3g}") -> str:
 
 
 def table_rows(result: SweepResult) -> list[list[str]]:
-    """The sweep table as rows of strings (same columns as :data:`HEADERS`)."""
+    """The sweep table as rows of strings (same columns as :func:`headers`)."""
     rows = []
+    tasks = result.tasks
     for j in result.jobs:
         frontier = "/".join(n for n, on in (("size", j.pareto_size), ("speed", j.pareto_speed)) if on)
         rows.append([
@@ -43,7 +57,7 @@ def table_rows(result: SweepResult) -> list[list[str]]:
             _fmt(j.backends.get("distiller")), _fmt(j.backends.get("quantizer")), _fmt(j.bits),
             _fmt(j.bits_per_weight, "{:.2f}"), " ".join(j.other_overrides) or "–",
             _fmt(j.perplexity, "{:.2f}"), _fmt(None if j.quality is None else 100 * j.quality, "{:.1f}"),
-            ", ".join(f"{k} {v:.3f}" for k, v in j.accuracy.items()) or "–", _fmt(j.size_mb, "{:.3f}"),
+            *(_fmt(j.accuracy.get(t), "{:.3f}") for t in tasks), _fmt(j.size_mb, "{:.3f}"),
             _fmt(j.size_ratio, "{:.2f}"), _fmt(j.speed_ratio, "{:.2f}"), _fmt(j.prefill_ratio, "{:.2f}"),
             _fmt(j.timing), _fmt(j.feasible), frontier or "–", _fmt(j.objective, "{:.4g}"), (j.error or "").splitlines()[0][:200] if j.error else "",
         ])
@@ -57,7 +71,7 @@ def _md_escape(text: str) -> str:
 def render_markdown(result: SweepResult) -> str:
     """The sweep as a markdown page: summary, best feasible configuration, frontier, table."""
     lines = [f"# slimkit sweep: {result.sweep_dir}", "", *summary_lines(result), "",
-             "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+             "| " + " | ".join(headers(result)) + " |", "|" + "---|" * len(headers(result))]
     lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in table_rows(result)]
     return "\n".join(lines) + "\n"
 
@@ -88,8 +102,9 @@ def summary_lines(result: SweepResult) -> list[str]:
         lines.append(f"- baseline ({model}, fp32): perplexity {_fmt(base.get('perplexity'), '{:.2f}')}, "
                      f"{_fmt(size / 1e6 if size else None, '{:.3f}')} MB")
     floor = result.min_quality
-    lines.append(f"- constraint: quality = baseline perplexity / perplexity ≥ {floor:.2f} "
-                 f"(perplexity ≤ baseline/{floor:g}); objective: minimise {result.objective_name}")
+    bound = f" (perplexity ≤ baseline/{floor:g})" if result.quality_name == "perplexity" else ""
+    lines.append(f"- constraint: quality = {quality_label(result.quality_name)} ≥ {floor:.2f}{bound}; "
+                 f"objective: minimise {result.objective_name}")
     best = result.best_feasible
     lines.append("- best feasible: " + (_describe(best) if best else "none (no completed job meets the constraint)"))
     for axis, label in (("size", "size–quality"), ("speed", "speed–quality")):
@@ -158,7 +173,7 @@ def plot_pareto(result: SweepResult, axis: str, path: Path) -> None:
     if axis == "speed":
         ax.axvline(1.0, color="tab:blue", ls=":", lw=1)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("quality (% of baseline: baseline ppl / ppl)")
+    ax.set_ylabel(f"quality (% of baseline: {quality_label(result.quality_name)})")
     ax.set_title(f"{'size' if axis == 'size' else 'speed'} vs quality — {len(points)} completed job(s)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="best")
@@ -178,7 +193,7 @@ def render_html(result: SweepResult, plots: Mapping[str, Path]) -> str:
         f'<figure><img alt="{esc(name)} Pareto plot" src="data:image/png;base64,'
         f'{base64.b64encode(Path(p).read_bytes()).decode()}"><figcaption>{esc(name)} vs quality</figcaption></figure>'
         for name, p in plots.items())
-    head = "".join(f"<th>{esc(h)}</th>" for h in HEADERS)
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers(result))
     body = ""
     for job, row in zip(result.jobs, table_rows(result)):
         css = job.status + (" frontier" if job.pareto_size or job.pareto_speed else "")

@@ -139,7 +139,7 @@ def validate_sweep(argv: Sequence[str], registry: Any = None) -> int:
                     ov = parser.parse_override(item)
                     OmegaConf.update(cfg, ov.key_or_group, ov.value(), merge=False)
             settings = OmegaConf.to_container(cfg, resolve=True)
-            check_sweep_settings(settings.get("sweep") or {})
+            check_sweep_settings(settings.get("sweep") or {}, (settings.get("eval") or {}).get("tasks"))
             resolve_stages(settings, registry)
             resolve_exporters(settings, registry)  # exporter=... axes: names, runtimes, formats, model/writer
         except SlimkitError as exc:

@@ -25,7 +25,7 @@ import logging
 import math
 import re
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Mapping, Optional
+from typing import Any, Callable, ClassVar, Iterator, List, Mapping, Optional
 
 import torch
 from tqdm.auto import tqdm
@@ -450,6 +450,11 @@ class UnstructuredPruner(Stage):
     kind = Kind.PRUNER
     Config = PruningConfig
     zeroes_weights = True
+    #: scores are computed in float32; the zeros are written in the model's own dtype
+    supports = {"dtypes": frozenset({"float32", "bfloat16", "float16"}), "devices": frozenset({"cpu"})}
+    #: True when a layer's scores depend on that layer alone (e.g. |w|): with the ``layer``/``row`` scopes its
+    #: mask is then computed and applied one layer at a time, so no float copy of every weight is held at once
+    layerwise_scores: ClassVar[bool] = False
 
     def scores(self, state, layers: Mapping[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
         """Importance of every weight of each layer ([out, in]); the lowest are zeroed."""
@@ -472,6 +477,12 @@ class UnstructuredPruner(Stage):
                 metrics["allocated_block_sparsity"] = {b: round(s, 4) for b, s in per_block.items()}
 
         def prune_to(fraction: float) -> dict[str, Any]:
+            if self.layerwise_scores and cfg.scope != "global":  # same masks, one layer's scores at a time
+                for name, layer in layers.items():
+                    one = {name: layer}
+                    apply_masks(one, compute_masks(self.scores(state, one), {name: targets[name] * fraction},
+                                                   cfg.scope, nm))
+                return sparsity_report(layers)
             masks = compute_masks(self.scores(state, layers), {n: t * fraction for n, t in targets.items()},
                                   cfg.scope, nm)
             apply_masks(layers, masks)

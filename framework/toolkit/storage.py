@@ -174,7 +174,12 @@ def untied_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def save_model_config(model: torch.nn.Module, directory: str | os.PathLike) -> None:
     """Write the model's ``config.json`` (and ``generation_config.json`` if it has one): the part of an
-    artifact every backend format shares."""
+    artifact every backend format shares. The config records the dtype of the model's float weights (the
+    input embedding's), so a loader rebuilds the skeleton in the dtype the tensors were written in."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    weight = getattr(embeddings, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.is_floating_point():
+        model.config.dtype = weight.dtype
     model.config.save_pretrained(directory)
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(directory)
@@ -196,9 +201,11 @@ def load_sparse_model(directory: str | os.PathLike) -> torch.nn.Module:
 
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from slimkit.core.artifact import saved_dtype
+
     directory = Path(directory)
     config = AutoConfig.from_pretrained(str(directory), trust_remote_code=False)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, dtype=saved_dtype(config))
     state_dict = load_tensors(directory / WEIGHTS)
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     model.tie_weights()

@@ -90,6 +90,22 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.Tensor
     return perm.split(batch_size)[i]
 
 
+def shard(indices: torch.Tensor, rank: int, world: int) -> tuple[torch.Tensor, float]:
+    """This process's windows of a global batch and the weight of its mean loss (``world`` processes).
+
+    Windows are dealt round-robin; the weight is ``local windows * world / global windows``, so averaging the
+    processes' weighted gradients gives the global batch's mean exactly, shares of unequal size included. A
+    process left without a window (a batch smaller than ``world``) runs the first window at weight 0: it
+    still joins the gradient all-reduce but adds nothing.
+    """
+    if world <= 1:
+        return indices, 1.0
+    mine = indices[rank::world]
+    if mine.numel() == 0:
+        return indices[:1], 0.0
+    return mine, mine.numel() * world / indices.numel()
+
+
 def fingerprint_model(model: torch.nn.Module) -> str:
     """A short hash of a model's config and parameter names/shapes."""
     h = hashlib.sha256()
@@ -281,13 +297,15 @@ def train_loop(model: torch.nn.Module, loss_fn: LossFn, train: torch.Tensor, set
     bar = tqdm(range(start_step, s.max_steps), desc=s.desc, leave=False, disable=not accelerator.is_main_process,
                initial=start_step, total=s.max_steps)
     for step in bar:
-        batch = batch_indices(train.shape[0], s.batch_size, step, s.seed)
-        batch = train[batch[rank::world] if world > 1 else batch].to(device)
+        batch, share = shard(batch_indices(train.shape[0], s.batch_size, step, s.seed), rank, world)
+        batch = train[batch].to(device)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
         loss, parts = loss_fn(model, batch)
         optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
+        # data parallel: gradients are averaged over processes, so weight each process's mean loss by its
+        # share of the global batch; the sum is then the global batch's mean, as in one process
+        accelerator.backward(loss * share)
         for p, mask in masks.items():
             if p.grad is not None:
                 p.grad.mul_(mask)
@@ -298,7 +316,7 @@ def train_loop(model: torch.nn.Module, loss_fn: LossFn, train: torch.Tensor, set
             with torch.no_grad():
                 for p, mask in masks.items():
                     p.mul_(mask)
-        value = loss.item()
+        value = accelerator.reduce(loss.detach() * share, "mean").item() if world > 1 else loss.item()
         first_loss = value if first_loss is None else first_loss
         losses.append(value)
         trainer["step"] = step + 1
@@ -327,7 +345,8 @@ def train_loop(model: torch.nn.Module, loss_fn: LossFn, train: torch.Tensor, set
     done = trainer["step"] - start_step
     metrics: dict[str, Any] = {"steps": trainer["step"], "steps_this_run": done, "resumed_from_step": start_step or None,
                                "stopped_early": trainer["stopped_early"], "best_val_loss": trainer["best_val_loss"],
-                               "best_step": trainer["best_step"], "masked_parameters": len(masks)}
+                               "best_step": trainer["best_step"], "masked_parameters": len(masks),
+                               "processes": world}
     if losses:
         tail = losses[-5:]
         metrics.update(first_loss=first_loss, last_loss=losses[-1], last_loss_mean5=sum(tail) / len(tail))

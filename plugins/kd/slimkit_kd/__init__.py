@@ -21,7 +21,10 @@ Sample config (``conf`` group ``distiller``)::
     distiller.resume: true                  # continue from the latest checkpoint
     distiller.qat_bits: 4                   # quantization-aware distillation for quantizer.bits=4
 
-Multi-GPU: ``accelerate launch --num_processes N -m slimkit.cli distiller=kd distiller.cpu=false ...``.
+Data parallel: ``accelerate launch --num_processes N -m slimkit distiller=kd ...`` (``--cpu`` for N CPU processes
+over gloo, ``model.device=cuda`` for GPUs): every process holds the student and the teacher on its own device and
+trains on its share of each global batch (``batch_size`` windows in all); only the main process evaluates and writes
+the artifact and the report. The metrics record ``processes``.
 If an unstructured pruner ran before (``state.zero_masks``), exact zeros of 2-D weights are masks and stay zero.
 When a ``kd`` distiller is configured, pruning schedules call :meth:`KDDistiller.recover` between
 their steps, so recovery distils from the original model instead of plain fine-tuning.
@@ -38,7 +41,7 @@ from typing import Any, List, Mapping, Optional
 
 import torch
 
-from slimkit import ConfigError, DistillerConfig, Kind, MissingDependencyError, Stage, check_choice, check_range
+from slimkit import ConfigError, DistillerConfig, Kind, MissingDependencyError, PluginError, Stage, check_choice, check_range
 from slimkit.toolkit.training import LoopSettings, fingerprint_model, train_loop
 
 from .loss import LayerOutputs, hidden_mse, kd_logit_loss
@@ -93,8 +96,8 @@ class KDConfig(DistillerConfig):
     qat_bits: Optional[int] = None
     #: glob patterns of Linear modules kept in float during QAT (match quantizer.exclude)
     qat_exclude: List[str] = dataclasses.field(default_factory=lambda: ["lm_head"])
-    #: train on CPU even when a GPU is visible (accelerate)
-    cpu: bool = True
+    #: train on the CPU (true) or on the accelerator (false); null: where the model is (model.device)
+    cpu: Optional[bool] = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -152,6 +155,13 @@ class KDDistiller(Stage):
     name = "kd"
     Config = KDConfig
     requires = {"accelerate": "pip install accelerate", "safetensors": "pip install safetensors"}
+    #: float16 is refused: its training on the CPU overflowed to NaN losses within two steps (tiny model)
+    supports = {"dtypes": frozenset({"float32", "bfloat16"}), "devices": frozenset({"cpu", "cuda"})}
+
+    @property
+    def needs_reference(self) -> bool:  # type: ignore[override]
+        """The original model is the teacher unless ``teacher_path`` names another one."""
+        return self.config.teacher_path is None
 
     def __init__(self, config: KDConfig | None = None):
         super().__init__(config)
@@ -183,7 +193,11 @@ class KDDistiller(Stage):
     def teacher(self, state) -> torch.nn.Module:
         """The frozen teacher: ``state.reference`` or the model in ``teacher_path`` (vocabularies checked)."""
         if self.config.teacher_path is None:
-            return state.reference.eval().requires_grad_(False)
+            reference = state.reference
+            if any(p.device.type == "meta" for p in reference.parameters()):
+                raise PluginError("kd: state.reference holds no weights (meta device); a stage that distils from the "
+                                  "original model must say needs_reference so the pipeline loads it")
+            return reference.eval().requires_grad_(False)
         if self._teacher_cache is None:
             self._teacher_cache = self._load_teacher(state)
         return self._teacher_cache
@@ -208,7 +222,7 @@ class KDDistiller(Stage):
             raise ConfigError("distiller.teacher_path", self.config.teacher_path,
                               "a teacher whose tokenizer maps tokens to the same ids as the student's",
                               "same vocab size but a different token→id mapping")
-        return load_pretrained(path).requires_grad_(False)
+        return load_pretrained(path, dtype=next(state.model.parameters()).dtype).requires_grad_(False)
 
     def _student(self, state, teacher: torch.nn.Module) -> tuple[torch.nn.Module, list[int] | None, int]:
         cfg = self.config
@@ -289,9 +303,19 @@ class KDDistiller(Stage):
                               f"data.train has only {windows.shape[0]} windows")
         return windows[: windows.shape[0] - n_val], windows[windows.shape[0] - n_val:]
 
+    def _placement(self, state) -> tuple[bool, torch.device]:
+        """(train on CPU?, this process's device): ``cpu`` unset follows the model's device."""
+        from accelerate import PartialState
+
+        cpu = self.config.cpu
+        if cpu is None:
+            cpu = next(state.model.parameters()).device.type == "cpu"
+        return cpu, PartialState(cpu=cpu).device
+
     def apply(self, state) -> dict[str, Any]:
         cfg = self.config
-        teacher = self.teacher(state)
+        cpu, device = self._placement(state)
+        teacher = self.teacher(state).to(device)  # each data-parallel process holds its own teacher
         student, keep, base_layers = self._student(state, teacher)
         student.requires_grad_(True)
         layer_map = self._layer_map(student, teacher, keep, base_layers) if cfg.hidden_weight else None
@@ -309,7 +333,7 @@ class KDDistiller(Stage):
             warmup_steps=cfg.warmup_steps, grad_clip=cfg.grad_clip, eval_every=cfg.eval_every, patience=cfg.patience,
             checkpoint_every=cfg.checkpoint_every, checkpoint_dir=checkpoint_dir if (cfg.checkpoint_every or cfg.resume)
             else None, keep_checkpoints=cfg.keep_checkpoints, resume=cfg.resume, fingerprint=fingerprint,
-            keep_zeros=state.zero_masks, cpu=cfg.cpu, desc="distilling" + (f" (QAT int{cfg.qat_bits})" if cfg.qat_bits else ""), key="distiller")
+            keep_zeros=state.zero_masks, cpu=cpu, desc="distilling" + (f" (QAT int{cfg.qat_bits})" if cfg.qat_bits else ""), key="distiller")
         try:
             metrics = train_loop(student, self._loss_fn(teacher, layer_map), train, settings, validation=validation)
         finally:
@@ -322,6 +346,7 @@ class KDDistiller(Stage):
         from slimkit.models import count_parameters
 
         metrics.update(student_parameters=count_parameters(student), teacher_parameters=count_parameters(teacher),
+                       teacher_device=str(device),
                        validation_windows=int(validation.shape[0]), train_windows=int(train.shape[0]))
         if keep is not None:
             metrics["kept_layers"] = keep
@@ -336,11 +361,12 @@ class KDDistiller(Stage):
         if steps <= 0:
             return {"steps": 0}
         cfg = self.config
-        teacher = self.teacher(state)
+        cpu, device = self._placement(state)
+        teacher = self.teacher(state).to(device)
         state.model.requires_grad_(True)
         settings = LoopSettings(max_steps=steps, lr=cfg.lr, batch_size=cfg.batch_size,
                                 seed=state.seed if cfg.seed is None else cfg.seed, weight_decay=cfg.weight_decay,
-                                warmup_steps=cfg.warmup_steps, grad_clip=cfg.grad_clip, cpu=cfg.cpu,
+                                warmup_steps=cfg.warmup_steps, grad_clip=cfg.grad_clip, cpu=cpu,
                                 keep_zeros=state.zero_masks, desc="recovery distillation", key="distiller")
         metrics = train_loop(state.model, self._loss_fn(teacher, None), state.data.train, settings)
         state.model.eval()

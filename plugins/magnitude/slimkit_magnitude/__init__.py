@@ -48,6 +48,7 @@ class MagnitudePruner(UnstructuredPruner):
 
     name = "magnitude"
     Config = MagnitudeConfig
+    layerwise_scores = True
 
     def scores(self, state, layers: Mapping[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
         return {n: weight_matrix(m).detach().abs().float() for n, m in layers.items()}

@@ -76,6 +76,8 @@ class QuantoQuantizer(Stage):
     name = "quanto"
     Config = QuantoConfig
     requires = {"optimum.quanto": "pip install optimum-quanto"}
+    #: bfloat16/float16 models keep their dtype (quanto's scales follow it); tested on CPU only
+    supports = {"dtypes": frozenset({"float32", "bfloat16", "float16"}), "devices": frozenset({"cpu"})}
 
     def check_before_load(self, settings: Mapping[str, Any]) -> None:
         if self.config.activations is not None:
@@ -142,9 +144,15 @@ class QuantoQuantizer(Stage):
         from optimum.quanto import requantize
         from transformers import AutoConfig, AutoModelForCausalLM
 
+        from accelerate import init_empty_weights
+
+        from slimkit.core.artifact import saved_dtype
+
         config = AutoConfig.from_pretrained(str(directory), trust_remote_code=False)
-        # a real (not meta) skeleton: non-persistent buffers such as rotary inv_freq must be computed
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        # parameters on the meta device (requantize materialises them from the file, nothing is initialised or
+        # held twice); buffers real: non-persistent ones such as rotary inv_freq must be computed
+        with init_empty_weights(include_buffers=False):
+            model = AutoModelForCausalLM.from_config(config, dtype=saved_dtype(config))
         from slimkit.toolkit.storage import load_tensors  # reads plain and sparse safetensors alike
         state_dict = load_tensors(directory / WEIGHTS)
         qmap = json.loads((directory / QUANT_MAP).read_text())

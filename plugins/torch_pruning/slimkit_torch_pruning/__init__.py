@@ -100,6 +100,7 @@ class StructuredPruner(Stage):
     name = "torch_pruning"
     Config = StructuredPruningConfig
     requires = {"torch_pruning": "pip install torch-pruning"}
+    supports = {"dtypes": frozenset({"float32", "bfloat16", "float16"}), "devices": frozenset({"cpu"})}
 
     # --- planning ----------------------------------------------------------------------------------
     def _selection(self, model: torch.nn.Module, arch: Arch) -> tuple[dict[str, torch.nn.Module], dict[int, set[str]]]:
@@ -318,6 +319,7 @@ class StructuredPruner(Stage):
         from safetensors.torch import load_file
         from transformers import AutoConfig, AutoModelForCausalLM
 
+        from slimkit.core.artifact import saved_dtype
         from slimkit.models import load_pretrained
 
         directory = Path(directory)
@@ -325,7 +327,7 @@ class StructuredPruner(Stage):
         layer_dims = getattr(config, LAYER_DIMS_KEY, None)
         if not layer_dims:
             return load_pretrained(directory)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_config(config, dtype=saved_dtype(config))
         arch = inspect(model)
         if len(layer_dims) != len(arch.blocks):
             raise ArtifactError(f"{directory}: {LAYER_DIMS_KEY} lists {len(layer_dims)} layers, the config builds {len(arch.layers)}")

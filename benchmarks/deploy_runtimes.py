@@ -1,0 +1,269 @@
+"""ONNX Runtime and OpenVINO on SmolLM2-135M: the runtime's own quantization of the fp32 model (a) beside
+slimkit's export (b), measured with the pipeline's deploy metrics.
+
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/deploy_runtimes.py --out benchmarks/results/deploy_runtimes.json
+
+Rows:
+- (a) ``ort-builder``: ``python -m onnxruntime_genai.models.builder -i <fp32 HF folder> -p int8|int4 -e cpu``
+  with the builder's defaults (symmetric blocks of 32, accuracy_level=4), exactly as a user would run it;
+  ``ov-nncf``: the fp32 model converted (torch.export → openvino.convert_model; optimum-intel does not
+  co-install with transformers>=5.24), compressed with ``nncf.compress_weights`` in NNCF's default mode (int8:
+  INT8_ASYM per channel; int4: INT4_ASYM, group 64 because NNCF's default 128 does not divide SmolLM2's 576) and
+  run at OpenVINO's default inference precision on this CPU (bf16).
+- (b) ``slimkit``: the ``onnx`` / ``openvino`` exporter plugins on the model slimkit loaded, with their own
+  defaults (OpenVINO: f32 inference unless the row says bf16).
+
+Every row: perplexity on the eval windows (the pipeline's default data slice), 2-shot sentiment on
+``--task-samples`` sentences (fp32 PyTorch beside it), size on disk, prefill/decode speed against PyTorch fp32
+from ``slimkit.deploy.serving`` (fresh processes, each timing both alternately at 1 thread; medians), and the
+peak resident memory of a fresh process that opens the export and runs one prefill and one decode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent
+
+
+def peak_memory_mb(exporter: str, folder: Path, prompt: list[int], decode_tokens: int) -> float:
+    """Peak RSS (MB) of a fresh process that opens the export, runs one prefill and one greedy decode."""
+    code = (
+        "import json, resource, sys, torch\n"
+        "from pathlib import Path\n"
+        "from slimkit.core.plugin import Kind\n"
+        "from slimkit.core.registry import default_registry\n"
+        "torch.set_num_threads(1)\n"
+        "cls = default_registry().get(Kind.EXPORTER, sys.argv[1])\n"
+        "s = cls.open(Path(sys.argv[2]), threads=1)\n"
+        "ids = torch.tensor([json.loads(sys.argv[3])])\n"
+        "s.logits(ids); s.generate(ids, int(sys.argv[4]))\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n")
+    done = subprocess.run([sys.executable, "-c", code, exporter, str(folder), json.dumps(prompt), str(decode_tokens)],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if done.returncode:
+        raise RuntimeError(done.stderr[-2000:])
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def torch_peak_memory_mb(model_name: str, prompt: list[int], decode_tokens: int) -> float:
+    code = (
+        "import json, resource, sys, torch\n"
+        "from slimkit.models import load_model\n"
+        "from slimkit.deploy.serving import TorchSession\n"
+        "torch.set_num_threads(1)\n"
+        "s = TorchSession(load_model(sys.argv[1]).model)\n"
+        "ids = torch.tensor([json.loads(sys.argv[2])])\n"
+        "s.logits(ids); s.generate(ids, int(sys.argv[3]))\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n")
+    done = subprocess.run([sys.executable, "-c", code, model_name, json.dumps(prompt), str(decode_tokens)],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if done.returncode:
+        raise RuntimeError(done.stderr[-2000:])
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def runtime_default_ort(hf_dir: Path, out: Path, precision: str) -> dict:
+    """(a): the builder's CLI with its defaults on the fp32 Hugging Face folder."""
+    with tempfile.TemporaryDirectory() as cache:
+        command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir), "-o", str(out),
+                   "-p", precision, "-e", "cpu", "-c", cache]
+        subprocess.run(command, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    settings = {"exporter": "onnx", "weights": precision, "scheme": "builder defaults: symmetric blocks of 32, "
+                "accuracy_level=4" if precision != "fp32" else "fp32"}
+    (out / "slimkit_export.json").write_text(json.dumps(settings))
+    return {"command": " ".join(command[1:]), **settings}
+
+
+def runtime_default_ov(model, tokenizer, out: Path, bits: str) -> dict:
+    """(a): NNCF's default compression mode, OpenVINO's default inference precision (bf16 on this CPU)."""
+    import nncf
+    import openvino
+    from slimkit_openvino import MODEL_XML, SETTINGS_FILE, _kv_shapes, convert
+
+    ov_model = convert(model)
+    kwargs = {"mode": nncf.CompressWeightsMode.INT8_ASYM} if bits == "int8" else {
+        "mode": nncf.CompressWeightsMode.INT4_ASYM, "group_size": 64}
+    ov_model = nncf.compress_weights(ov_model, **kwargs)
+    openvino.save_model(ov_model, out / MODEL_XML, compress_to_fp16=False)
+    tokenizer.save_pretrained(out)
+    precision = str(openvino.Core().get_property("CPU", "INFERENCE_PRECISION_HINT"))
+    settings = {"exporter": "openvino", "inference_precision": "bf16" if "bfloat16" in precision or "bf16" in precision else "f32",
+                "kv_shapes": _kv_shapes(model), "weights": bits, "openvino_default_precision": precision,
+                "scheme": f"nncf.compress_weights({', '.join(f'{k}={v}' for k, v in kwargs.items())})"}
+    (out / SETTINGS_FILE).write_text(json.dumps(settings))
+    return settings
+
+
+def render(path: str) -> str:
+    """The report as a markdown table (what benchmarks/deploy_runtimes.md shows)."""
+    report = json.loads(Path(path).read_text())
+    base = report["baseline_fp32_pytorch"]
+    sentiment = base.get("sentiment_accuracy")
+    lines = [f"fp32 PyTorch: perplexity {base['perplexity']:.2f}, sentiment {sentiment}, "
+             f"{base['size_bytes'] / 1e6:.0f} MB, peak RSS {base['peak_memory_mb']:.0f} MB", "",
+             "| row | weights (scheme) | ppl (×fp32) | sentiment | MB (×smaller) | prefill × | decode × | peak RSS MB | load avg |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in report["rows"]:
+        facts, speed = row["facts"], row["speed"]
+        task = (row.get("tasks") or {}).get("sentiment", {}).get("final")
+        precision = facts.get("inference_precision")
+        scheme = facts.get("scheme", "") + (f"; inference {precision}" if precision else "")
+        label = row["row"]
+        if "bf16" in label and precision == "f32":  # the first runs misread OpenVINO's default ("bfloat16")
+            label = label.replace("bf16", "**ran at f32**")
+        lines.append(
+            f"| {label} | {scheme} | {row['perplexity']:.2f} (×{row['perplexity'] / base['perplexity']:.3f}) | "
+            f"{task if task is None else f'{task:.3f}'} | {row['size_bytes'] / 1e6:.0f} "
+            f"(×{base['size_bytes'] / row['size_bytes']:.1f}) | {speed['prefill_speedup']:.2f} | "
+            f"{speed['decode_speedup']:.2f} | {row['peak_memory_mb']:.0f} | "
+            f"{', '.join(f'{x:.1f}' for x in speed['load_average'])} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--render":
+        print(render(sys.argv[2]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--rows", default="all", help="row labels separated by ';', or 'all'")
+    parser.add_argument("--eval-tokens", type=int, default=8192)
+    parser.add_argument("--task-samples", type=int, default=200)
+    parser.add_argument("--processes", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--decode-tokens", type=int, default=32)
+    parser.add_argument("--prompt-tokens", type=int, default=128)
+    parser.add_argument("--keep", default=None, help="folder to keep the exports in (default: a temporary one)")
+    parser.add_argument("--baseline-from", default=None,
+                        help="reuse the fp32 PyTorch baseline of an earlier report (same model, data and task samples)")
+    args = parser.parse_args()
+    if Path(args.out).exists():
+        parser.error(f"{args.out} exists; results files are never overwritten: choose a new name")
+
+    from slimkit.data import build_splits
+    from slimkit.deploy.evaluate import quality
+    from slimkit.deploy.serving import serving_speed
+    from slimkit.evaluation import perplexity
+    from slimkit.evaluation.tasks import task_metrics
+    from slimkit.models import load_model
+    from slimkit_onnx import OnnxConfig, OnnxExporter
+    from slimkit_openvino import OpenVinoConfig, OpenVinoExporter
+
+    torch.set_num_threads(1)
+    loaded = load_model(args.model)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    data = build_splits(tokenizer, eval_tokens=args.eval_tokens)
+    prompt = data.eval[:1, :args.prompt_tokens]
+    eval_cfg = {"threads": 1, "processes": args.processes, "latency_processes": args.processes, "repeats": args.repeats,
+                "decode_tokens": args.decode_tokens}
+    tasks = ["sentiment"] if args.task_samples else []
+
+    started = time.time()
+    if args.baseline_from:
+        earlier = json.loads(Path(args.baseline_from).read_text())
+        same = (earlier["eval_tokens"], earlier["task_samples"], earlier["model"]["name"]) == (
+            args.eval_tokens, args.task_samples, args.model)
+        if not same:
+            parser.error(f"--baseline-from {args.baseline_from} was measured with other settings")
+        baseline = {**earlier["baseline_fp32_pytorch"], "measured_in": args.baseline_from}
+    else:
+        baseline = {"perplexity": perplexity(model, data.eval, 4, desc="perplexity [fp32]")}
+        if tasks:
+            baseline.update(task_metrics(model, tokenizer, tasks, args.task_samples, "fp32"))
+        with tempfile.TemporaryDirectory() as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            baseline["size_bytes"] = sum(p.stat().st_size for p in Path(tmp).glob("*.safetensors"))
+        baseline["peak_memory_mb"] = torch_peak_memory_mb(args.model, prompt[0].tolist(), args.decode_tokens)
+    hf_dir = Path(loaded.path)
+
+    rows = {
+        "ort-builder-int8 (a)": ("onnx", lambda out: runtime_default_ort(hf_dir, out, "int8")),
+        "ort-builder-int4 (a)": ("onnx", lambda out: runtime_default_ort(hf_dir, out, "int4")),
+        "slimkit onnx fp32 (b)": ("onnx", OnnxExporter(OnnxConfig(weights="fp32"))),
+        "slimkit onnx int8 (b)": ("onnx", OnnxExporter(OnnxConfig(weights="int8"))),
+        "slimkit onnx int4 (b)": ("onnx", OnnxExporter(OnnxConfig(weights="int4"))),
+        "ov-nncf-int8 bf16 (a)": ("openvino", lambda out: runtime_default_ov(model, tokenizer, out, "int8")),
+        "ov-nncf-int4 bf16 (a)": ("openvino", lambda out: runtime_default_ov(model, tokenizer, out, "int4")),
+        "slimkit openvino fp32 f32 (b)": ("openvino", OpenVinoExporter(OpenVinoConfig(weights="fp32"))),
+        "slimkit openvino int8 f32 (b)": ("openvino", OpenVinoExporter(OpenVinoConfig(weights="int8"))),
+        "slimkit openvino int8 bf16 (b)": ("openvino", OpenVinoExporter(OpenVinoConfig(weights="int8", inference_precision="bf16"))),
+        "slimkit openvino int4 sym g64 f32 (b)": ("openvino", OpenVinoExporter(OpenVinoConfig(weights="int4", symmetric=True))),
+        "slimkit openvino int4 sym g64 bf16 (b)": ("openvino", OpenVinoExporter(OpenVinoConfig(
+            weights="int4", symmetric=True, inference_precision="bf16"))),
+    }
+    chosen = list(rows) if args.rows == "all" else [r.strip() for r in args.rows.split(";")]
+    keep = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="deploy-runtimes-"))
+    results = []
+    for label in chosen:
+        exporter_name, how = rows[label]
+        folder = keep / label.replace(" ", "_").replace("(", "").replace(")", "")
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        print(f"== {label}", flush=True)
+        start = time.perf_counter()
+        if callable(how):
+            facts = how(folder)
+        else:
+            facts = how.export(hf_dir, model, tokenizer, folder)
+        export_s = time.perf_counter() - start
+        cls = OnnxExporter if exporter_name == "onnx" else OpenVinoExporter
+        session = cls.open(folder, threads=1)
+        row = {"row": label, "exporter": exporter_name, "runtime_version": session.runtime_version, "facts": facts,
+               "export_seconds": round(export_s, 1), "size_bytes": sum(p.stat().st_size for p in folder.rglob("*")
+                                                                        if p.is_file() and "token" not in p.name)}
+        row.update(quality(session, data.eval, tokenizer, tasks, args.task_samples, baseline, label=label))
+        del session
+        row["speed"] = serving_speed(exporter_name, folder, {"name": args.model}, 0, prompt, eval_cfg)
+        row["peak_memory_mb"] = peak_memory_mb(exporter_name, folder, prompt[0].tolist(), args.decode_tokens)
+        row["load_average_after"] = list(os.getloadavg())
+        results.append(row)
+        print(json.dumps({k: row[k] for k in ("row", "perplexity", "size_bytes", "peak_memory_mb")}), flush=True)
+        print(f"   prefill x{row['speed']['prefill_speedup']:.2f} decode x{row['speed']['decode_speedup']:.2f}", flush=True)
+        write(args.out, loaded, data, args, eval_cfg, baseline, results, started, final=False)
+    write(args.out, loaded, data, args, eval_cfg, baseline, results, started, final=True)
+    print(f"wrote {args.out}")
+
+
+def write(out, loaded, data, args, eval_cfg, baseline, results, started, final: bool) -> None:
+    """The report so far: ``<out>.partial.json`` after each row, ``<out>`` once every row ran."""
+    import onnxruntime
+    import openvino
+
+    report = {
+        "command": "python " + " ".join(sys.argv),
+        "model": {"name": args.model, "provenance": loaded.provenance},
+        "data": data.info, "eval_tokens": args.eval_tokens, "task_samples": args.task_samples,
+        "timing": {**eval_cfg, "prompt_tokens": args.prompt_tokens, "threads_torch": torch.get_num_threads()},
+        "baseline_fp32_pytorch": baseline,
+        "rows": results,
+        "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+                     "openvino": openvino.get_version(), "python": platform.python_version()},
+        "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+        "load_average_end": list(os.getloadavg()), "wall_seconds": round(time.time() - started),
+        "note": "the machine is shared by several agents: load averages are recorded per row; ratios are noisy",
+        "complete": final,
+    }
+    target = Path(out) if final else Path(out).with_suffix(".partial.json")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(report, indent=1, default=str))
+    if final:
+        Path(out).with_suffix(".partial.json").unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,288 @@
+"""slimkit exporter: ONNX for ONNX Runtime, through onnxruntime-genai's model builder.
+
+Sample config (``conf`` group ``exporter``)::
+
+    exporter: onnx
+    exporter.onnx.weights: int4        # auto (= fp32: slimkit's float weights as they are), fp32, int8, int4
+    exporter.onnx.block_size: 32       # int8/int4: weights quantized in blocks of this many input channels
+    exporter.onnx.symmetric: true      # int8/int4: symmetric blocks (no zero point)
+
+or ``slimkit experiment=tiny exporter=onnx exporter.onnx.weights=int4``.
+
+The export is the builder's folder: ``model.onnx`` (+ ``model.onnx.data``) with ``GroupQueryAttention``
+and a KV cache, int8/int4 weights as ``MatMulNBits`` (round-to-nearest per block, scales in fp32; on the
+CPU the builder's default ``accuracy_level=4`` computes those matmuls with int8 activations), the
+tokenizer and ``genai_config.json``. :meth:`OnnxExporter.open` serves it: plain onnxruntime for
+full-sequence logits (an empty cache), onnxruntime-genai for greedy generation with the KV cache, both
+pinned to ``intra_op_num_threads``.
+
+Model families: what the builder converts (``BUILDER_ARCHITECTURES``; checked here on Llama: SmolLM2 and the
+tiny test model); a structurally pruned model with the same sizes in every layer exports as its smaller
+architecture; per-layer sizes and slimkit's quantized artifacts (int8, bnb, quanto) are refused before any
+weights load, naming the alternatives.
+
+Documented tolerance (max |Δlogit| against PyTorch on the tiny test model, whose logits are ~1 in size):
+fp32 1e-4; int8 0.05; int4 0.3. With ``accuracy_level=0`` the quantized logits equal PyTorch's on weights
+rounded to the stated scheme within 1e-4 (tests/test_onnx.py), so the scheme in the report is what the file holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+import torch
+
+from slimkit import ArtifactError, ConfigError, check_choice
+from slimkit.core.plugin import Exporter, ExporterConfig
+
+__all__ = ["OnnxConfig", "OnnxExporter", "OnnxSession"]
+
+WEIGHTS = ("auto", "fp32", "int8", "int4")
+BLOCK_SIZES = (16, 32, 64, 128, 256)
+#: the causal-LM architectures onnxruntime-genai 0.18's model builder converts (its ``create_model``)
+BUILDER_ARCHITECTURES = (
+    "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "GemmaForCausalLM",
+    "Gemma2ForCausalLM", "Gemma3ForCausalLM", "PhiForCausalLM", "Phi3ForCausalLM", "GraniteForCausalLM",
+    "OlmoForCausalLM", "NemotronForCausalLM", "SmolLM3ForCausalLM", "InternLM2ForCausalLM", "Ernie4_5ForCausalLM")
+BUILDER_MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                       "qwen3": "Qwen3ForCausalLM", "gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM",
+                       "gemma3_text": "Gemma3ForCausalLM", "phi3": "Phi3ForCausalLM", "granite": "GraniteForCausalLM"}
+#: artifact writers whose weights are not float tensors in a Hugging Face folder
+QUANTIZED_WRITERS = {
+    "bnb": "bitsandbytes NF4/FP4/LLM.int8 weights",
+    "int8": "the int8 quantizer's SmoothQuant-scaled W8A8 weights and fused kernels",
+}
+#: config key the structured pruner records when layer sizes differ (a stock config cannot describe them)
+NON_UNIFORM_KEY = "slimkit_layer_dims"
+NON_UNIFORM_WHY = ("a torch_pruning model with layers left whole has per-layer sizes; the model builder reads a stock "
+                   "config, which holds one size for all layers. Prune every layer alike, or use exporter=openvino, "
+                   "which exports the model in memory with its per-layer sizes")
+#: what the runtime files are called in the export folder
+MODEL_FILE = "model.onnx"
+SETTINGS_FILE = "slimkit_export.json"
+
+
+@dataclasses.dataclass
+class OnnxConfig(ExporterConfig):
+    """ONNX Runtime export settings."""
+
+    #: weight format: auto/fp32 (slimkit's float weights as they are), int8 or int4 (MatMulNBits, quantized by
+    #: the builder's round-to-nearest; the tied embedding/lm_head matrix is quantized too)
+    weights: str = "auto"
+    #: int8/int4: block size along the input channels (the builder's default is 32)
+    block_size: int = 32
+    #: int8/int4: symmetric blocks (signed codes, no zero point); false stores a zero point per block (and keeps the
+    #: input embedding fp32: the builder cannot share an asymmetric embedding with the lm_head)
+    symmetric: bool = True
+    #: int8/int4: MatMulNBits compute: 4 = int8 activations (the builder's CPU default, fastest), 0 = as the inputs
+    #: (fp32), 1-3 = fp32/fp16/bf16
+    accuracy_level: int = 4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("exporter.onnx.weights", self.weights, WEIGHTS)
+        check_choice("exporter.onnx.block_size", self.block_size, BLOCK_SIZES)
+        if not isinstance(self.symmetric, bool):
+            raise ConfigError("exporter.onnx.symmetric", self.symmetric, "true or false")
+        check_choice("exporter.onnx.accuracy_level", self.accuracy_level, range(5))
+
+    @property
+    def precision(self) -> str:
+        """The builder's ``-p`` value."""
+        return "fp32" if self.weights == "auto" else self.weights
+
+
+def shares_embedding(cfg: OnnxConfig) -> bool:
+    """Whether the builder (0.18) quantizes the tied embedding together with the lm_head: for symmetric int4 only
+    (int8 leaves the embedding's Gather in fp32; asymmetric sharing is invalid, so it is switched off)."""
+    return cfg.precision == "int4" and cfg.symmetric
+
+
+def backend_quantized(tensor: Any) -> bool:
+    """A weight a slimkit backend holds quantized and that dequantizes itself (optimum-quanto's QTensor)."""
+    return (isinstance(tensor, torch.Tensor) and type(tensor) not in (torch.Tensor, torch.nn.Parameter)
+            and callable(getattr(tensor, "dequantize", None)))
+
+
+def float_model(model: torch.nn.Module) -> tuple[torch.nn.Module, int]:
+    """``model`` itself if its weights are plain tensors; else a float copy of the same architecture whose weights
+    are the backend's values dequantized exactly (quanto's codes times scales), and how many were dequantized."""
+    quantized = [name for name, p in model.named_parameters() if backend_quantized(p)]
+    if not quantized:
+        return model, 0
+    from transformers import AutoModelForCausalLM
+
+    clean = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32).eval()
+    with torch.no_grad():
+        for name, param in clean.named_parameters():
+            source = model.get_parameter(name)
+            param.copy_(source.dequantize() if backend_quantized(source) else source)
+    return clean, len(quantized)
+
+
+class OnnxExporter(Exporter):
+    """Export through ``onnxruntime_genai.models.builder``; serve with onnxruntime(-genai)."""
+
+    name = "onnx"
+    runtime = "onnxruntime"
+    Config = OnnxConfig
+    requires = {
+        "onnxruntime": "pip install slimkit-onnx (or: pip install onnxruntime-genai==0.18.0 onnx_ir)",
+        "onnxruntime_genai": "pip install onnxruntime-genai==0.18.0",
+        "onnx_ir": "pip install onnx_ir (the model builder needs it and does not install it)",
+    }
+    config: OnnxConfig
+
+    def check_before_load(self, settings: Mapping[str, Any]) -> None:
+        pruner = settings.get("pruner") or {}
+        per_layer = [p for p in pruner.get("exclude") or [] if re.search(r"layers\.\d", str(p))]
+        if pruner.get("backend") == "torch_pruning" and per_layer:  # some layers left whole: per-layer sizes
+            raise ConfigError("pruner.exclude", per_layer, "no per-layer exclusions with exporter=onnx", NON_UNIFORM_WHY)
+
+    def check_model(self, model_config, writer: str | None) -> None:
+        model_type = getattr(model_config, "model_type", None)
+        # a config built in memory has no `architectures` (save_pretrained fills it in): then the model type decides
+        architecture = (getattr(model_config, "architectures", None) or [BUILDER_MODEL_TYPES.get(model_type, "")])[0]
+        if architecture not in BUILDER_ARCHITECTURES:
+            raise ConfigError("exporter", "onnx", "a model onnxruntime-genai's builder converts: "
+                              + ", ".join(BUILDER_ARCHITECTURES),
+                              f"{architecture or type(model_config).__name__} (model_type={model_type!r}) is not one; "
+                              "try exporter=openvino")
+        if getattr(model_config, NON_UNIFORM_KEY, None):
+            raise ConfigError("exporter", "onnx", "a model with the same sizes in every layer", NON_UNIFORM_WHY)
+        if writer in QUANTIZED_WRITERS:
+            raise ConfigError(
+                "exporter", "onnx", "a float artifact: no slimkit quantizer, or a pruner/distiller only",
+                f"quantizer={writer} writes {QUANTIZED_WRITERS[writer]}, which the ONNX Runtime builder cannot read. "
+                f"Alternatives: drop the quantizer (~quantizer) and let the builder quantize "
+                f"(exporter.onnx.weights=int8 or int4, MatMulNBits), or exporter=gguf")
+
+    def export(self, artifact_dir: Path, model, tokenizer, out_dir: Path) -> dict[str, Any]:
+        cfg = self.config
+        self.check_model(model.config, None)
+        out_dir = Path(out_dir)
+        model, dequantized = float_model(model)
+        with tempfile.TemporaryDirectory(prefix="slimkit-onnx-") as tmp:
+            source, cache = Path(tmp) / "hf", Path(tmp) / "cache"
+            model.save_pretrained(source, safe_serialization=True)
+            tokenizer.save_pretrained(source)
+            command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(source), "-o", str(out_dir),
+                       "-p", cfg.precision, "-e", "cpu", "-c", str(cache)]
+            if cfg.precision in ("int8", "int4"):
+                command += ["--extra_options", f"block_size={cfg.block_size}",
+                            f"is_symmetric={str(cfg.symmetric).lower()}", f"accuracy_level={cfg.accuracy_level}"]
+                if not cfg.symmetric:  # asymmetric blocks on the shared embedding write an invalid model (0.18)
+                    command.append("shared_embeddings=false")
+            env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+            done = subprocess.run(command, capture_output=True, text=True, env=env)
+        if done.returncode != 0 or not (out_dir / MODEL_FILE).is_file():
+            raise ArtifactError(f"onnxruntime-genai's model builder failed (exit {done.returncode}) on "
+                                f"{type(model).__name__}: {(done.stderr or done.stdout)[-2000:]}")
+        scheme = self.scheme()
+        (out_dir / SETTINGS_FILE).write_text(json.dumps({"exporter": self.name, **scheme}, indent=2))
+        quantized = cfg.precision != "fp32"
+        notes = ("fp32 weights as slimkit left them" if not quantized else
+                 f"the builder quantized slimkit's float weights to {cfg.precision} MatMulNBits "
+                 f"({scheme['scheme']})")
+        if dequantized:
+            notes = (f"{dequantized} quantized weight matrices (quanto) dequantized exactly to fp32 first; "
+                     "activation quantization is not carried; " + notes)
+        return {"format": f"onnx-{cfg.precision}", "requantized": quantized, "notes": notes,
+                "dequantized_modules": dequantized, **scheme}
+
+    def scheme(self) -> dict[str, Any]:
+        """The weight format, stated fully (for the report)."""
+        cfg = self.config
+        if cfg.precision == "fp32":
+            return {"weights": "fp32", "scheme": "fp32"}
+        embedding = ("the tied embedding/lm_head matrix quantized once (shared)" if shares_embedding(cfg) else
+                     "lm_head quantized, the input embedding kept fp32")
+        kind = "symmetric" if cfg.symmetric else "asymmetric (zero point per block)"
+        compute = "int8 activations" if cfg.accuracy_level == 4 else "float activations"
+        return {"weights": cfg.precision, "block_size": cfg.block_size, "symmetric": cfg.symmetric,
+                "accuracy_level": cfg.accuracy_level,
+                "scheme": f"{cfg.precision} {kind}, blocks of {cfg.block_size}, round-to-nearest, fp32 scales, "
+                          f"accuracy_level={cfg.accuracy_level} ({compute} in MatMulNBits); {embedding}"}
+
+    @classmethod
+    def open(cls, out_dir: Path, threads: int = 1) -> "OnnxSession":
+        cls.check_dependencies()
+        return OnnxSession(Path(out_dir), threads)
+
+
+class OnnxSession:
+    """An ONNX Runtime export, loaded for evaluation; each engine created on first use."""
+
+    def __init__(self, folder: Path, threads: int = 1):
+        import onnxruntime
+        import onnxruntime_genai
+
+        if not (folder / MODEL_FILE).is_file() or not (folder / "genai_config.json").is_file():
+            raise ArtifactError(f"{str(folder)!r} holds no {MODEL_FILE} and genai_config.json: not an onnx export")
+        self.folder, self.threads = folder, int(threads)
+        self.runtime_version = f"onnxruntime {onnxruntime.__version__}, onnxruntime-genai {onnxruntime_genai.__version__}"
+        self._decoder = json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]
+        self._session = None
+        self._genai = None
+
+    def _inference_session(self):
+        if self._session is None:
+            import onnxruntime
+
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = self.threads
+            options.inter_op_num_threads = 1
+            self._session = onnxruntime.InferenceSession(str(self.folder / MODEL_FILE), options,
+                                                         providers=["CPUExecutionProvider"])
+        return self._session
+
+    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Full-sequence logits ``[B, T, V]`` (float32) with an empty KV cache."""
+        import numpy as np
+
+        session = self._inference_session()
+        ids = input_ids.to(torch.int64).numpy()
+        batch = ids.shape[0]
+        feeds: dict[str, Any] = {}
+        for node in session.get_inputs():
+            if node.name == "input_ids":
+                feeds[node.name] = ids
+            elif node.name == "attention_mask":
+                feeds[node.name] = np.ones_like(ids)
+            elif node.name.startswith("past_key_values"):
+                feeds[node.name] = np.zeros((batch, self._decoder["num_key_value_heads"], 0,
+                                             self._decoder["head_size"]), np.float32)
+            else:
+                raise ArtifactError(f"{self.folder / MODEL_FILE} has an input slimkit does not feed: {node.name}")
+        (logits,) = session.run(["logits"], feeds)
+        return torch.from_numpy(logits).float()
+
+    def generate(self, input_ids: torch.Tensor, new_tokens: int) -> list[int]:
+        """Greedy decoding of exactly ``new_tokens`` tokens (end-of-sequence ignored) with the KV cache."""
+        import numpy as np
+        import onnxruntime_genai as og
+
+        if self._genai is None:
+            config = og.Config(str(self.folder))
+            config.overlay(json.dumps({"model": {"decoder": {"session_options": {
+                "intra_op_num_threads": self.threads, "inter_op_num_threads": 1}}}}))
+            self._genai = og.Model(config)
+        prompt = input_ids.reshape(1, -1).to(torch.int64)
+        total = prompt.shape[1] + int(new_tokens)
+        params = og.GeneratorParams(self._genai)
+        params.set_search_options(do_sample=False, max_length=total, min_length=total)
+        generator = og.Generator(self._genai, params)
+        generator.append_tokens(prompt.numpy().astype(np.int32))
+        tokens: list[int] = []
+        while len(tokens) < new_tokens and not generator.is_done():
+            generator.generate_next_token()
+            tokens.append(int(generator.get_next_tokens()[0]))
+        return tokens
