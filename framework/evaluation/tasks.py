@@ -31,7 +31,6 @@ import logging
 import json
 import random
 import re
-import shutil
 import tarfile
 from pathlib import Path
 from typing import Any, Iterable

@@ -75,7 +75,7 @@ class EvalConfig:
     repeats: int = 5
     batch_size: int = 4
     #: 'serving': fresh processes that load only the original and the artifact (how a deployed model runs);
-    #: 'in_process': this run's own process. The report's timing.condition says which; both ratios are kept
+    #: 'in_process': this run's own process. The report's timing.condition says which
     latency_condition: str = "serving"
     #: fresh processes for the serving condition (per-process ratios; the report gives median, min, max)
     latency_processes: int = 3

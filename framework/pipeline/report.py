@@ -126,8 +126,7 @@ def _timing_line(timing: Mapping[str, Any] | None, threads: Any) -> str:
         p, d = timing["prefill_speedup"], timing["decode_speedup"]
         return (f"- latency: {timing['description']}, {timing['processes']} processes, {threads} torch thread(s): "
                 f"prefill ×{p['median']:.2f} (×{p['min']:.2f}–{p['max']:.2f}), decode ×{d['median']:.2f} "
-                f"(×{d['min']:.2f}–{d['max']:.2f}); in this run's process: prefill ×"
-                f"{timing['in_process']['prefill_speedup']:.2f}, decode ×{timing['in_process']['decode_speedup']:.2f}")
+                f"(×{d['min']:.2f}–{d['max']:.2f})")
     return f"- latency: {timing['description']}, median of alternating runs, {threads} torch thread(s)"
 
 

@@ -274,12 +274,13 @@ def linear_weight_count(model: torch.nn.Module) -> tuple[int, int]:
     return total, nonzero
 
 
-def _baseline_folder(loaded, reference: torch.nn.Module, scratch: Path) -> Path:
-    """A float folder of the original model for timing processes: the model's own folder when it has one."""
+def _baseline_folder(loaded, original: "Original", scratch: Path) -> Path:
+    """A float folder of the original model for timing processes: the model's own folder when it has one
+    (then the original is not loaded here at all), else a copy written to ``scratch``."""
     folder = Path(loaded.path) if loaded.path else None
     if folder is not None and folder.is_dir() and any(folder.glob("*.safetensors")):
         return folder
-    reference.save_pretrained(scratch, safe_serialization=True)
+    original.load().save_pretrained(scratch, safe_serialization=True)
     return scratch
 
 
@@ -386,9 +387,7 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
     timing = None
     if eval_cfg.get("latency", True):
         prompt = data.eval[:1, : eval_cfg.get("prompt_tokens", 128)]
-        reference = original.load()  # timed against the original, reloaded for the timing only
-        timing, timed = _time(eval_cfg, loaded, reference, reloaded, target, prompt)
-        del reference
+        timing, timed = _time(eval_cfg, loaded, original, reloaded, target, prompt)
         release_memory()
         baseline.update(timed["baseline"])
         final.update(timed["final"])
@@ -416,24 +415,26 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
     return report
 
 
-def _time(eval_cfg: Mapping[str, Any], loaded, reference: torch.nn.Module, reloaded: torch.nn.Module, target: Path,
+def _time(eval_cfg: Mapping[str, Any], loaded, original: "Original", reloaded: torch.nn.Module, target: Path,
           prompt: torch.Tensor) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Latency of the artifact against the original, timed as ``eval.latency_condition`` says."""
+    """Latency of the artifact against the original, timed as ``eval.latency_condition`` says. In the serving
+    condition this process never holds the original beside the artifact: the timing processes load them."""
     from slimkit.evaluation.serving import CONDITIONS, serving_latency
 
     threads, repeats = eval_cfg.get("threads", 1), eval_cfg.get("repeats", 5)
     decode_tokens = eval_cfg.get("decode_tokens", 32)
     condition = eval_cfg.get("latency_condition", "serving")
-    in_process = latency({"baseline": reference, "final": reloaded}, prompt, threads=threads, repeats=repeats,
-                         decode_tokens=decode_tokens)
     timing: dict[str, Any] = {"condition": condition, "description": CONDITIONS[condition], "threads": threads,
-                              "repeats": repeats, "decode_tokens": decode_tokens, "prompt_tokens": int(prompt.shape[1]),
-                              "in_process": _speedups(in_process)}
+                              "repeats": repeats, "decode_tokens": decode_tokens, "prompt_tokens": int(prompt.shape[1])}
     if condition == "in_process":
-        timing["processes"] = 0
+        reference = original.load()  # timed against the original, reloaded for the timing only
+        in_process = latency({"baseline": reference, "final": reloaded}, prompt, threads=threads, repeats=repeats,
+                             decode_tokens=decode_tokens)
+        del reference
+        timing.update({"processes": 0, **_speedups(in_process)})
         return timing, in_process
     with tempfile.TemporaryDirectory(prefix="slimkit-timing-baseline-") as scratch:
-        folder = _baseline_folder(loaded, reference, Path(scratch))
+        folder = _baseline_folder(loaded, original, Path(scratch))
         served = serving_latency(folder, target, prompt[0].tolist(), processes=eval_cfg.get("latency_processes", 3),
                                  threads=threads, repeats=repeats, decode_tokens=decode_tokens)
     timing.update({"processes": len(served["runs"]), "prefill_speedup": served["prefill_speedup"],
