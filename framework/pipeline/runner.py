@@ -181,15 +181,15 @@ def _jsonable(obj: Any) -> Any:
 RELOAD_RTOL = 1e-5
 
 
-def verify_reload(directory: Path, model: torch.nn.Module, probe: torch.Tensor,
+def verify_reload(directory: Path, expected: torch.Tensor, probe: torch.Tensor,
                   registry: Registry | None = None) -> tuple[torch.nn.Module, float]:
-    """Reload the artifact in ``directory`` and compare its logits on ``probe`` with ``model``'s.
+    """Reload the artifact in ``directory`` and compare its logits on ``probe`` with ``expected`` (the logits of
+    the model that was saved).
 
     Returns the reloaded model and the largest absolute logit difference; raises :class:`ArtifactError`
     when that exceeds ``RELOAD_RTOL`` × max(1, max |logit|)."""
     reloaded = load(directory, registry)
-    expected = model_logits(model, probe)
-    diff = (model_logits(reloaded, probe) - expected).abs().max().item()
+    diff = (model_logits(reloaded, probe).float() - expected.float()).abs().max().item()
     bound = RELOAD_RTOL * max(1.0, expected.abs().max().item())
     if not diff <= bound:
         raise ArtifactError(f"the artifact reloads with logits differing by {diff:.3g} (allowed {bound:.3g}) from the "
@@ -200,12 +200,14 @@ def verify_reload(directory: Path, model: torch.nn.Module, probe: torch.Tensor,
 
 def save_artifact(state: PipelineState, target: Path, overwrite: bool, records: list[dict[str, Any]],
                   model_info: dict[str, Any], probe: torch.Tensor | None = None,
-                  registry: Registry | None = None) -> tuple[torch.nn.Module | None, float | None]:
+                  registry: Registry | None = None, release_model: bool = False
+                  ) -> tuple[torch.nn.Module | None, float | None]:
     """Write the model, its tokenizer and the manifest into ``target`` atomically.
 
     With a ``probe``, the artifact is reloaded and verified (:func:`verify_reload`) *before* it is renamed
-    into place, so an unfaithful save leaves no folder behind. Returns (reloaded model, logit difference),
-    or (None, None) without a probe."""
+    into place, so an unfaithful save leaves no folder behind. With ``release_model`` the in-memory model is
+    dropped (``state.model = None``) after its logits on the probe are taken and before the reload, so the two
+    are never held at once. Returns (reloaded model, logit difference), or (None, None) without a probe."""
     writer = state.artifact_writer
     with artifact.atomic_directory(target, overwrite=overwrite) as tmp:
         (writer or Stage()).save(state.model, tmp)
@@ -215,7 +217,11 @@ def save_artifact(state: PipelineState, target: Path, overwrite: bool, records: 
         artifact.write_manifest(tmp, {"writer": writer_record, "stages": records, "model": model_info})
         if probe is None:
             return None, None
-        return verify_reload(tmp, state.model, probe, registry)
+        expected = model_logits(state.model, probe)
+        if release_model:
+            state.model = None
+            release_memory()
+        return verify_reload(tmp, expected, probe, registry)
 
 
 def _saved_size(model: torch.nn.Module) -> int:
@@ -372,10 +378,10 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
         return {"stages": records, "process": "worker"}
 
     probe = data.eval[:1, :64]
+    # the artifact is the model from here on: the compressed model is released before the reload check
     reloaded, reload_diff = save_artifact(state, target, bool(out_cfg.get("overwrite", False)), records, model_info,
-                                          probe=probe, registry=registry)
-    state.model = None  # the artifact is the model from here on
-    release_memory()  # the compressed model and the loader's buffers
+                                          probe=probe, registry=registry, release_model=True)
+    release_memory()  # the loader's buffers
     final["size_bytes"] = artifact.directory_size(target) - _tokenizer_bytes(target)
     final["reload_max_abs_logit_diff"] = reload_diff
     final["achieved_sparsity"] = achieved_sparsity
