@@ -331,3 +331,16 @@ class Exporter(Plugin):
     def open(cls, out_dir: Path, threads: int = 1) -> RuntimeSession:
         """Load an export in its runtime, pinned to ``threads``."""
         raise NotImplementedError
+
+
+def plugin_config(cls: type["Plugin"], node: Any, key: str) -> StageConfig:
+    """Build a backend's Config from a (possibly untyped) config node; unknown keys are errors."""
+    from omegaconf import DictConfig, OmegaConf
+
+    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    values.pop("backend", None)
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ConfigError(f"{key}.{unknown[0]}", values[unknown[0]], f"a key of {cls.Config.__name__}: {', '.join(sorted(fields))}")
+    return cls.Config(**values)

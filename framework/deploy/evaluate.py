@@ -13,6 +13,7 @@ from types import SimpleNamespace
 from typing import Any, Mapping
 
 import torch
+
 from slimkit.core.errors import DataError
 from slimkit.core.plugin import RuntimeSession
 

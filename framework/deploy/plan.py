@@ -12,10 +12,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, Optional, Sequence
 
-from slimkit.core.errors import ConfigError
-from slimkit.core.plugin import Exporter, Kind
-from slimkit.core.registry import PluginInfo, Registry
 from slimkit import models as slimkit_models
+from slimkit.core.errors import ConfigError
+from slimkit.core.plugin import Exporter, Kind, plugin_config
+from slimkit.core.registry import PluginInfo, Registry
 
 
 @dataclasses.dataclass
@@ -89,10 +89,6 @@ def resolve_exporters(settings: Mapping[str, Any], registry: Registry) -> list[P
 
 def exporter_config(cls: type[Exporter], node: Mapping[str, Any], key: str) -> Any:
     """Build an exporter's Config from its settings node; an unknown key is a :class:`ConfigError`."""
-    values = dict(node)
-    values.pop("backend", None)
-    fields = {f.name for f in dataclasses.fields(cls.Config)}
-    unknown = sorted(set(values) - fields)
-    if unknown:
-        raise ConfigError(f"{key}.{unknown[0]}", values[unknown[0]], f"a key of {cls.Config.__name__}: {', '.join(sorted(fields))}")
-    return cls.Config(**values)
+    return plugin_config(cls, node, key)
+
+

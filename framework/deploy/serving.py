@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+
 from slimkit.core.errors import SlimkitError
 
 
@@ -84,8 +85,8 @@ def time_sessions(sessions: Mapping[str, Any], prompt: torch.Tensor, repeats: in
 
 def child(spec: Mapping[str, Any]) -> dict[str, Any]:
     """One serving process: load fp32 and the export, agree on the prompt, time both alternately."""
-    from slimkit.core.registry import default_registry
     from slimkit.core.plugin import Kind
+    from slimkit.core.registry import default_registry
     from slimkit.models import load_model
 
     threads = int(spec["threads"])

@@ -27,8 +27,8 @@ import functools
 import hashlib
 import importlib.resources
 import io
-import logging
 import json
+import logging
 import random
 import re
 import tarfile

@@ -12,7 +12,7 @@ import re
 from typing import Any, List, Mapping, Optional, Sequence
 
 from slimkit.core.errors import SlimkitError
-from slimkit.core.plugin import Kind, Stage, StageConfig
+from slimkit.core.plugin import Kind, Stage, StageConfig, plugin_config
 from slimkit.core.registry import Registry, default_registry
 
 
@@ -150,18 +150,9 @@ def register_configs(registry: Registry | None = None) -> None:
 
 
 def stage_config(cls: type[Stage], node: Any, key: str) -> StageConfig:
-    """Build a backend's Config from a (possibly untyped) config node; unknown keys are errors."""
-    from omegaconf import DictConfig, OmegaConf
-
-    from slimkit.core.errors import ConfigError
-
-    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
-    values.pop("backend", None)
-    fields = {f.name for f in dataclasses.fields(cls.Config)}
-    unknown = sorted(set(values) - fields)
-    if unknown:
-        raise ConfigError(f"{key}.{unknown[0]}", values[unknown[0]], f"a key of {cls.Config.__name__}: {', '.join(sorted(fields))}")
-    return cls.Config(**values)
+    """Build a backend's Config from a (possibly untyped) config node; unknown keys are errors
+    (see :func:`slimkit.core.plugin.plugin_config`)."""
+    return plugin_config(cls, node, key)
 
 
 def _override_values(overrides: Sequence[str]) -> dict[str, str]:

@@ -183,10 +183,10 @@ def _data(seed: int = 0, n: int = 8, seq_len: int = SEQ):
 def run_cell(family: str, backend: str, root: Path, work: Path) -> dict[str, Any]:
     """Run one cell; returns ``{"outcome": "works" | "refused: <key>" | "failed", ...}`` with the error message,
     the reload logit difference and the seconds it took. Never raises for a slimkit error."""
+    from slimkit.core.registry import default_registry
     from slimkit.core.state import PipelineState
     from slimkit.models import load_model
     from slimkit.pipeline.runner import check_model, load, recovery_hook, resolve_stages, save_artifact, stage_record
-    from slimkit.core.registry import default_registry
 
     spec = BACKENDS[backend]
     folder = tiny_folder(family, root)

@@ -23,6 +23,7 @@ import dataclasses
 from typing import Any, ClassVar
 
 import torch
+
 from slimkit.core.errors import ConfigError
 from slimkit.core.plugin import Exporter, Kind
 from slimkit.core.registry import default_registry

@@ -398,3 +398,27 @@ __all__ = [
     "group_units", "linear_modules", "parse_bits", "plan_precision", "precision_summary", "resolve_plan",
     "sensitivity_scan", "unit_of", "weight_count", "write_scan",
 ]
+
+
+# --- handing a quantized model to a runtime ------------------------------------------------------------
+
+def backend_quantized(tensor: Any) -> bool:
+    """A weight a slimkit backend holds quantized and that dequantizes itself (optimum-quanto's QTensor)."""
+    return (isinstance(tensor, torch.Tensor) and type(tensor) not in (torch.Tensor, torch.nn.Parameter)
+            and callable(getattr(tensor, "dequantize", None)))
+
+
+def float_model(model: torch.nn.Module) -> tuple[torch.nn.Module, int]:
+    """``model`` itself if its weights are plain tensors; else a float copy of the same architecture whose weights
+    are the backend's values dequantized exactly (quanto's codes times scales), and how many were dequantized."""
+    quantized = [name for name, p in model.named_parameters() if backend_quantized(p)]
+    if not quantized:
+        return model, 0
+    from transformers import AutoModelForCausalLM
+
+    clean = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32).eval()
+    with torch.no_grad():
+        for name, param in clean.named_parameters():
+            source = model.get_parameter(name)
+            param.copy_(source.dequantize() if backend_quantized(source) else source)
+    return clean, len(quantized)

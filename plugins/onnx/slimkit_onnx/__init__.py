@@ -36,12 +36,13 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, Mapping
 
 import torch
 
 from slimkit import ArtifactError, ConfigError, check_choice
 from slimkit.core.plugin import Exporter, ExporterConfig
+from slimkit.toolkit.quantization import float_model
 
 __all__ = ["OnnxConfig", "OnnxExporter", "OnnxSession"]
 
@@ -104,28 +105,6 @@ def shares_embedding(cfg: OnnxConfig) -> bool:
     """Whether the builder (0.18) quantizes the tied embedding together with the lm_head: for symmetric int4 only
     (int8 leaves the embedding's Gather in fp32; asymmetric sharing is invalid, so it is switched off)."""
     return cfg.precision == "int4" and cfg.symmetric
-
-
-def backend_quantized(tensor: Any) -> bool:
-    """A weight a slimkit backend holds quantized and that dequantizes itself (optimum-quanto's QTensor)."""
-    return (isinstance(tensor, torch.Tensor) and type(tensor) not in (torch.Tensor, torch.nn.Parameter)
-            and callable(getattr(tensor, "dequantize", None)))
-
-
-def float_model(model: torch.nn.Module) -> tuple[torch.nn.Module, int]:
-    """``model`` itself if its weights are plain tensors; else a float copy of the same architecture whose weights
-    are the backend's values dequantized exactly (quanto's codes times scales), and how many were dequantized."""
-    quantized = [name for name, p in model.named_parameters() if backend_quantized(p)]
-    if not quantized:
-        return model, 0
-    from transformers import AutoModelForCausalLM
-
-    clean = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32).eval()
-    with torch.no_grad():
-        for name, param in clean.named_parameters():
-            source = model.get_parameter(name)
-            param.copy_(source.dequantize() if backend_quantized(source) else source)
-    return clean, len(quantized)
 
 
 class OnnxExporter(Exporter):

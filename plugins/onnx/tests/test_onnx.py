@@ -7,10 +7,11 @@ import torch
 
 pytest.importorskip("onnxruntime_genai")
 
+from slimkit_onnx import OnnxConfig, OnnxExporter, shares_embedding
+
 from slimkit import ConfigError, MissingDependencyError
 from slimkit.evaluation import model_logits
 from slimkit.testing import ExporterContract, random_token_state
-from slimkit_onnx import OnnxConfig, OnnxExporter, shares_embedding
 
 torch.set_num_threads(1)
 

@@ -7,10 +7,11 @@ import torch
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
+from slimkit_openvino import OpenVinoConfig, OpenVinoExporter
+
 from slimkit import ConfigError, MissingDependencyError
 from slimkit.evaluation import model_logits
 from slimkit.testing import ExporterContract, random_token_state
-from slimkit_openvino import OpenVinoConfig, OpenVinoExporter
 
 torch.set_num_threads(1)
 
@@ -36,8 +37,9 @@ def test_rope_base_kv_cache_and_per_layer_sizes_match_pytorch(tmp_path):
     structurally pruned model with different sizes per layer (exported as it is in memory), and greedy decoding
     with the KV cache passed through the model's signature."""
     pytest.importorskip("torch_pruning")
-    from slimkit.models import tiny_model
     from slimkit_torch_pruning import StructuredPruner, StructuredPruningConfig
+
+    from slimkit.models import tiny_model
 
     state = random_token_state()
     model = tiny_model(0)
