@@ -67,7 +67,7 @@ def render(path: str) -> str:
     """The report as a markdown table (what benchmarks/deploy_executorch.md shows)."""
     report = json.loads(Path(path).read_text())
     base = report["baseline_fp32_pytorch"]
-    lines = [f"PyTorch fp32: perplexity {base['perplexity']:.2f}, sentiment {base.get('sentiment_accuracy')}, "
+    lines = [f"PyTorch fp32: perplexity {base['perplexity']:.2f}, sentiment {base['tasks'].get('sentiment')}, "
              f"{base['size_bytes'] / 1e6:.1f} MB, peak RSS {base['peak_memory_mb']:.0f} MB", "",
              "| row | scheme | ppl (×fp32) | sentiment | MB (×smaller) | prefill × | decode × | peak RSS MB | "
              "export s (lower) | load avg |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -112,9 +112,7 @@ def main() -> None:
 
     from slimkit.data import build_splits
     from slimkit.deploy.evaluate import quality
-    from slimkit.deploy.serving import serving_speed
-    from slimkit.evaluation import perplexity
-    from slimkit.evaluation.tasks import task_metrics
+    from slimkit.deploy.serving import TorchSession, serving_speed
     from slimkit.models import load_model
 
     torch.set_num_threads(1)
@@ -127,9 +125,10 @@ def main() -> None:
                 "decode_tokens": args.decode_tokens}
     tasks = ["sentiment"] if args.task_samples else []
 
-    baseline = {"perplexity": perplexity(model, data.eval, 4, desc="perplexity [fp32]")}
-    if tasks:
-        baseline.update(task_metrics(model, tokenizer, tasks, args.task_samples, "fp32"))
+    # the fp32 baseline through the same quality() code as the exports, on PyTorch's logits
+    measured = quality(TorchSession(model), data.eval, tokenizer, tasks, args.task_samples, {}, label="fp32")
+    baseline = {"perplexity": measured["perplexity"],
+                "tasks": {name: {r["metric"]: r["final"]} for name, r in measured["tasks"].items()}}
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         baseline["size_bytes"] = sum(p.stat().st_size for p in Path(tmp).glob("*.safetensors"))
