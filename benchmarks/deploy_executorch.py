@@ -67,7 +67,7 @@ def render(path: str) -> str:
     """The report as a markdown table (what benchmarks/deploy_executorch.md shows)."""
     report = json.loads(Path(path).read_text())
     base = report["baseline_fp32_pytorch"]
-    lines = [f"PyTorch fp32: perplexity {base['perplexity']:.2f}, sentiment {base['tasks'].get('sentiment')}, "
+    lines = [f"PyTorch fp32: perplexity {base['perplexity']:.2f}, sentiment {base['tasks']['sentiment']['acc']}, "
              f"{base['size_bytes'] / 1e6:.1f} MB, peak RSS {base['peak_memory_mb']:.0f} MB", "",
              "| row | scheme | ppl (×fp32) | sentiment | MB (×smaller) | prefill × | decode × | peak RSS MB | "
              "export s (lower) | load avg |", "|---|---|---|---|---|---|---|---|---|---|"]

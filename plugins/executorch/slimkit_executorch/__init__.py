@@ -7,6 +7,7 @@ Sample config (``conf`` group ``exporter``)::
     exporter.executorch.group_size: 32      # 8da4w: int4 weights in groups of this many input channels
     exporter.executorch.embedding: int8     # the token embedding: float, int8 or int4 (per row)
     exporter.executorch.max_seq_len: 512    # KV cache length = the longest prompt + generation one call serves
+    exporter.executorch.lm_head: same       # same (as the other linear layers), fp32 or 8da8w
 
 or ``slimkit experiment=tiny exporter=executorch``.
 
@@ -59,6 +60,7 @@ log = logging.getLogger("slimkit")
 
 WEIGHTS = ("auto", "fp32", "8da8w", "8da4w")
 EMBEDDINGS = ("float", "int8", "int4")
+LM_HEADS = ("same", "fp32", "8da8w")
 #: model types whose export was checked against PyTorch logits (tests and benchmarks/deploy_executorch.py)
 CHECKED_MODEL_TYPES = ("llama",)
 #: artifact writers whose weights are not float tensors torch.export can capture
@@ -84,11 +86,15 @@ class ExecuTorchConfig(ExporterConfig):
     embedding: str = "float"
     #: KV cache length: the longest prompt + generation (and the longest sequence scored) one call serves
     max_seq_len: int = 512
+    #: the output layer: "same" as the other linear layers, or kept at fp32 / 8da8w under 8da4w (on a small model
+    #: with a large vocabulary the int4 lm_head costs much of 8da4w's quality)
+    lm_head: str = "same"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice("exporter.executorch.weights", self.weights, WEIGHTS)
         check_choice("exporter.executorch.embedding", self.embedding, EMBEDDINGS)
+        check_choice("exporter.executorch.lm_head", self.lm_head, LM_HEADS)
         if not isinstance(self.group_size, int) or isinstance(self.group_size, bool) or self.group_size < 2 \
                 or self.group_size % 2:
             raise ConfigError("exporter.executorch.group_size", self.group_size, "an even number >= 2 (e.g. 32, 64)")
@@ -99,6 +105,10 @@ class ExecuTorchConfig(ExporterConfig):
     @property
     def bits(self) -> str:
         return "fp32" if self.weights == "auto" else self.weights
+
+    @property
+    def head_bits(self) -> str:
+        return self.bits if self.lm_head == "same" or self.bits == "fp32" else self.lm_head
 
     @property
     def quantized(self) -> bool:
@@ -185,12 +195,16 @@ class ExecuTorchExporter(Exporter):
             dtype = torch.int8 if cfg.embedding == "int8" else torch.int4
             quantize_(model, IntxWeightOnlyConfig(weight_dtype=dtype, granularity=PerAxis(0)),
                       lambda module, _: isinstance(module, torch.nn.Embedding))
-        if cfg.bits == "8da8w":
-            quantize_(model, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8,
-                                                                   weight_granularity=PerAxis(0)))
-        elif cfg.bits == "8da4w":
-            quantize_(model, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,
-                                                                   weight_granularity=PerGroup(cfg.group_size)))
+        schemes = {"8da8w": Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8,
+                                                                  weight_granularity=PerAxis(0)),
+                   "8da4w": Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,
+                                                                  weight_granularity=PerGroup(cfg.group_size))}
+        head = model.get_output_embeddings()
+        if cfg.bits in schemes:
+            quantize_(model, schemes[cfg.bits],
+                      lambda module, _: isinstance(module, torch.nn.Linear) and module is not head)
+        if cfg.head_bits in schemes:
+            quantize_(model, schemes[cfg.head_bits], lambda module, _: module is head)
 
     def scheme(self) -> dict[str, Any]:
         """The weight format, stated fully (for the report)."""
@@ -200,10 +214,10 @@ class ExecuTorchExporter(Exporter):
                            "channel",
                   "8da4w": f"torchao 8da4w: int8 dynamic per-token activations, int4 symmetric weights in groups of "
                            f"{cfg.group_size}"}[cfg.bits]
-        embedding = ("float embedding" + (" (tied to lm_head)" if cfg.bits == "fp32" else
-                                          "; lm_head quantized as a separate linear layer")
-                     if cfg.embedding == "float" else f"{cfg.embedding} embedding per row (lm_head a separate "
-                                                      f"{'fp32' if cfg.bits == 'fp32' else cfg.bits} linear layer)")
+        # the program keeps the embedding table and the lm_head weight as separate constants, tied or not
+        head = cfg.head_bits
+        embedding = (f"{'float' if cfg.embedding == 'float' else cfg.embedding + ' per-row'} embedding; lm_head "
+                     f"stored separately as a {head} linear layer (a tied weight is written twice)")
         out: dict[str, Any] = {"weights": cfg.bits, "embedding": cfg.embedding, "scheme": f"{linear}; {embedding}"}
         if cfg.bits == "8da4w":
             out["group_size"] = cfg.group_size

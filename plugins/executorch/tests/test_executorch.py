@@ -82,7 +82,8 @@ class TestExecuTorchContract(ExporterContract):
 def test_bad_inputs_are_refused_before_any_export():
     from transformers import GPT2Config, LlamaConfig
 
-    for key, value in (("embedding", "int2"), ("group_size", 31), ("max_seq_len", 4), ("weights", "q4_0")):
+    for key, value in (("embedding", "int2"), ("group_size", 31), ("max_seq_len", 4), ("weights", "q4_0"),
+                       ("lm_head", "int4")):
         with pytest.raises(ConfigError, match=f"exporter.executorch.{key}"):
             ExecuTorchConfig(**{key: value})
     exporter = ExecuTorchExporter(ExecuTorchConfig(weights="8da4w", group_size=128))
@@ -93,6 +94,22 @@ def test_bad_inputs_are_refused_before_any_export():
             exporter.check_model(LlamaConfig(hidden_size=512, intermediate_size=1024), writer)
     with pytest.raises(ConfigError, match="exporter.executorch.group_size.*hidden_size=576"):
         exporter.check_model(LlamaConfig(hidden_size=576, intermediate_size=1536), None)
+
+
+def test_quantization_schemes_reach_the_layers_they_name():
+    """What ``weights``/``group_size``/``lm_head``/``embedding`` select, checked on the torchao tensors (no lowering)."""
+    from slimkit.models import tiny_model
+
+    model = tiny_model(0, layers=1)
+    ExecuTorchExporter(ExecuTorchConfig(weights="8da4w", group_size=16, lm_head="8da8w"))._quantize(model)
+    down, head = model.model.layers[0].mlp.down_proj.weight, model.lm_head.weight
+    assert (down.target_dtype, tuple(down.block_size)) == (torch.int4, (1, 16))
+    assert (head.target_dtype, tuple(head.block_size)) == (torch.int8, (1, 64))  # per output channel
+    assert type(model.model.embed_tokens.weight) is torch.nn.Parameter  # embedding="float"
+    model = tiny_model(0, layers=1)
+    ExecuTorchExporter(ExecuTorchConfig(weights="8da4w", lm_head="fp32", embedding="int4"))._quantize(model)
+    assert type(model.lm_head.weight) is torch.nn.Parameter
+    assert model.model.embed_tokens.weight.target_dtype == torch.int4
 
 
 def test_per_layer_head_pruning_is_refused_with_alternatives(tmp_path):
