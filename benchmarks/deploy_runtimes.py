@@ -114,6 +114,21 @@ def runtime_default_ov(model, tokenizer, out: Path, bits: str) -> dict:
     return settings
 
 
+def fp32_tasks(model, tokenizer, tasks: list[str], samples: int, windows) -> dict:
+    """The fp32 model's task scores, shaped as ``slimkit.deploy.evaluate.quality`` reads its baseline."""
+    from types import SimpleNamespace
+
+    from slimkit.evaluation.tasks import TaskSet
+
+    task_set = TaskSet(tasks)
+    task_set.bind(SimpleNamespace(eval=windows), tokenizer)
+    scores = task_set.evaluate(model, tokenizer, samples, 4, "fp32")
+    out = {"tasks": scores}
+    if "sentiment" in scores:
+        out["sentiment_accuracy"] = scores["sentiment"][task_set.infos["sentiment"].metric]
+    return out
+
+
 def render(path: str) -> str:
     """The report as a markdown table (what benchmarks/deploy_runtimes.md shows)."""
     report = json.loads(Path(path).read_text())
@@ -167,7 +182,6 @@ def main() -> None:
     from slimkit.deploy.evaluate import quality
     from slimkit.deploy.serving import serving_speed
     from slimkit.evaluation import perplexity
-    from slimkit.evaluation.tasks import task_metrics
     from slimkit.models import load_model
     from slimkit_onnx import OnnxConfig, OnnxExporter
     from slimkit_openvino import OpenVinoConfig, OpenVinoExporter
@@ -192,7 +206,7 @@ def main() -> None:
     else:
         baseline = {"perplexity": perplexity(model, data.eval, 4, desc="perplexity [fp32]")}
         if tasks:
-            baseline.update(task_metrics(model, tokenizer, tasks, args.task_samples, "fp32"))
+            baseline.update(fp32_tasks(model, tokenizer, tasks, args.task_samples, data.eval))
         with tempfile.TemporaryDirectory() as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             baseline["size_bytes"] = sum(p.stat().st_size for p in Path(tmp).glob("*.safetensors"))

@@ -131,6 +131,7 @@ class OpenVinoExporter(Exporter):
             ov_model = nncf.compress_weights(ov_model, mode=mode[(self.config.bits, self.config.symmetric)], **kwargs)
         openvino.save_model(ov_model, out_dir / MODEL_XML, compress_to_fp16=False)
         tokenizer.save_pretrained(out_dir)
+        genai = write_genai_tokenizers(tokenizer, out_dir)
         settings = {"exporter": self.name, "inference_precision": self.config.inference_precision,
                     "kv_cache_precision": self.config.cache_precision, "stateful": True,
                     "kv_shapes": _kv_shapes(model), **scheme}
@@ -143,7 +144,9 @@ class OpenVinoExporter(Exporter):
         if dequantized:
             notes = (f"{dequantized} quantized weight matrices (quanto) dequantized exactly to fp32 first; "
                      "activation quantization is not carried; " + notes)
+        notes += "; " + genai
         return {"format": f"openvino-ir-{self.config.bits}", "requantized": quantized, "notes": notes,
+                "openvino_genai_ready": genai.startswith(GENAI_READY),
                 "dequantized_modules": dequantized, "stateful": True,
                 "inference_precision": self.config.inference_precision,
                 "kv_cache_precision": self.config.cache_precision, **scheme}
@@ -165,6 +168,30 @@ class OpenVinoExporter(Exporter):
     def open(cls, out_dir: Path, threads: int = 1) -> "OpenVinoSession":
         cls.check_dependencies()
         return OpenVinoSession(Path(out_dir), threads)
+
+
+GENAI_READY = "openvino-genai ready"
+
+
+def write_genai_tokenizers(tokenizer, out_dir: Path) -> str:
+    """Write the tokenizer as OpenVINO models (``openvino_tokenizer.xml``/``openvino_detokenizer.xml``, with
+    ``openvino_tokenizers`` when it is installed), so openvino-genai's ``LLMPipeline`` serves the folder; a
+    sentence for the report's notes."""
+    try:
+        import openvino_tokenizers
+    except ImportError:
+        return ("no OpenVINO tokenizer written (pip install openvino-tokenizers, or slimkit-openvino[genai], "
+                "to make the folder an openvino-genai LLMPipeline model)")
+    import openvino
+
+    try:
+        encoder, decoder = openvino_tokenizers.convert_tokenizer(tokenizer, with_detokenizer=True)
+    except Exception as exc:  # the converter raises many types for tokenizers it cannot take
+        return f"no OpenVINO tokenizer written: openvino_tokenizers could not convert it ({type(exc).__name__}: {exc})"
+    openvino.save_model(encoder, out_dir / "openvino_tokenizer.xml")
+    openvino.save_model(decoder, out_dir / "openvino_detokenizer.xml")
+    return (f"{GENAI_READY}: openvino_genai.LLMPipeline(folder, 'CPU', ATTENTION_BACKEND='SDPA') serves the "
+            "stateful IR (its default paged-attention backend does not convert this graph)")
 
 
 class _WithCache(torch.nn.Module):

@@ -199,3 +199,24 @@ def test_cli_experiment_tiny_exporter_openvino_runs_as_written(tmp_path):
     assert entry["perplexity"] == pytest.approx(report["final"]["perplexity"], rel=1e-3)
     # eval=fast times 4 decode tokens once: the decode ratio can come out NaN on a busy machine, prefill cannot
     assert entry["prefill_speedup"] > 0 and "decode_speedup" in entry
+
+
+def test_openvino_genai_llm_pipeline_serves_the_export(tmp_path):
+    """openvino-genai's LLMPipeline (stateful SDPA backend) reads the folder as it is written and decodes the
+    same greedy tokens as the session (and PyTorch)."""
+    genai = pytest.importorskip("openvino_genai")
+    pytest.importorskip("openvino_tokenizers")
+    import openvino
+
+    model = _peaked_tiny_model()
+    facts, session, out = _export(tmp_path, model, random_token_state().tokenizer)
+    assert facts["openvino_genai_ready"] is True and (out / "openvino_detokenizer.xml").is_file()
+    pipe = genai.LLMPipeline(str(out), "CPU", ATTENTION_BACKEND="SDPA", INFERENCE_NUM_THREADS=1,
+                             INFERENCE_PRECISION_HINT="f32", KV_CACHE_PRECISION="f32")
+    config = genai.GenerationConfig()
+    config.max_new_tokens, config.do_sample, config.ignore_eos = 8, False, True
+    prompt = torch.randint(1, model.config.vocab_size, (1, 10), generator=torch.Generator().manual_seed(2))
+    inputs = genai.TokenizedInputs(openvino.Tensor(prompt.numpy()), openvino.Tensor(torch.ones_like(prompt).numpy()))
+    tokens = list(pipe.generate(inputs, config).tokens[0])
+    assert tokens == session.generate(prompt, 8)
+    assert tokens == model.generate(prompt, max_new_tokens=8, min_new_tokens=8, do_sample=False)[0, 10:].tolist()
