@@ -37,8 +37,9 @@ __all__ = ["OpenVinoConfig", "OpenVinoExporter", "OpenVinoSession"]
 WEIGHTS = ("auto", "fp32", "int8", "int4")
 PRECISIONS = ("f32", "bf16")
 KV_CACHE_PRECISIONS = ("auto", "f32", "bf16", "u8")
-#: model types whose export was checked against PyTorch logits (tests and benchmarks/deploy_runtimes.py)
-CHECKED_MODEL_TYPES = ("llama",)
+#: model types whose export was checked against PyTorch logits and greedy decoding (plugins/openvino/tests;
+#: SmolLM2 in benchmarks/deploy_runtimes.py; Gemma-3 on a tiny config with a sliding window shorter than the test)
+CHECKED_MODEL_TYPES = ("llama", "gemma3_text")
 #: artifact writers whose weights are not float tensors torch.export can capture
 QUANTIZED_WRITERS = {
     "bnb": "bitsandbytes NF4/FP4/LLM.int8 weights",
@@ -205,8 +206,12 @@ class _WithCache(torch.nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                 past: list[torch.Tensor]):
         from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
 
         cache = DynamicCache(config=self.model.config)
+        # every layer keeps its whole past: a sliding-window layer (Gemma-3) is then masked to its window by the
+        # model's own sliding mask, instead of cropping its cache with branches torch.export cannot keep dynamic
+        cache.layers = [DynamicLayer() for _ in cache.layers]
         for i, layer in enumerate(cache.layers):
             key, value = past[2 * i], past[2 * i + 1]
             layer.lazy_initialization(key, value)      # then hold the given tensors (no empty-tensor concat)

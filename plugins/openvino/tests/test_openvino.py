@@ -169,7 +169,7 @@ def test_bad_inputs_are_refused_before_any_export():
         with pytest.raises(ConfigError, match=f"exporter.openvino.{key}"):
             OpenVinoConfig(**{key: value})
     exporter = OpenVinoExporter(OpenVinoConfig(weights="int4", group_size=128))
-    with pytest.raises(ConfigError, match="'gpt2'"):
+    with pytest.raises(ConfigError, match="llama, gemma3_text.*'gpt2'"):
         exporter.check_model(GPT2Config(), None)
     for writer in ("int8", "bnb"):
         with pytest.raises(ConfigError, match=f"quantizer={writer}.*exporter.openvino.weights=int8 or int4"):
@@ -220,3 +220,30 @@ def test_openvino_genai_llm_pipeline_serves_the_export(tmp_path):
     tokens = list(pipe.generate(inputs, config).tokens[0])
     assert tokens == session.generate(prompt, 8)
     assert tokens == model.generate(prompt, max_new_tokens=8, min_new_tokens=8, do_sample=False)[0, 10:].tolist()
+
+
+def test_gemma3_sliding_window_prefill_and_decode_match_pytorch(tmp_path):
+    """Gemma-3 (gemma3_text: sliding-window and full attention layers, scaled embeddings, q/k norms) on a tiny
+    config whose window (16) the prompt and the decode both cross: prefill logits and greedy tokens match
+    PyTorch, so the sliding mask holds in the stateful IR (each layer keeps its whole past, masked)."""
+    from transformers import Gemma3ForCausalLM
+
+    from slimkit.testing.compat import _gemma3
+
+    config = _gemma3()
+    assert config.sliding_window == 16 and "sliding_attention" in config.layer_types
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(config).eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() == 2:
+                param.copy_(torch.randn(param.shape, generator=generator) * (0.02 if "embed" in name else 0.3))
+    OpenVinoExporter(OpenVinoConfig()).check_model(config, None)
+    _, session, _ = _export(tmp_path, model, random_token_state().tokenizer)
+    long = torch.randint(1, config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(1))
+    assert (session.logits(long) - model_logits(model, long)).abs().max().item() < 1e-4
+    prompt = long[:1, :10]
+    expected = model.generate(prompt, max_new_tokens=20, min_new_tokens=20, do_sample=False)[0, 10:].tolist()
+    assert len(set(expected)) > 3, "the test model should not repeat one token"
+    assert session.generate(prompt, 20) == expected
