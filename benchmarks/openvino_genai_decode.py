@@ -140,7 +140,7 @@ def main() -> None:
                                                  for k in ("slimkit_session", "openvino_genai")), flush=True)
     finally:
         spec_file.unlink(missing_ok=True)
-    settings = json.loads((Path(args.export) / "slimkit_export.json").read_text())
+    settings = json.loads((folder / "slimkit_export.json").read_text())
     report = {
         "command": "python " + " ".join(sys.argv), "export": str(folder), "export_facts": facts,
         "export_settings": {k: v for k, v in settings.items() if k != "kv_shapes"},
