@@ -217,7 +217,7 @@ class _WithCache(torch.nn.Module):
             layer.lazy_initialization(key, value)      # then hold the given tensors (no empty-tensor concat)
             layer.keys, layer.values = key, value
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         past_key_values=cache, use_cache=True)
+                         cache=cache, use_cache=True)
         present = []
         for layer in cache.layers:
             present += [layer.keys, layer.values]

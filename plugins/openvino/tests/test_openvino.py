@@ -84,7 +84,7 @@ def _check_decode_steps(session, model, tolerance):
         expected, tokens = [out.logits], []
         for _ in range(6):
             tokens.append(out.logits[:, -1:].argmax(-1))
-            out = model(input_ids=tokens[-1], past_key_values=out.past_key_values, use_cache=True)
+            out = model(input_ids=tokens[-1], cache=out.cache, use_cache=True)
             expected.append(out.logits)
     assert len({int(t) for t in tokens}) > 1, "the test model should not repeat one token"
     got = [session.step(prompt, reset=True)] + [session.step(token) for token in tokens]
