@@ -15,13 +15,15 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
 from slimkit.core.errors import ArtifactError
 
 import gguf
+from slimkit.deploy.holdings import INT_WEIGHTS, int_weight_modules
+from slimkit_gguf.codes import matches, pack, smallest_holder, why_not_held
 
 Q = gguf.GGMLQuantizationType
 
@@ -41,15 +43,27 @@ class Family:
 
     arch: gguf.MODEL_ARCH
     #: q/k rows from rotate-half to interleaved order (llama.cpp's LLAMA graph applies rope that way)
-    permute_qk: bool
+    permute_qk: bool = False
+    #: RMSNorm weights stored as ``w`` with the norm computing ``x * (1 + w)`` (Gemma): GGUF stores ``1 + w``
+    norm_plus_one: bool = False
+
+    def transform(self, hf_name: str, tensor: torch.Tensor, config: Any) -> torch.Tensor:
+        """A transformers tensor (or the integer codes / scales of a weight, row for row) in GGUF's layout."""
+        if self.permute_qk and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
+            return permute_rope(tensor, config.num_attention_heads)
+        if self.permute_qk and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
+            return permute_rope(tensor, config.num_key_value_heads)
+        if self.norm_plus_one and tensor.ndim == 1 and hf_name.endswith("norm.weight"):
+            return tensor + 1
+        return tensor
 
 
 #: transformers ``model_type`` -> family. Checked by reading the file back with transformers' GGUF loader
 #: (tests) and, for llama, running it in llama.cpp (benchmarks/deploy.py).
 FAMILIES = {
     "llama": Family(gguf.MODEL_ARCH.LLAMA, permute_qk=True),
-    "qwen2": Family(gguf.MODEL_ARCH.QWEN2, permute_qk=False),
-    "qwen3": Family(gguf.MODEL_ARCH.QWEN3, permute_qk=False),
+    "qwen2": Family(gguf.MODEL_ARCH.QWEN2),
+    "qwen3": Family(gguf.MODEL_ARCH.QWEN3),
 }
 
 
@@ -78,7 +92,7 @@ def tensor_type(gguf_name: str, data: torch.Tensor, weights: str, embeddings: st
     if data.ndim < 2:
         return Q.F32
     wanted = WEIGHT_TYPES[weights]
-    is_output = gguf_name == "output.weight" or (tied and gguf_name == "token_embd.weight")
+    is_output = is_output_matrix(gguf_name, tied)
     if is_output and embeddings != "auto":
         wanted = WEIGHT_TYPES[embeddings]
     elif is_output and wanted not in FLOAT_TYPES and wanted is not Q.Q8_0:
@@ -86,6 +100,44 @@ def tensor_type(gguf_name: str, data: torch.Tensor, weights: str, embeddings: st
     if wanted not in FLOAT_TYPES and data.shape[-1] % gguf.GGML_QUANT_SIZES[wanted][0]:
         return Q.F16
     return wanted
+
+
+def is_output_matrix(gguf_name: str, tied: bool) -> bool:
+    """The output projection, or the input embedding when it is tied to it."""
+    return gguf_name == "output.weight" or (tied and gguf_name == "token_embd.weight")
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """How one tensor is written: its type, whether slimkit's integer codes are written as they are
+    (``carried``), and, for a tensor with codes that are not, why."""
+
+    qtype: Any
+    carried: bool = False
+    reason: Optional[str] = None
+
+
+def choose_type(gguf_name: str, data: torch.Tensor, spec: Any, weights: str, embeddings: str, tied: bool,
+                auto: bool = False) -> Choice:
+    """The type of one tensor. Without integer codes (``spec`` None): :func:`tensor_type`. With codes: the
+    asked format when it holds them; under ``auto`` (``exporter.gguf.weights=auto``, for which ``weights`` is
+    the model's float type, or ``embeddings=auto`` for the output matrix) the smallest block format that holds
+    them; otherwise what :func:`tensor_type` chooses for the dequantized float weights (the float type under
+    ``auto``: exact values in F32), with the reason."""
+    fallback = tensor_type(gguf_name, data, weights, embeddings, tied)
+    if spec is None:
+        return Choice(fallback)
+    output = is_output_matrix(gguf_name, tied)
+    asked = embeddings if output and embeddings != "auto" else weights
+    if auto or (output and embeddings == "auto"):
+        holder = smallest_holder(spec)
+        if holder is not None:
+            return Choice(holder, carried=True)
+        nearest = Q.Q4_0 if spec.bits <= 4 else Q.Q5_0 if spec.bits == 5 else Q.Q8_0
+        return Choice(fallback, reason=why_not_held(spec, nearest))
+    wanted = WEIGHT_TYPES[asked]
+    reason = why_not_held(spec, wanted)
+    return Choice(wanted, carried=True) if reason is None else Choice(fallback, reason=reason)
 
 
 def _encode(array: np.ndarray, qtype: Any) -> tuple[np.ndarray, Any]:
@@ -96,8 +148,11 @@ def _encode(array: np.ndarray, qtype: Any) -> tuple[np.ndarray, Any]:
     return gguf.quants.quantize(array, qtype), gguf.quant_shape_to_byte_shape(array.shape, qtype)
 
 
-def write_gguf(model: torch.nn.Module, tokenizer: Any, path: Path, weights: str, embeddings: str = "auto") -> dict[str, Any]:
-    """Write ``model`` (a supported family, float weights) and ``tokenizer`` into one GGUF file.
+def write_gguf(model: torch.nn.Module, tokenizer: Any, path: Path, weights: str, embeddings: str = "auto",
+               carry_codes: bool = False) -> dict[str, Any]:
+    """Write ``model`` (a supported family, float weights) and ``tokenizer`` into one GGUF file. Integer codes
+    a module carries are written as they are where ``weights`` holds them, or, with ``carry_codes`` (the
+    exporter's ``weights=auto``), in the smallest block format that does (see :func:`choose_type`).
 
     Returns ``{"tensor_types": {type: count}, "architecture": ..., "tokenizer_pre": ...}``."""
     config = model.config
@@ -120,13 +175,18 @@ def write_gguf(model: torch.nn.Module, tokenizer: Any, path: Path, weights: str,
         writer.add_key_length(dim)
         writer.add_value_length(dim)
     writer.add_vocab_size(config.vocab_size)
-    writer.add_file_type(FILE_TYPES[weights])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     pre = add_vocab(writer, tokenizer, config.vocab_size)
 
     names = gguf.get_tensor_name_map(family.arch, layers)
     tied = bool(getattr(config, "tie_word_embeddings", False))
     counts: dict[str, int] = {}
+    matrices: dict[str, int] = {}  # the 2-D tensors' types: the most common one names the file
+    codes = int_weight_modules(model)
+    carried: dict[str, str] = {}  # GGUF tensor -> type, written from slimkit's codes as they are
+    not_carried: dict[str, str] = {}  # GGUF tensor with codes -> "TYPE: why"
+    requantized: list[str] = []  # tensors whose blocks gguf-py's quantizer computed
+    types: dict[str, str] = {}
     for hf_name, tensor in float_tensors(model).items():
         if (tied and hf_name == "lm_head.weight") or hf_name.endswith("rotary_emb.inv_freq"):
             continue
@@ -134,15 +194,31 @@ def write_gguf(model: torch.nn.Module, tokenizer: Any, path: Path, weights: str,
         if name is None:
             raise ArtifactError(f"the tensor {hf_name!r} has no GGUF name in the {arch} layout; a {config.model_type} "
                                 "model with extra or renamed modules cannot be exported by this exporter")
-        data = tensor.detach().float()
-        if family.permute_qk and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
-            data = permute_rope(data, config.num_attention_heads)
-        elif family.permute_qk and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
-            data = permute_rope(data, config.num_key_value_heads)
-        qtype = tensor_type(name, data, weights, embeddings, tied)
-        array, raw_shape = _encode(data.numpy(), qtype)
-        writer.add_tensor(name, array, raw_shape=raw_shape, raw_dtype=None if raw_shape is None else qtype)
-        counts[qtype.name] = counts.get(qtype.name, 0) + 1
+        data = family.transform(hf_name, tensor.detach().float(), config)
+        module_name, _, leaf = hf_name.rpartition(".")
+        spec = codes.get(module_name) if leaf == "weight" else None
+        if spec is not None and not matches(tensor, spec):
+            raise ArtifactError(f"{module_name} carries integer codes ({INT_WEIGHTS}) that no longer give its weight: "
+                                "a stage changed the weight after quantizing it; re-quantize or drop the codes")
+        choice = choose_type(name, data, spec, weights, embeddings, tied, carry_codes)
+        if choice.carried:
+            blocks = pack(family.transform(hf_name, spec.codes, config), family.transform(hf_name, spec.scale, config),
+                          spec.group_size, choice.qtype)
+            array, raw_shape = blocks, gguf.quant_shape_to_byte_shape(data.shape, choice.qtype)
+            carried[name] = choice.qtype.name
+        else:
+            array, raw_shape = _encode(data.numpy(), choice.qtype)
+            if choice.qtype not in FLOAT_TYPES:
+                requantized.append(name)
+            if spec is not None:
+                not_carried[name] = f"{choice.qtype.name}: {choice.reason}"
+        writer.add_tensor(name, array, raw_shape=raw_shape, raw_dtype=None if raw_shape is None else choice.qtype)
+        counts[choice.qtype.name] = counts.get(choice.qtype.name, 0) + 1
+        types[name] = choice.qtype.name
+        if data.ndim >= 2:
+            matrices[choice.qtype.name] = matrices.get(choice.qtype.name, 0) + 1
+    dominant = max(matrices, key=lambda t: (matrices[t], t == weights.upper())) if matrices else "F32"
+    writer.add_file_type(FILE_TYPES.get(dominant.lower(), FILE_TYPES["f32"]))
     quiet = logging.getLogger("gguf.gguf_writer")
     level = quiet.level
     quiet.setLevel(logging.WARNING)  # it logs every file it writes at INFO
@@ -153,7 +229,9 @@ def write_gguf(model: torch.nn.Module, tokenizer: Any, path: Path, weights: str,
         writer.close()
     finally:
         quiet.setLevel(level)
-    return {"tensor_types": counts, "architecture": arch, "tokenizer_pre": pre}
+    return {"tensor_types": counts, "architecture": arch, "tokenizer_pre": pre, "main_type": dominant,
+            "carried": carried, "not_carried": not_carried, "requantized_tensors": requantized,
+            "tensor_types_by_name": types}
 
 
 def float_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
