@@ -12,10 +12,13 @@
     embeddings: auto     # the output / tied embedding matrix: auto (Q8_0 under 4/5-bit formats) or a format
 
 Model families: Llama (``LlamaForCausalLM``: SmolLM2, the tiny test model; checked in llama.cpp),
-Qwen2 and Qwen3 (same family table; checked only by reading tiny models back with transformers' GGUF
-loader). Byte-level BPE tokenizers only. Rope scaling (Llama 3.1's "llama3"), Gemma, Phi, Mistral
-and the rest are refused (a ConfigError before any weights load for the model type); llama.cpp's
-``convert_hf_to_gguf.py`` covers them. A structurally pruned model (uniform per layer) is written as
+Gemma-3 (``gemma3_text``: Gemma-3-270M; ``1 + w`` RMSNorm weights stored as llama.cpp expects, sliding-window
+layers listed per layer with their own rope base, the embedding scale and query scale in llama.cpp's graph;
+checked in llama.cpp and with transformers' GGUF loader), Qwen2 and Qwen3 (same family table; checked only by
+reading tiny models back with transformers' GGUF loader). Tokenizers: byte-level BPE (GPT-2/Llama-3/SmolLM
+style, llama.cpp's "gpt2" model) and SentencePiece-style BPE with byte fallback (Gemma, llama.cpp's "llama"
+model). Rope scaling (Llama 3.1's "llama3"), Phi, Mistral and the rest are refused (a ConfigError before any
+weights load for the model type); llama.cpp's ``convert_hf_to_gguf.py`` covers them. A structurally pruned model (uniform per layer) is written as
 its smaller architecture.
 
 Weights: "auto" writes the model's own float weights (fp32 → F32, no loss); the block formats are
@@ -56,7 +59,7 @@ from slimkit.core.errors import ArtifactError, ConfigError
 from slimkit.core.plugin import Exporter, ExporterConfig, check_choice
 from slimkit.deploy.holdings import RUNTIME_KERNELS, artifact_weights
 from slimkit_gguf.runtime import LlamaCppSession, TransformersGGUFSession, llama_cpp_available
-from slimkit_gguf.writer import FAMILIES, WEIGHT_TYPES, quantized_modules, write_gguf
+from slimkit_gguf.writer import FAMILIES, WEIGHT_TYPES, quantized_modules, unsupported_rope, write_gguf
 
 __all__ = ["GGUFConfig", "GGUFExporter", "FILE_NAME"]
 
@@ -113,11 +116,16 @@ class GGUFExporter(Exporter):
                               f"model type {getattr(model_config, 'model_type', None)!r} is not mapped to GGUF by this "
                               "exporter; llama.cpp's convert_hf_to_gguf.py converts many more families, or use "
                               "exporter=onnx / exporter=openvino")
-        rope = (getattr(model_config, "rope_parameters", None) or {}) if model_config is not None else {}
-        if rope.get("rope_type") not in (None, "default"):
+        rope = unsupported_rope(model_config) if model_config is not None else None
+        if rope is not None:
             raise ConfigError("exporter", "gguf", "a model with plain rope",
-                              f"rope scaling {rope.get('rope_type')!r} is not mapped to GGUF by this exporter; "
+                              f"rope scaling {rope!r} is not mapped to GGUF by this exporter; "
                               "llama.cpp's convert_hf_to_gguf.py converts it")
+        family = FAMILIES.get(getattr(model_config, "model_type", None))
+        why = family.unsupported(model_config) if family is not None and family.unsupported else None
+        if why:
+            raise ConfigError("exporter", "gguf", f"a {model_config.model_type} model llama.cpp's graph runs",
+                              f"this one has {why}; use exporter=onnx or exporter=openvino")
 
     def resolved_weights(self, model: torch.nn.Module) -> str:
         """``auto`` -> the model's own float dtype."""

@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -46,6 +46,12 @@ class Family:
     permute_qk: bool = False
     #: RMSNorm weights stored as ``w`` with the norm computing ``x * (1 + w)`` (Gemma): GGUF stores ``1 + w``
     norm_plus_one: bool = False
+    #: always write the key/value head size (Gemma's loaders do not derive it from hidden / heads)
+    head_dim_keys: bool = False
+    #: writes the family's own hyperparameters (beyond the common ones), given the writer and the config
+    extra_hparams: Optional[Callable[[gguf.GGUFWriter, Any], None]] = None
+    #: returns why llama.cpp's graph for this architecture cannot run the model the config describes, or None
+    unsupported: Optional[Callable[[Any], Optional[str]]] = None
 
     def transform(self, hf_name: str, tensor: torch.Tensor, config: Any) -> torch.Tensor:
         """A transformers tensor (or the integer codes / scales of a weight, row for row) in GGUF's layout."""
@@ -58,25 +64,74 @@ class Family:
         return tensor
 
 
-#: transformers ``model_type`` -> family. Checked by reading the file back with transformers' GGUF loader
-#: (tests) and, for llama, running it in llama.cpp (benchmarks/deploy.py).
-FAMILIES = {
-    "llama": Family(gguf.MODEL_ARCH.LLAMA, permute_qk=True),
-    "qwen2": Family(gguf.MODEL_ARCH.QWEN2),
-    "qwen3": Family(gguf.MODEL_ARCH.QWEN3),
-}
-
-
 def head_dim(config: Any) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
-def _rope_theta(config: Any) -> float:
-    rope = getattr(config, "rope_parameters", None) or {}
-    if rope.get("rope_type", "default") not in ("default", None):
-        raise ArtifactError(f"rope scaling {rope.get('rope_type')!r} is not mapped to GGUF by this exporter "
+def rope_parameters(config: Any, layer_type: str = "full_attention") -> dict[str, Any]:
+    """The rope parameters of one layer type (``full_attention`` / ``sliding_attention``): transformers 5 nests
+    them per layer type for models with two rope bases (Gemma-3) and keeps one flat dict otherwise."""
+    rope = dict(getattr(config, "rope_parameters", None) or {})
+    if rope and all(isinstance(v, dict) for v in rope.values()):
+        return dict(rope.get(layer_type) or rope.get("full_attention") or {})
+    return rope
+
+
+def unsupported_rope(config: Any) -> Optional[str]:
+    """The rope scaling type this exporter does not map (only plain rope), or None."""
+    rope = dict(getattr(config, "rope_parameters", None) or {})
+    kinds = [v for v in rope.values() if isinstance(v, dict)] or [rope]
+    return next((k.get("rope_type") for k in kinds if k.get("rope_type") not in (None, "default")), None)
+
+
+def _rope_theta(config: Any, layer_type: str = "full_attention") -> float:
+    kind = unsupported_rope(config)
+    if kind is not None:
+        raise ArtifactError(f"rope scaling {kind!r} is not mapped to GGUF by this exporter "
                             "(only plain rope): export the model with llama.cpp's convert_hf_to_gguf.py")
+    rope = rope_parameters(config, layer_type)
     return float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
+
+
+def _gemma3_hparams(writer: gguf.GGUFWriter, config: Any) -> None:
+    """Gemma-3 (llama.cpp's GEMMA3 graph): sliding-window layers with their own rope base, listed per layer.
+    The embedding scale (sqrt(hidden)) and the ``1 + w`` norms are in llama.cpp's graph / the tensors; the
+    query scale is 1/sqrt(head_dim) there (checked against ``query_pre_attn_scalar`` by :func:`_gemma3_unsupported`)."""
+    types = list(getattr(config, "layer_types", None) or [])
+    if "sliding_attention" in types and getattr(config, "sliding_window", None):
+        writer.add_sliding_window(int(config.sliding_window))
+        writer.add_sliding_window_pattern([t == "sliding_attention" for t in types])
+        writer.add_rope_freq_base_swa(_rope_theta(config, "sliding_attention"))
+    if getattr(config, "final_logit_softcapping", None):
+        writer.add_final_logit_softcapping(float(config.final_logit_softcapping))
+
+
+def _gemma3_unsupported(config: Any) -> Optional[str]:
+    if getattr(config, "hidden_activation", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
+        return f"hidden_activation={config.hidden_activation!r} (llama.cpp's Gemma-3 graph runs gelu_pytorch_tanh)"
+    scalar = getattr(config, "query_pre_attn_scalar", None)
+    if scalar is not None and int(scalar) != head_dim(config) and config.num_hidden_layers != 62:
+        return (f"query_pre_attn_scalar={scalar} with head_dim={head_dim(config)} (llama.cpp scales queries by "
+                "1/sqrt(head_dim), except for the 62-layer 27B model)")
+    if getattr(config, "attn_logit_softcapping", None):
+        return "attn_logit_softcapping (llama.cpp's Gemma-3 graph has none)"
+    if getattr(config, "use_bidirectional_attention", False):
+        return "use_bidirectional_attention=true (an embedding model, not a causal LM)"
+    types = set(getattr(config, "layer_types", None) or [])
+    if types - {"sliding_attention", "full_attention"}:
+        return f"layer_types {sorted(types)}"
+    return None
+
+
+#: transformers ``model_type`` -> family. Checked by reading the file back with transformers' GGUF loader
+#: (tests) and, for llama and gemma3_text, running it in llama.cpp (benchmarks/deploy.py, benchmarks/deploy_carry_gemma3.py).
+FAMILIES = {
+    "llama": Family(gguf.MODEL_ARCH.LLAMA, permute_qk=True),
+    "qwen2": Family(gguf.MODEL_ARCH.QWEN2),
+    "qwen3": Family(gguf.MODEL_ARCH.QWEN3),
+    "gemma3_text": Family(gguf.MODEL_ARCH.GEMMA3, norm_plus_one=True, head_dim_keys=True, extra_hparams=_gemma3_hparams,
+                          unsupported=_gemma3_unsupported),
+}
 
 
 def permute_rope(weight: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -171,9 +226,11 @@ def write_gguf(model: torch.nn.Module, tokenizer: Any, path: Path, weights: str,
     writer.add_rope_freq_base(_rope_theta(config))
     dim = head_dim(config)
     writer.add_rope_dimension_count(dim)
-    if dim * config.num_attention_heads != config.hidden_size:  # e.g. after pruning whole heads
+    if family.head_dim_keys or dim * config.num_attention_heads != config.hidden_size:  # e.g. after pruning heads
         writer.add_key_length(dim)
         writer.add_value_length(dim)
+    if family.extra_hparams is not None:
+        family.extra_hparams(writer, config)
     writer.add_vocab_size(config.vocab_size)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     pre = add_vocab(writer, tokenizer, config.vocab_size)
@@ -278,15 +335,24 @@ PRE_TOKENIZERS = {"855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6
                   "3ce83efda5659b07b1ad37ca97ca5797ea4285d9b9ab0dc679e4a720c9da7454": "gpt-2"}
 
 
-def add_vocab(writer: gguf.GGUFWriter, tokenizer: Any, vocab_size: int) -> str:
-    """Write a byte-level BPE tokenizer (vocabulary, merges, special tokens); returns the pre-tokenizer name."""
+def tokenizer_kind(tokenizer: Any) -> tuple[str, dict[str, Any]]:
+    """``("gpt2", spec)`` for a byte-level BPE tokenizer, ``("llama", spec)`` for a SentencePiece-style BPE with
+    byte fallback (spaces as "▁", Gemma/Llama-2 style), with ``spec`` the tokenizer.json; else ArtifactError."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     spec = json.loads(backend.to_str()) if backend is not None else {}
-    if (spec.get("model") or {}).get("type") != "BPE" or "ByteLevel" not in json.dumps(spec.get("pre_tokenizer")):
-        raise ArtifactError("the gguf exporter writes byte-level BPE tokenizers (GPT-2/Llama-3/SmolLM style); this "
-                            f"model's tokenizer is {(spec.get('model') or {}).get('type', type(tokenizer).__name__)}")
-    vocab = tokenizer.get_vocab()
-    by_id = {i: t for t, i in vocab.items()}
+    model = spec.get("model") or {}
+    if model.get("type") == "BPE" and "ByteLevel" in json.dumps(spec.get("pre_tokenizer")):
+        return "gpt2", spec
+    if model.get("type") == "BPE" and model.get("byte_fallback") and "\u2581" in json.dumps(spec.get("normalizer")):
+        return "llama", spec
+    raise ArtifactError("the gguf exporter writes byte-level BPE tokenizers (GPT-2/Llama-3/SmolLM style) and "
+                        "SentencePiece-style BPE with byte fallback (Gemma); this model's tokenizer is "
+                        f"{model.get('type', type(tokenizer).__name__)}")
+
+
+def _token_table(tokenizer: Any, vocab_size: int, byte_tokens: bool) -> tuple[list[str], list[Any]]:
+    """Token strings by id and their GGUF token types (missing ids become unused placeholders)."""
+    by_id = {i: t for t, i in tokenizer.get_vocab().items()}
     added = {t.content: t for t in tokenizer.added_tokens_decoder.values()}
     tokens, types = [], []
     for i in range(vocab_size):
@@ -294,22 +360,51 @@ def add_vocab(writer: gguf.GGUFWriter, tokenizer: Any, vocab_size: int) -> str:
         if token is None:
             tokens.append(f"[PAD{i}]")
             types.append(gguf.TokenType.UNUSED)
+        elif token in added:
+            tokens.append(token)
+            types.append(gguf.TokenType.CONTROL if added[token].special else gguf.TokenType.USER_DEFINED)
         else:
             tokens.append(token)
-            types.append(gguf.TokenType.NORMAL if token not in added else
-                         gguf.TokenType.CONTROL if added[token].special else gguf.TokenType.USER_DEFINED)
-    pre = PRE_TOKENIZERS.get(hashlib.sha256(str(tokenizer.encode(CHECK_TEXT)).encode()).hexdigest(), "default")
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre)
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    merges = spec["model"].get("merges") or []
-    writer.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in merges])
-    for kind in ("bos", "eos", "unk", "pad"):
-        token_id = getattr(tokenizer, f"{kind}_token_id", None)
+            is_byte = byte_tokens and len(token) == 6 and token.startswith("<0x") and token.endswith(">")
+            types.append(gguf.TokenType.BYTE if is_byte else gguf.TokenType.NORMAL)
+    return tokens, types
+
+
+def add_vocab(writer: gguf.GGUFWriter, tokenizer: Any, vocab_size: int) -> str:
+    """Write the tokenizer (vocabulary, merges or scores, special tokens); returns the pre-tokenizer name
+    ("default" for a SentencePiece-style vocabulary, which llama.cpp does not pre-split).
+
+    A SentencePiece-style BPE is written as llama.cpp's "llama" model, whose tokenizer merges the adjacent pair
+    with the highest score: each token a merge produces scores minus that merge's rank, so llama.cpp merges in
+    the order the tokenizer's merge list gives; tokens no merge produces (characters, bytes, specials) score 0."""
+    kind, spec = tokenizer_kind(tokenizer)
+    tokens, types = _token_table(tokenizer, vocab_size, byte_tokens=kind == "llama")
+    writer.add_tokenizer_model(kind)
+    if kind == "gpt2":
+        pre = PRE_TOKENIZERS.get(hashlib.sha256(str(tokenizer.encode(CHECK_TEXT)).encode()).hexdigest(), "default")
+        writer.add_tokenizer_pre(pre)
+        writer.add_token_list(tokens)
+        writer.add_token_types(types)
+        merges = spec["model"].get("merges") or []
+        writer.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in merges])
+    else:
+        pre = "default"
+        rank = {}
+        for r, merge in enumerate(spec["model"].get("merges") or []):
+            left, right = merge if isinstance(merge, list) else merge.split(" ", 1)
+            rank.setdefault(left + right, r)
+        writer.add_tokenizer_pre(pre)
+        writer.add_token_list(tokens)
+        writer.add_token_scores([-float(rank[t]) if t in rank else 0.0 for t in tokens])
+        writer.add_token_types(types)
+        writer.add_add_space_prefix(False)  # the normalizer only replaces spaces by "▁"
+    for name in ("bos", "eos", "unk", "pad"):
+        token_id = getattr(tokenizer, f"{name}_token_id", None)
         if token_id is not None:
-            getattr(writer, f"add_{kind}_token_id")(int(token_id))
-    writer.add_add_bos_token(False)
+            getattr(writer, f"add_{name}_token_id")(int(token_id))
+    # whether the tokenizer starts a text with BOS (SmolLM2: no; Gemma: yes)
+    writer.add_add_bos_token(bool(tokenizer("a").input_ids[:1] == [tokenizer.bos_token_id])
+                             if tokenizer.bos_token_id is not None else False)
     template = getattr(tokenizer, "chat_template", None)
     if isinstance(template, str):
         writer.add_chat_template(template)

@@ -168,3 +168,15 @@ def test_a_runtime_kernel_artifact_is_refused_naming_autoround_as_an_alternative
     pytest.importorskip("slimkit_bnb")
     with pytest.raises(ConfigError, match="quantizer=autoround"):
         GGUFExporter().check_model(random_token_state().model.config, "bnb")
+
+
+def test_llama_cpp_runs_the_carried_file_like_the_autoround_model(tmp_path_factory, tmp_path):
+    pytest.importorskip("llama_cpp")
+    from slimkit_gguf.runtime import LlamaCppSession
+
+    state, _, model = artifact(tmp_path_factory, group_size=64, embedding="int4")
+    _export(model, state.tokenizer, tmp_path / "gguf")
+    session = LlamaCppSession(tmp_path / "gguf" / FILE_NAME, threads=1)
+    probe = state.data.eval[:2, :48]
+    # the documented Q4_0 tolerance in llama.cpp (it also rounds activations to 8 bits in its dot products)
+    assert (session.logits(probe) - model_logits(model, probe)).abs().max().item() < 5e-2
