@@ -19,6 +19,8 @@ held-out slice (the last ``--eval-windows`` windows of 256 Wikipedia tokens), 2-
         --out benchmarks/deploy_carry_smollm2.json
     OMP_NUM_THREADS=1 PYTHONPATH=/tmp/deploy/llama_cpp_manual nice -n 10 python benchmarks/deploy_carry.py \
         --embedding int8 --out benchmarks/deploy_carry_smollm2_emb8.json
+    OMP_NUM_THREADS=1 PYTHONPATH=/tmp/deploy/llama_cpp_manual nice -n 10 python benchmarks/deploy_carry.py \
+        --model gemma3-270m --with-f32 --out benchmarks/deploy_carry_gemma3.json
     python benchmarks/deploy_carry.py --table benchmarks/deploy_carry_smollm2.json
 """
 
@@ -83,6 +85,9 @@ def main() -> None:
                    help="the tied input embedding's codes (int8: Q8_0 in the carried file, as llama.cpp's mixture)")
     p.add_argument("--eval-windows", type=int, default=16)
     p.add_argument("--task-samples", type=int, default=200)
+    p.add_argument("--with-f32", action="store_true",
+                   help="also slimkit's F32 GGUF of the fp32 model in llama.cpp (the family mapping's check) and the "
+                        "tokenizer check: llama.cpp's tokens of each eval window's text against transformers'")
     p.add_argument("--out", default="benchmarks/deploy_carry_smollm2.json")
     args = p.parse_args()
     if args.table:
@@ -137,6 +142,14 @@ def main() -> None:
             facts = GGUFExporter(GGUFConfig(**config)).export(root, source, tokenizer, folder)
             return folder, facts
 
+        if args.with_f32:
+            f32, _ = export("f32", model, weights="f32")
+            session = GGUFExporter.open(f32, threads=1)
+            agreement = tokenizer_agreement(session, tokenizer, data.eval)
+            rows.append(measure("fp32 → slimkit GGUF F32", session, baseline, size_bytes=(f32 / FILE_NAME).stat().st_size,
+                                tensor_types=tensor_types(f32 / FILE_NAME), tokenizer_agreement=agreement))
+            del session
+            (f32 / FILE_NAME).unlink()
         f16, _ = export("f16", model, weights="f16")
         (root / "llamacpp-q4_0").mkdir()
         quantize_with_llama_cpp(f16 / FILE_NAME, root / "llamacpp-q4_0" / FILE_NAME)
@@ -188,6 +201,17 @@ def main() -> None:
            "platform": platform.platform(), "seconds": round(time.time() - started), "command": " ".join(sys.argv)}
     Path(args.out).write_text(json.dumps(out, indent=2, default=str) + "\n")
     print(f"wrote {args.out}")
+
+
+def tokenizer_agreement(session, tokenizer, windows: torch.Tensor) -> dict[str, int]:
+    """How many eval windows' texts (decoded by transformers) llama.cpp tokenizes to the same ids as transformers."""
+    same = 0
+    for row in windows:
+        text = tokenizer.decode(row.tolist())
+        expected = tokenizer(text, add_special_tokens=False).input_ids
+        got = session.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+        same += int(list(got) == list(expected))
+    return {"windows": int(windows.shape[0]), "identical": same}
 
 
 def versions() -> dict[str, str]:

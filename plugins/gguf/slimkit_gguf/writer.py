@@ -343,7 +343,7 @@ def tokenizer_kind(tokenizer: Any) -> tuple[str, dict[str, Any]]:
     model = spec.get("model") or {}
     if model.get("type") == "BPE" and "ByteLevel" in json.dumps(spec.get("pre_tokenizer")):
         return "gpt2", spec
-    if model.get("type") == "BPE" and model.get("byte_fallback") and "\u2581" in json.dumps(spec.get("normalizer")):
+    if model.get("type") == "BPE" and model.get("byte_fallback") and "\u2581" in json.dumps(spec.get("normalizer"), ensure_ascii=False):
         return "llama", spec
     raise ArtifactError("the gguf exporter writes byte-level BPE tokenizers (GPT-2/Llama-3/SmolLM style) and "
                         "SentencePiece-style BPE with byte fallback (Gemma); this model's tokenizer is "

@@ -42,7 +42,9 @@ import torch
 
 from slimkit import ArtifactError, ConfigError, check_choice
 from slimkit.core.plugin import Exporter, ExporterConfig
+from slimkit.deploy.holdings import RUNTIME_KERNELS, artifact_weights, int_weight_modules
 from slimkit.toolkit.quantization import float_model
+from slimkit_onnx.codes import carry_codes
 
 __all__ = ["OnnxConfig", "OnnxExporter", "OnnxSession"]
 
@@ -56,11 +58,6 @@ BUILDER_ARCHITECTURES = (
 BUILDER_MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
                        "qwen3": "Qwen3ForCausalLM", "gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM",
                        "gemma3_text": "Gemma3ForCausalLM", "phi3": "Phi3ForCausalLM", "granite": "GraniteForCausalLM"}
-#: artifact writers whose weights are not float tensors in a Hugging Face folder
-QUANTIZED_WRITERS = {
-    "bnb": "bitsandbytes NF4/FP4/LLM.int8 weights",
-    "int8": "the int8 quantizer's SmoothQuant-scaled W8A8 weights and fused kernels",
-}
 #: config key the structured pruner records when layer sizes differ (a stock config cannot describe them)
 NON_UNIFORM_KEY = "slimkit_layer_dims"
 NON_UNIFORM_WHY = ("a torch_pruning model with layers left whole has per-layer sizes; the model builder reads a stock "
@@ -107,6 +104,13 @@ def shares_embedding(cfg: OnnxConfig) -> bool:
     return cfg.precision == "int4" and cfg.symmetric
 
 
+def _reasons(kept: Mapping[str, str]) -> str:
+    counts: dict[str, int] = {}
+    for why in kept.values():
+        counts[why] = counts.get(why, 0) + 1
+    return ", ".join(f"{n}x {why}" for why, n in sorted(counts.items()))
+
+
 class OnnxExporter(Exporter):
     """Export through ``onnxruntime_genai.models.builder``; serve with onnxruntime(-genai)."""
 
@@ -137,17 +141,20 @@ class OnnxExporter(Exporter):
                               "try exporter=openvino")
         if getattr(model_config, NON_UNIFORM_KEY, None):
             raise ConfigError("exporter", "onnx", "a model with the same sizes in every layer", NON_UNIFORM_WHY)
-        if writer in QUANTIZED_WRITERS:
+        if artifact_weights(writer) == RUNTIME_KERNELS:
             raise ConfigError(
-                "exporter", "onnx", "a float artifact: no slimkit quantizer, or a pruner/distiller only",
-                f"quantizer={writer} writes {QUANTIZED_WRITERS[writer]}, which the ONNX Runtime builder cannot read. "
-                f"Alternatives: drop the quantizer (~quantizer) and let the builder quantize "
+                "exporter", "onnx", "an artifact of float weights, exactly dequantizable weights (quanto) or integer "
+                "codes (autoround)",
+                f"quantizer={writer} writes packed weights or kernels only its own backend runs, which the ONNX Runtime "
+                f"builder cannot read. Alternatives: quantizer=autoround (its symmetric int4 codes are written into "
+                f"MatMulNBits as they are), drop the quantizer (~quantizer) and let the builder quantize "
                 f"(exporter.onnx.weights=int8 or int4, MatMulNBits), or exporter=gguf")
 
     def export(self, artifact_dir: Path, model, tokenizer, out_dir: Path) -> dict[str, Any]:
-        cfg = self.config
         self.check_model(model.config, None)
         out_dir = Path(out_dir)
+        codes = int_weight_modules(model)
+        cfg = self.carrying_config(codes)
         model, dequantized = float_model(model)
         with tempfile.TemporaryDirectory(prefix="slimkit-onnx-") as tmp:
             source, cache = Path(tmp) / "hf", Path(tmp) / "cache"
@@ -165,21 +172,46 @@ class OnnxExporter(Exporter):
         if done.returncode != 0 or not (out_dir / MODEL_FILE).is_file():
             raise ArtifactError(f"onnxruntime-genai's model builder failed (exit {done.returncode}) on "
                                 f"{type(model).__name__}: {(done.stderr or done.stdout)[-2000:]}")
-        scheme = self.scheme()
-        (out_dir / SETTINGS_FILE).write_text(json.dumps({"exporter": self.name, **scheme}, indent=2))
+        carried, kept = [], {}
+        if codes and cfg.precision == "int4" and cfg.symmetric:
+            tied = bool(getattr(model.config, "tie_word_embeddings", False))
+            carried, kept = carry_codes(out_dir, MODEL_FILE, codes, tied, cfg.block_size)
+        scheme = self.scheme(cfg)
+        (out_dir / SETTINGS_FILE).write_text(json.dumps({"exporter": self.name, **scheme, "carried": carried}, indent=2))
         quantized = cfg.precision != "fp32"
         notes = ("fp32 weights as slimkit left them" if not quantized else
                  f"the builder quantized slimkit's float weights to {cfg.precision} MatMulNBits "
                  f"({scheme['scheme']})")
+        if carried:
+            notes = (f"{len(carried)} MatMulNBits weights written from slimkit's int4 codes and float16 scales as they "
+                     f"are (block_size={cfg.block_size}), not re-quantized"
+                     + (f"; the builder quantized the other {len(kept)} ({_reasons(kept)})" if kept else ""))
+        elif codes:
+            notes = (f"slimkit's integer codes not carried ({_reasons(kept) if kept else 'the export is ' + cfg.precision}); "
+                     + notes)
         if dequantized:
             notes = (f"{dequantized} quantized weight matrices (quanto) dequantized exactly to fp32 first; "
                      "activation quantization is not carried; " + notes)
-        return {"format": f"onnx-{cfg.precision}", "requantized": quantized, "notes": notes,
-                "dequantized_modules": dequantized, **scheme}
+        return {"format": f"onnx-{cfg.precision}", "requantized": quantized and bool(kept or not carried),
+                "notes": notes, "dequantized_modules": dequantized, "carried_tensors": len(carried),
+                "requantized_tensors": len(kept) if carried else None, **scheme}
 
-    def scheme(self) -> dict[str, Any]:
-        """The weight format, stated fully (for the report)."""
+    def carrying_config(self, codes: Mapping[str, Any]) -> OnnxConfig:
+        """The settings the builder runs with: under ``weights=auto``, an artifact with symmetric int4 codes is
+        exported as int4 MatMulNBits (blocks = the largest allowed size dividing every group) so its codes are
+        carried; otherwise the configured settings."""
         cfg = self.config
+        groups = {s.group_size for s in codes.values() if s.bits == 4 and s.symmetric and s.zero_point is None}
+        if cfg.weights != "auto" or not groups:
+            return cfg
+        blocks = [b for b in BLOCK_SIZES if all(g % b == 0 for g in groups)]
+        if not blocks:
+            return cfg
+        return dataclasses.replace(cfg, weights="int4", block_size=max(blocks), symmetric=True)
+
+    def scheme(self, cfg: OnnxConfig | None = None) -> dict[str, Any]:
+        """The weight format, stated fully (for the report)."""
+        cfg = cfg or self.config
         if cfg.precision == "fp32":
             return {"weights": "fp32", "scheme": "fp32"}
         embedding = ("the tied embedding/lm_head matrix quantized once (shared)" if shares_embedding(cfg) else
