@@ -93,3 +93,46 @@ def test_gemma3_llama_cpp_cannot_run_is_refused_before_load(overrides, match):
         setattr(config, key, value)
     with pytest.raises(ConfigError, match=match):
         GGUFExporter().check_model(config, None)
+
+
+def spm_tokenizer():
+    """A tiny Gemma-style tokenizer: BPE over "▁"-joined text with byte fallback. Its merge list puts ("r", "s")
+    before ("e", "r"), so "ers" must become "e" + "rs": a reader that merged left to right would differ."""
+    from tokenizers import Tokenizer, decoders, models, normalizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
+    chars = sorted(set("abcdefghijklmnopqrstuvwxyzTHE.,▁"))
+    merges = [("r", "s"), ("t", "h"), ("th", "e"), ("▁", "the"), ("i", "n"), ("▁", "in"), ("a", "n"), ("an", "d"),
+              ("▁", "and"), ("e", "r"), ("o", "n"), ("▁", "c"), ("▁c", "a"), ("▁ca", "t"), ("e", "s"), ("i", "t")]
+    vocab = {t: i for i, t in enumerate(specials + [f"<0x{b:02X}>" for b in range(256)] + chars)}
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Replace(" ", "▁")
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>",
+                                   pad_token="<pad>", add_bos_token=True)
+
+
+TEXTS = ["the cat and it is in the Zoo!", "then, the riders ran.\nAnd it's über", "  double  spaces the end"]
+
+
+def test_sentencepiece_style_tokenizer_reads_back_the_same(tmp_path):
+    from transformers import AutoTokenizer
+
+    tokenizer = spm_tokenizer()
+    assert "rs" in tokenizer.convert_ids_to_tokens(tokenizer("riders").input_ids)
+    facts = _export(tiny_gemma3(vocab_size=len(tokenizer.get_vocab())), tokenizer, tmp_path / "gguf", weights="f32")
+    reader = gguf.GGUFReader(tmp_path / "gguf" / FILE_NAME)
+    assert bytes(reader.fields["tokenizer.ggml.model"].parts[-1]).decode() == "llama" and facts["tokenizer_pre"] == "default"
+    back = AutoTokenizer.from_pretrained(str(tmp_path / "gguf"), gguf_file=FILE_NAME)
+    for text in TEXTS:
+        assert back(text).input_ids == tokenizer(text).input_ids, text
+    try:
+        import llama_cpp
+    except ImportError:
+        return
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "gguf" / FILE_NAME), vocab_only=True, verbose=False)
+    for text in TEXTS:
+        assert list(llm.tokenize(text.encode(), add_bos=True, special=False)) == tokenizer(text).input_ids, text
