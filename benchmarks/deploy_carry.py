@@ -71,7 +71,8 @@ def markdown(results: dict) -> str:
         sent_text = f"{sent['final']:.3f} ({sent['retained']:.1%})" if sent else "–"
         types = ", ".join(f"{n} {t}" for t, n in sorted((r.get("tensor_types") or {}).items())) or "–"
         requant = {True: "yes", False: "no"}.get(r.get("requantized"), "–")
-        lines.append(f"| {r['label']} | {r['runtime']} | {r['perplexity']:.3f} (×{r['perplexity_ratio']:.4f}) | {sent_text} "
+        ppl = f"{r['perplexity']:.3f} (×{r['perplexity_ratio']:.4f})"
+        lines.append(f"| {r['label']} | {r['runtime']} | {ppl} | {sent_text} "
                      f"| {r['size_bytes'] / 1e6:.1f} | {types} | {requant} |")
     return "\n".join(lines)
 
@@ -95,6 +96,8 @@ def main() -> None:
         return
 
     import llama_cpp  # noqa: F401  (fail early: this benchmark is about llama.cpp)
+    from slimkit_autoround import AutoRoundConfig, AutoRoundQuantizer
+    from slimkit_gguf import FILE_NAME, GGUFConfig, GGUFExporter
 
     from slimkit.core.artifact import directory_size
     from slimkit.core.state import PipelineState
@@ -104,8 +107,6 @@ def main() -> None:
     from slimkit.deploy.serving import TorchSession
     from slimkit.models import load_model
     from slimkit.pipeline.runner import save_artifact
-    from slimkit_autoround import AutoRoundConfig, AutoRoundQuantizer
-    from slimkit_gguf import FILE_NAME, GGUFConfig, GGUFExporter
 
     torch.set_num_threads(1)
     started = time.time()
@@ -146,7 +147,8 @@ def main() -> None:
             f32, _ = export("f32", model, weights="f32")
             session = GGUFExporter.open(f32, threads=1)
             agreement = tokenizer_agreement(session, tokenizer, data.eval)
-            rows.append(measure("fp32 → slimkit GGUF F32", session, baseline, size_bytes=(f32 / FILE_NAME).stat().st_size,
+            rows.append(measure("fp32 → slimkit GGUF F32", session, baseline,
+                                size_bytes=(f32 / FILE_NAME).stat().st_size,
                                 tensor_types=tensor_types(f32 / FILE_NAME), tokenizer_agreement=agreement))
             del session
             (f32 / FILE_NAME).unlink()
@@ -166,7 +168,8 @@ def main() -> None:
         del state
         quantized = stage.load(root / "artifact", {})
         codes = int_weight_modules(quantized)
-        rows.append(measure(f"autoround RTN int4 sym g{args.group_size}, embedding {args.embedding} (PyTorch)", TorchSession(quantized),
+        label = f"autoround RTN int4 sym g{args.group_size}, embedding {args.embedding} (PyTorch)"
+        rows.append(measure(label, TorchSession(quantized),
                             baseline, size_bytes=directory_size(root / "artifact"), quantized_modules=len(codes),
                             stored_bits_per_weight=metrics.get("stored_bits_per_weight"),
                             quantize_seconds=round(quantize_seconds, 1)))
@@ -179,8 +182,8 @@ def main() -> None:
         embedding_type = {"int4": "q4_0", "int8": "q8_0"}[args.embedding]
         requant, requant_facts = export("requantized", stripped, weights="q4_0", embeddings=embedding_type)
         del stripped
-        files = [(f"autoround codes carried → GGUF (slimkit gguf, weights=auto)", carried / FILE_NAME, carried_facts),
-                 (f"autoround dequantized → re-quantized by gguf-py (same types)", requant / FILE_NAME, requant_facts),
+        files = [("autoround codes carried → GGUF (slimkit gguf, weights=auto)", carried / FILE_NAME, carried_facts),
+                 ("autoround dequantized → re-quantized by gguf-py (same types)", requant / FILE_NAME, requant_facts),
                  ("fp32 → llama.cpp Q4_0 (llama_model_quantize, from slimkit's F16 GGUF)", llamacpp_file, None)]
         for label, path, facts in files:
             session = GGUFExporter.open(path.parent, threads=1)

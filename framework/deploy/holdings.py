@@ -18,7 +18,7 @@ Forms:
 
 from __future__ import annotations
 
-from typing import Any, Optional, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -31,8 +31,17 @@ FORMS = (FLOAT, DEQUANTIZABLE, INT_CODES, RUNTIME_KERNELS)
 #: the module attribute that holds a module's integer codes in memory
 INT_WEIGHTS = "slimkit_int_weights"
 
-__all__ = ["DEQUANTIZABLE", "FLOAT", "FORMS", "INT_CODES", "INT_WEIGHTS", "IntCodes", "RUNTIME_KERNELS",
-           "artifact_weights", "int_weight_modules"]
+__all__ = [
+    "DEQUANTIZABLE",
+    "FLOAT",
+    "FORMS",
+    "INT_CODES",
+    "INT_WEIGHTS",
+    "RUNTIME_KERNELS",
+    "IntCodes",
+    "artifact_weights",
+    "int_weight_modules",
+]
 
 
 @runtime_checkable
@@ -47,7 +56,7 @@ class IntCodes(Protocol):
     scale: torch.Tensor
     #: [out, in], signed integers in [-2**(bits-1), 2**(bits-1) - 1]
     codes: torch.Tensor
-    zero_point: Optional[torch.Tensor]
+    zero_point: torch.Tensor | None
 
 
 def artifact_weights(writer: Any) -> str:

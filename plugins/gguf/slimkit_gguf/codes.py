@@ -22,12 +22,11 @@ format are not held; :func:`why_not_held` says which.
 
 from __future__ import annotations
 
-from typing import Any, Optional
-
-import numpy as np
-import torch
+from typing import Any
 
 import gguf
+import numpy as np
+import torch
 
 Q = gguf.GGMLQuantizationType
 BLOCK = 32
@@ -35,7 +34,7 @@ BLOCK = 32
 CODE_TYPES = {Q.Q4_0: (4, 8), Q.Q5_0: (5, 16), Q.Q8_0: (8, 0)}
 
 
-def why_not_held(spec: Any, qtype: Any) -> Optional[str]:
+def why_not_held(spec: Any, qtype: Any) -> str | None:
     """None when ``qtype`` holds ``spec``'s codes exactly; otherwise the reason, in words."""
     if qtype not in CODE_TYPES:
         return f"{qtype.name} is not a block format of integer codes"
@@ -64,7 +63,7 @@ def matches(weight: torch.Tensor, spec: Any) -> bool:
                                                                            dequantized(spec))
 
 
-def smallest_holder(spec: Any) -> Optional[Any]:
+def smallest_holder(spec: Any) -> Any | None:
     """The smallest block type that holds ``spec``'s codes as they are, or None."""
     return next((q for q in (Q.Q4_0, Q.Q5_0, Q.Q8_0) if why_not_held(spec, q) is None), None)
 

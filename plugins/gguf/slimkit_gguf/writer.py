@@ -14,14 +14,15 @@ import dataclasses
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
-
-import numpy as np
-import torch
-from slimkit.core.errors import ArtifactError
+from typing import Any
 
 import gguf
+import numpy as np
+import torch
+
+from slimkit.core.errors import ArtifactError
 from slimkit.deploy.holdings import INT_WEIGHTS, int_weight_modules
 from slimkit_gguf.codes import matches, pack, smallest_holder, why_not_held
 
@@ -49,9 +50,9 @@ class Family:
     #: always write the key/value head size (Gemma's loaders do not derive it from hidden / heads)
     head_dim_keys: bool = False
     #: writes the family's own hyperparameters (beyond the common ones), given the writer and the config
-    extra_hparams: Optional[Callable[[gguf.GGUFWriter, Any], None]] = None
+    extra_hparams: Callable[[gguf.GGUFWriter, Any], None] | None = None
     #: returns why llama.cpp's graph for this architecture cannot run the model the config describes, or None
-    unsupported: Optional[Callable[[Any], Optional[str]]] = None
+    unsupported: Callable[[Any], str | None] | None = None
 
     def transform(self, hf_name: str, tensor: torch.Tensor, config: Any) -> torch.Tensor:
         """A transformers tensor (or the integer codes / scales of a weight, row for row) in GGUF's layout."""
@@ -77,7 +78,7 @@ def rope_parameters(config: Any, layer_type: str = "full_attention") -> dict[str
     return rope
 
 
-def unsupported_rope(config: Any) -> Optional[str]:
+def unsupported_rope(config: Any) -> str | None:
     """The rope scaling type this exporter does not map (only plain rope), or None."""
     rope = dict(getattr(config, "rope_parameters", None) or {})
     kinds = [v for v in rope.values() if isinstance(v, dict)] or [rope]
@@ -106,7 +107,7 @@ def _gemma3_hparams(writer: gguf.GGUFWriter, config: Any) -> None:
         writer.add_final_logit_softcapping(float(config.final_logit_softcapping))
 
 
-def _gemma3_unsupported(config: Any) -> Optional[str]:
+def _gemma3_unsupported(config: Any) -> str | None:
     if getattr(config, "hidden_activation", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
         return f"hidden_activation={config.hidden_activation!r} (llama.cpp's Gemma-3 graph runs gelu_pytorch_tanh)"
     scalar = getattr(config, "query_pre_attn_scalar", None)
@@ -124,7 +125,7 @@ def _gemma3_unsupported(config: Any) -> Optional[str]:
 
 
 #: transformers ``model_type`` -> family. Checked by reading the file back with transformers' GGUF loader
-#: (tests) and, for llama and gemma3_text, running it in llama.cpp (benchmarks/deploy.py, benchmarks/deploy_carry_gemma3.py).
+#: (tests) and, for llama and gemma3_text, running it in llama.cpp (tests; benchmarks/deploy.py, deploy_carry.py).
 FAMILIES = {
     "llama": Family(gguf.MODEL_ARCH.LLAMA, permute_qk=True),
     "qwen2": Family(gguf.MODEL_ARCH.QWEN2),
@@ -169,7 +170,7 @@ class Choice:
 
     qtype: Any
     carried: bool = False
-    reason: Optional[str] = None
+    reason: str | None = None
 
 
 def choose_type(gguf_name: str, data: torch.Tensor, spec: Any, weights: str, embeddings: str, tied: bool,
@@ -343,7 +344,8 @@ def tokenizer_kind(tokenizer: Any) -> tuple[str, dict[str, Any]]:
     model = spec.get("model") or {}
     if model.get("type") == "BPE" and "ByteLevel" in json.dumps(spec.get("pre_tokenizer")):
         return "gpt2", spec
-    if model.get("type") == "BPE" and model.get("byte_fallback") and "\u2581" in json.dumps(spec.get("normalizer"), ensure_ascii=False):
+    normalizer = json.dumps(spec.get("normalizer"), ensure_ascii=False)
+    if model.get("type") == "BPE" and model.get("byte_fallback") and "\u2581" in normalizer:
         return "llama", spec
     raise ArtifactError("the gguf exporter writes byte-level BPE tokenizers (GPT-2/Llama-3/SmolLM style) and "
                         "SentencePiece-style BPE with byte fallback (Gemma); this model's tokenizer is "

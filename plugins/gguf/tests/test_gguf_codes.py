@@ -6,14 +6,14 @@ import gguf
 import numpy as np
 import pytest
 import torch
+from slimkit_gguf import FILE_NAME, GGUFConfig, GGUFExporter
+from slimkit_gguf.codes import pack
+from slimkit_gguf.writer import FAMILIES
 
 from slimkit.core.errors import ArtifactError, ConfigError
 from slimkit.deploy.holdings import DEQUANTIZABLE, FLOAT, INT_CODES, RUNTIME_KERNELS, artifact_weights
 from slimkit.evaluation import model_logits
 from slimkit.testing import random_token_state
-from slimkit_gguf import FILE_NAME, GGUFConfig, GGUFExporter
-from slimkit_gguf.codes import pack
-from slimkit_gguf.writer import FAMILIES
 
 torch.set_num_threads(1)
 Q = gguf.GGMLQuantizationType
@@ -40,12 +40,13 @@ def test_pack_refuses_codes_wider_than_the_format():
 
 # --- the exporter on an autoround artifact ---------------------------------------------------------
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _artifact(tmp_root, **values):
     pytest.importorskip("auto_round")
     pytest.importorskip("compressed_tensors")
-    from slimkit.pipeline.runner import save_artifact
     from slimkit_autoround import AutoRoundConfig, AutoRoundQuantizer
+
+    from slimkit.pipeline.runner import save_artifact
 
     state = random_token_state()
     stage = AutoRoundQuantizer(AutoRoundConfig(method="rtn", **values))

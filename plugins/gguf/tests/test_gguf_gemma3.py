@@ -4,12 +4,12 @@ llama-cpp-python is installed, run in llama.cpp."""
 import gguf
 import pytest
 import torch
+from slimkit_gguf import FILE_NAME, GGUFConfig, GGUFExporter
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
 from slimkit.core.errors import ConfigError
 from slimkit.evaluation import model_logits
 from slimkit.testing import random_token_state
-from slimkit_gguf import FILE_NAME, GGUFConfig, GGUFExporter
 
 torch.set_num_threads(1)
 
@@ -69,8 +69,9 @@ def test_tiny_gemma3_runs_in_llama_cpp(tmp_path):
 def test_gemma3_int4_codes_are_carried(tmp_path):
     pytest.importorskip("auto_round")
     pytest.importorskip("compressed_tensors")
-    from slimkit.core.state import PipelineState
     from slimkit_autoround import AutoRoundConfig, AutoRoundQuantizer
+
+    from slimkit.core.state import PipelineState
 
     state = random_token_state()
     model = tiny_gemma3()
@@ -125,7 +126,8 @@ def test_sentencepiece_style_tokenizer_reads_back_the_same(tmp_path):
     assert "rs" in tokenizer.convert_ids_to_tokens(tokenizer("riders").input_ids)
     facts = _export(tiny_gemma3(vocab_size=len(tokenizer.get_vocab())), tokenizer, tmp_path / "gguf", weights="f32")
     reader = gguf.GGUFReader(tmp_path / "gguf" / FILE_NAME)
-    assert bytes(reader.fields["tokenizer.ggml.model"].parts[-1]).decode() == "llama" and facts["tokenizer_pre"] == "default"
+    assert bytes(reader.fields["tokenizer.ggml.model"].parts[-1]).decode() == "llama"
+    assert facts["tokenizer_pre"] == "default"
     back = AutoTokenizer.from_pretrained(str(tmp_path / "gguf"), gguf_file=FILE_NAME)
     for text in TEXTS:
         assert back(text).input_ids == tokenizer(text).input_ids, text

@@ -145,8 +145,8 @@ class OnnxExporter(Exporter):
             raise ConfigError(
                 "exporter", "onnx", "an artifact of float weights, exactly dequantizable weights (quanto) or integer "
                 "codes (autoround)",
-                f"quantizer={writer} writes packed weights or kernels only its own backend runs, which the ONNX Runtime "
-                f"builder cannot read. Alternatives: quantizer=autoround (its symmetric int4 codes are written into "
+                f"quantizer={writer} writes packed weights or kernels only its own backend runs, which the ONNX "
+                f"Runtime builder cannot read. Alternatives: quantizer=autoround (its symmetric int4 codes are written into "
                 f"MatMulNBits as they are), drop the quantizer (~quantizer) and let the builder quantize "
                 f"(exporter.onnx.weights=int8 or int4, MatMulNBits), or exporter=gguf")
 
@@ -177,7 +177,8 @@ class OnnxExporter(Exporter):
             tied = bool(getattr(model.config, "tie_word_embeddings", False))
             carried, kept = carry_codes(out_dir, MODEL_FILE, codes, tied, cfg.block_size)
         scheme = self.scheme(cfg)
-        (out_dir / SETTINGS_FILE).write_text(json.dumps({"exporter": self.name, **scheme, "carried": carried}, indent=2))
+        settings = {"exporter": self.name, **scheme, "carried": carried}
+        (out_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
         quantized = cfg.precision != "fp32"
         notes = ("fp32 weights as slimkit left them" if not quantized else
                  f"the builder quantized slimkit's float weights to {cfg.precision} MatMulNBits "
@@ -187,8 +188,8 @@ class OnnxExporter(Exporter):
                      f"are (block_size={cfg.block_size}), not re-quantized"
                      + (f"; the builder quantized the other {len(kept)} ({_reasons(kept)})" if kept else ""))
         elif codes:
-            notes = (f"slimkit's integer codes not carried ({_reasons(kept) if kept else 'the export is ' + cfg.precision}); "
-                     + notes)
+            why = _reasons(kept) if kept else f"the export is {cfg.precision}"
+            notes = f"slimkit's integer codes not carried ({why}); " + notes
         if dequantized:
             notes = (f"{dequantized} quantized weight matrices (quanto) dequantized exactly to fp32 first; "
                      "activation quantization is not carried; " + notes)

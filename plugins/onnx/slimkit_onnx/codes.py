@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ SCALE_SUFFIX = ".MatMul.weight_scales"
 FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 
 
-def modules_of(prefix: str, tied: bool) -> Optional[list[str]]:
+def modules_of(prefix: str, tied: bool) -> list[str] | None:
     """The transformers module names one builder MatMul stands for (``model.layers.0.attn.qkv_proj`` ->
     its q/k/v projections), or None for a name this mapping does not know."""
     if prefix == "lm_head":
@@ -39,7 +39,7 @@ def modules_of(prefix: str, tied: bool) -> Optional[list[str]]:
     return [f"{base}.{part}" for part in FUSED.get(name, (name,))]
 
 
-def why_not_held(spec: Any, block_size: int) -> Optional[str]:
+def why_not_held(spec: Any, block_size: int) -> str | None:
     """None when ``MatMulNBits`` (4 bits, symmetric, ``block_size``) holds ``spec``'s codes as they are."""
     if spec is None:
         return "float weights (no integer codes)"
@@ -90,12 +90,13 @@ def carry_codes(folder: Path, model_file: str, codes: dict[str, Any], tied: bool
             continue
         packed, scales = pack(torch.cat([s.codes for s in specs]), torch.cat([s.scale for s in specs]),
                               specs[0].group_size, block_size)
-        old_w, old_s = numpy_helper.to_array(initializers[name]), numpy_helper.to_array(initializers[prefix + SCALE_SUFFIX])
+        scale_name = prefix + SCALE_SUFFIX
+        old_w, old_s = numpy_helper.to_array(initializers[name]), numpy_helper.to_array(initializers[scale_name])
         if old_w.shape != packed.shape or old_s.size != scales.size:
             kept[prefix] = f"shapes differ from the builder's ({old_w.shape} vs {packed.shape})"
             continue
         initializers[name].CopyFrom(numpy_helper.from_array(packed, name))
-        initializers[prefix + SCALE_SUFFIX].CopyFrom(numpy_helper.from_array(scales.reshape(old_s.shape), prefix + SCALE_SUFFIX))
+        initializers[scale_name].CopyFrom(numpy_helper.from_array(scales.reshape(old_s.shape), scale_name))
         carried.append(prefix)
     if carried:
         data = folder / f"{model_file}.data"

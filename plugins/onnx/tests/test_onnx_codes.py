@@ -10,18 +10,20 @@ pytest.importorskip("onnxruntime_genai")
 pytest.importorskip("auto_round")
 pytest.importorskip("compressed_tensors")
 
-from slimkit.evaluation import model_logits  # noqa: E402
-from slimkit.testing import random_token_state  # noqa: E402
-from slimkit_onnx import MODEL_FILE, OnnxConfig, OnnxExporter  # noqa: E402
-from slimkit_onnx.codes import SCALE_SUFFIX, WEIGHT_SUFFIX, modules_of  # noqa: E402
+from slimkit_onnx import MODEL_FILE, OnnxConfig, OnnxExporter
+from slimkit_onnx.codes import SCALE_SUFFIX, WEIGHT_SUFFIX, modules_of
+
+from slimkit.evaluation import model_logits
+from slimkit.testing import random_token_state
 
 torch.set_num_threads(1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _quantized(**values):
-    from slimkit.core.state import PipelineState  # noqa: F401
     from slimkit_autoround import AutoRoundConfig, AutoRoundQuantizer
+
+    from slimkit.core.state import PipelineState  # noqa: F401
 
     state = random_token_state()
     AutoRoundQuantizer(AutoRoundConfig(method="rtn", **values)).apply(state)
@@ -87,7 +89,8 @@ def test_the_builder_alone_would_not_reproduce_the_codes(tmp_path):
     assert not torch.equal(stored["model.layers.0.mlp.down_proj"], down)
 
 
-@pytest.mark.parametrize("values,reason", [(dict(bits=4, group_size=16, symmetric=True), "groups of 16 (not whole blocks of 32)"),
+@pytest.mark.parametrize("values,reason", [(dict(bits=4, group_size=16, symmetric=True),
+                                            "groups of 16 (not whole blocks of 32)"),
                                            (dict(bits=4, group_size=64, symmetric=False), "asymmetric codes"),
                                            (dict(bits=8, group_size=64, symmetric=True), "8-bit codes"),
                                            (None, "float weights")])
@@ -113,5 +116,6 @@ def test_builder_names_map_to_transformers_modules():
     assert modules_of("model.layers.3.attn.qkv_proj", tied=True) == [
         "model.layers.3.self_attn.q_proj", "model.layers.3.self_attn.k_proj", "model.layers.3.self_attn.v_proj"]
     assert modules_of("model.layers.0.mlp.down_proj", tied=True) == ["model.layers.0.mlp.down_proj"]
-    assert modules_of("lm_head", tied=True) == ["model.embed_tokens"] and modules_of("lm_head", tied=False) == ["lm_head"]
+    assert modules_of("lm_head", tied=True) == ["model.embed_tokens"]
+    assert modules_of("lm_head", tied=False) == ["lm_head"]
     assert modules_of("model.layers.0.attn.weird.thing", tied=True) is None
