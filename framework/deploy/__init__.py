@@ -4,7 +4,10 @@
 artifact is saved, writes its files atomically into ``<output>/deploy/<exporter>/``, loads them back
 in the runtime and measures them with the PyTorch stages' metrics (perplexity on the eval windows,
 task accuracy, size on disk, prefill/decode speed against PyTorch fp32 in fresh processes). The
-report's ``deployments`` list holds one entry per export.
+report's ``deployments`` list holds one entry per export. What the artifact's weights are (float, exactly
+dequantizable, integer codes, or kernels only their backend runs) is declared by the stage that wrote it and
+read by exporters through :mod:`slimkit.deploy.holdings`, so an exporter carries integer codes into its format
+where the format holds them and keeps no list of quantizer names.
 """
 
 from __future__ import annotations
