@@ -3,7 +3,7 @@
 Sample config (``conf`` group ``exporter``)::
 
     exporter: onnx
-    exporter.onnx.weights: int4        # auto (= fp32: slimkit's float weights as they are), fp32, int8, int4
+    exporter.onnx.weights: int4        # auto (slimkit's weights as they are: fp32, or int4 codes), fp32, int8, int4
     exporter.onnx.block_size: 32       # int8/int4: weights quantized in blocks of this many input channels
     exporter.onnx.symmetric: true      # int8/int4: symmetric blocks (no zero point)
 
@@ -18,8 +18,17 @@ pinned to ``intra_op_num_threads``.
 
 Model families: what the builder converts (``BUILDER_ARCHITECTURES``; checked here on Llama: SmolLM2 and the
 tiny test model); a structurally pruned model with the same sizes in every layer exports as its smaller
-architecture; per-layer sizes and slimkit's quantized artifacts (int8, bnb, quanto) are refused before any
-weights load, naming the alternatives.
+architecture; per-layer sizes and artifacts of weights only their own backend runs (bnb, the int8 quantizer's
+W8A8; asked of the writer, ``slimkit.deploy.holdings``) are refused before any weights load, naming the
+alternatives; quanto's weights are dequantized exactly to fp32 first.
+
+slimkit's int4 codes are carried, not re-quantized (``slimkit_onnx.codes``): for an artifact whose modules carry
+symmetric 4-bit codes (``quantizer=autoround``), ``weights=auto`` exports int4 MatMulNBits in blocks of the codes'
+group size (the largest of 16-256 dividing every group), and the builder's quantized weights and scales are then
+replaced by the codes (``q = code + 8``) and their float16 scales, which MatMulNBits dequantizes exactly; under
+``weights=int4`` the same happens wherever the groups are whole blocks. What cannot be carried (other widths,
+asymmetric codes, groups smaller than a block, float modules) keeps the builder's quantization, and the report's
+``requantized``, ``carried_tensors`` and ``notes`` say which and why.
 
 Documented tolerance (max |Δlogit| against PyTorch on the tiny test model, whose logits are ~1 in size):
 fp32 1e-4; int8 0.05; int4 0.3. With ``accuracy_level=0`` the quantized logits equal PyTorch's on weights
