@@ -1,5 +1,6 @@
 """slimkit's integer codes (the autoround quantizer's) written into GGUF block formats as they are."""
 
+import copy
 import functools
 
 import gguf
@@ -60,6 +61,41 @@ def artifact(tmp_path_factory, **values):
     return _artifact(tmp_path_factory.getbasetemp(), **values)
 
 
+@functools.cache
+def _coded(bits, group_size, sym, embedding_bits):
+    """The tiny model with round-to-nearest codes on every decoder Linear (and the embedding if
+    ``embedding_bits``), attached the way the autoround quantizer leaves them in memory: fast, no AutoRound."""
+    layout = pytest.importorskip("slimkit_autoround.layout")
+    state = random_token_state()
+    lo, hi = layout.code_range(bits)
+    with torch.no_grad():
+        for name, module in state.model.named_modules():
+            if isinstance(module, torch.nn.Linear) and name != "lm_head":
+                w = module.weight.float()
+                if sym:
+                    spec = layout.round_to_nearest(w, bits, group_size)
+                else:
+                    groups = w.view(w.shape[0], -1, group_size)
+                    wmin, wmax = groups.amin(-1).clamp(max=0), groups.amax(-1).clamp(min=0)
+                    scale = ((wmax - wmin) / (hi - lo)).to(torch.float16).clamp(min=1e-4)
+                    zero = torch.clamp(torch.round(lo - wmin / scale.float()), lo, hi)
+                    codes = torch.clamp(torch.round(groups / scale.float()[..., None]) + zero[..., None], lo, hi)
+                    spec = layout.IntWeights(bits, group_size, False, scale, codes.to(torch.int8).view(w.shape),
+                                             zero.to(torch.int8))
+                module.weight.copy_(spec.dequantize())
+                setattr(module, layout.ATTRIBUTE, spec)
+        if embedding_bits:
+            table = state.model.model.embed_tokens
+            spec = layout.round_to_nearest(table.weight, embedding_bits, group_size)
+            table.weight.copy_(spec.dequantize())
+            setattr(table, layout.ATTRIBUTE, spec)
+    return state
+
+
+def coded(bits=4, group_size=64, sym=True, embedding_bits=None):
+    return copy.deepcopy(_coded(bits, group_size, sym, embedding_bits))
+
+
 def _export(model, tokenizer, out, **config):
     out.mkdir(parents=True)
     return GGUFExporter(GGUFConfig(**config)).export(out, model, tokenizer, out)
@@ -110,8 +146,9 @@ def test_transformers_reads_the_carried_file_as_the_autoround_model(tmp_path_fac
     assert (model_logits(back.eval(), probe) - model_logits(model, probe)).abs().max().item() < 1e-4
 
 
-def test_int8_codes_are_carried_as_q8_0_and_said_so_under_q4_0(tmp_path_factory, tmp_path):
-    state, _, model = artifact(tmp_path_factory, bits=8, group_size=32, embedding="int8")
+def test_int8_codes_are_carried_as_q8_0_and_said_so_under_q4_0(tmp_path):
+    state = coded(bits=8, group_size=32, embedding_bits=8)
+    model = state.model
     facts = _export(model, state.tokenizer, tmp_path / "auto")
     assert facts["requantized"] is False and facts["tensor_types"] == {"Q8_0": 29, "F32": 9}
     stored = _file_weights(tmp_path / "auto" / FILE_NAME)
@@ -126,9 +163,9 @@ def test_int8_codes_are_carried_as_q8_0_and_said_so_under_q4_0(tmp_path_factory,
 
 @pytest.mark.parametrize("values,reason", [({"sym": False, "group_size": 64}, "asymmetric 4-bit codes"),
                                            ({"group_size": 16}, "groups of 16")])
-def test_codes_gguf_cannot_hold_are_exact_f32_under_auto_and_requantized_under_q4_0(tmp_path_factory, tmp_path,
-                                                                                     values, reason):
-    state, _, model = artifact(tmp_path_factory, **values)  # the embedding stays float
+def test_codes_gguf_cannot_hold_are_exact_f32_under_auto_and_requantized_under_q4_0(tmp_path, values, reason):
+    state = coded(**values)  # the embedding stays float
+    model = state.model
     facts = _export(model, state.tokenizer, tmp_path / "auto")
     assert facts["requantized"] is False and facts["carried_tensors"] == 0 and reason in facts["notes"]
     assert "exact dequantized values as F32" in facts["notes"]
@@ -141,8 +178,6 @@ def test_codes_gguf_cannot_hold_are_exact_f32_under_auto_and_requantized_under_q
 
 def test_codes_that_no_longer_give_the_weight_are_refused(tmp_path_factory, tmp_path):
     state, _, model = artifact(tmp_path_factory, group_size=64, embedding="int4")
-    import copy
-
     model = copy.deepcopy(model)
     with torch.no_grad():
         model.model.layers[0].mlp.up_proj.weight.add_(1e-3)

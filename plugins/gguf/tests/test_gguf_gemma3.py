@@ -67,22 +67,28 @@ def test_tiny_gemma3_runs_in_llama_cpp(tmp_path):
 
 
 def test_gemma3_int4_codes_are_carried(tmp_path):
-    pytest.importorskip("auto_round")
-    pytest.importorskip("compressed_tensors")
-    from slimkit_autoround import AutoRoundConfig, AutoRoundQuantizer
-
-    from slimkit.core.state import PipelineState
-
+    """Round-to-nearest int4 codes on every Linear and the tied embedding (attached as the autoround quantizer
+    leaves them): every matrix Q4_0 from the codes, norms shifted to 1 + w, nothing re-quantized."""
+    layout = pytest.importorskip("slimkit_autoround.layout")
     state = random_token_state()
     model = tiny_gemma3()
-    gemma = PipelineState(model, state.tokenizer, state.data, model)
-    AutoRoundQuantizer(AutoRoundConfig(method="rtn", group_size=32, embedding="int4")).apply(gemma)
-    facts = _export(gemma.model, state.tokenizer, tmp_path / "gguf")
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if (isinstance(module, torch.nn.Linear) and name != "lm_head") or name == "model.embed_tokens":
+                spec = layout.round_to_nearest(module.weight, 4, 32)
+                module.weight.copy_(spec.dequantize())
+                setattr(module, layout.ATTRIBUTE, spec)
+    facts = _export(model, state.tokenizer, tmp_path / "gguf")
     assert facts["requantized"] is False and facts["carried_tensors"] == 6 * 7 + 1
     stored = {t.name: t for t in gguf.GGUFReader(tmp_path / "gguf" / FILE_NAME).tensors}
-    down = stored["blk.5.ffn_down.weight"]
-    values = torch.from_numpy(gguf.quants.dequantize(down.data, down.tensor_type))
-    assert torch.equal(values, gemma.model.model.layers[5].mlp.down_proj.weight.detach())
+    for gguf_name, weight in (("blk.5.ffn_down.weight", model.model.layers[5].mlp.down_proj.weight),
+                              ("blk.0.attn_q.weight", model.model.layers[0].self_attn.q_proj.weight),
+                              ("token_embd.weight", model.model.embed_tokens.weight),
+                              ("blk.2.post_ffw_norm.weight", model.model.layers[2].post_feedforward_layernorm.weight + 1)):
+        tensor = stored[gguf_name]
+        values = torch.from_numpy(gguf.quants.dequantize(tensor.data, tensor.tensor_type)).reshape(weight.shape)
+        assert torch.equal(values, weight.detach()), gguf_name
+    assert stored["blk.0.attn_q.weight"].tensor_type == gguf.GGMLQuantizationType.Q4_0
 
 
 @pytest.mark.parametrize("overrides,match", [({"query_pre_attn_scalar": 32}, "query_pre_attn_scalar=32"),
