@@ -86,7 +86,7 @@ def test_gemma3_int4_codes_are_carried(tmp_path):
                               ("token_embd.weight", model.model.embed_tokens.weight),
                               ("blk.2.post_ffw_norm.weight", model.model.layers[2].post_feedforward_layernorm.weight + 1)):
         tensor = stored[gguf_name]
-        values = torch.from_numpy(gguf.quants.dequantize(tensor.data, tensor.tensor_type)).reshape(weight.shape)
+        values = torch.from_numpy(gguf.quants.dequantize(tensor.data, tensor.tensor_type).copy()).reshape(weight.shape)
         assert torch.equal(values, weight.detach()), gguf_name
     assert stored["blk.0.attn_q.weight"].tensor_type == gguf.GGMLQuantizationType.Q4_0
 
