@@ -41,6 +41,9 @@ size): f32 1e-3 (bit-exact through transformers' loader; llama.cpp's kernels sum
 order), f16/bf16 1e-2, q8_0 5e-2, q5_*/q4_* 0.3; and, for every format, the file's logits equal
 PyTorch's on the same weights dequantized by gguf-py within 1e-4 (transformers' loader) or, in
 llama.cpp, within 2e-2 (Q8_0) / 5e-2 (Q4_0), which also quantizes activations to 8 bits in its dot products.
+Carried integer codes: the file's dequantized weights equal the artifact's bit for bit (gguf-py's ``dequantize``),
+so its logits equal the quantized PyTorch model's within 1e-4 through transformers' loader and 5e-2 in llama.cpp
+(tests/test_gguf_codes.py).
 
 Runtime: llama.cpp through ``llama-cpp-python`` when importable (``pip install llama-cpp-python``
 builds it from source: ``apt-get install build-essential cmake`` first, ~15 min on 2 cores); otherwise
