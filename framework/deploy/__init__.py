@@ -92,7 +92,7 @@ def deploy_one(plan: PlannedExport, artifact_dir: Path, model: Any, tokenizer: A
     }
     windows = eval_windows if eval_cfg.get("perplexity", True) else None
     entry.update(quality(session, windows, tokenizer, list(eval_cfg.get("tasks") or []), eval_cfg.get("task_samples", 200),
-                         baseline, int(eval_cfg.get("batch_size", 4)), label=name, task_windows=eval_windows))
+                         baseline, int(eval_cfg.get("batch_size", 1)), label=name, task_windows=eval_windows))
     if baseline.get("perplexity") and entry.get("perplexity"):
         entry["perplexity_ratio"] = entry["perplexity"] / baseline["perplexity"]
     if baseline.get("size_bytes"):
