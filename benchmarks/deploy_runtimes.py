@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -178,13 +177,14 @@ def main() -> None:
     if Path(args.out).exists():
         parser.error(f"{args.out} exists; results files are never overwritten: choose a new name")
 
+    from slimkit_onnx import OnnxConfig, OnnxExporter
+    from slimkit_openvino import OpenVinoConfig, OpenVinoExporter
+
     from slimkit.data import build_splits
     from slimkit.deploy.evaluate import quality
     from slimkit.deploy.serving import serving_speed
     from slimkit.evaluation import perplexity
     from slimkit.models import load_model
-    from slimkit_onnx import OnnxConfig, OnnxExporter
-    from slimkit_openvino import OpenVinoConfig, OpenVinoExporter
 
     torch.set_num_threads(1)
     loaded = load_model(args.model)

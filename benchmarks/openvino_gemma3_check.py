@@ -62,7 +62,8 @@ def main() -> None:
         "prefill_max_abs_logit_diff": diff.max().item(), "prefill_mean_abs_logit_diff": diff.mean().item(),
         "prompt_tokens": args.prompt_tokens, "greedy_tokens_openvino": got, "greedy_tokens_pytorch": expected,
         "greedy_equal": got == expected,
-        "versions": {"torch": torch.__version__, "openvino": openvino.get_version(), "python": platform.python_version()},
+        "versions": {"torch": torch.__version__, "openvino": openvino.get_version(),
+                     "python": platform.python_version()},
         "load_average": list(os.getloadavg()),
     }
     Path(args.out).write_text(json.dumps(report, indent=1, default=str))

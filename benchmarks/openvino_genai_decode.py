@@ -55,9 +55,10 @@ class GenAISession:
 
 
 def child(spec: dict) -> dict:
+    from slimkit_openvino import OpenVinoExporter
+
     from slimkit.deploy.serving import TorchSession
     from slimkit.models import load_model
-    from slimkit_openvino import OpenVinoExporter
 
     torch.set_num_threads(1)
     folder = Path(spec["export"])
@@ -104,11 +105,10 @@ def main() -> None:
     args = parser.parse_args()
     if Path(args.out).exists():
         parser.error(f"{args.out} exists; results files are never overwritten: choose a new name")
-    import openvino
-    import openvino_genai
-
     import tempfile
 
+    import openvino
+    import openvino_genai
     from slimkit_openvino import OpenVinoConfig, OpenVinoExporter
 
     from slimkit.data import build_splits
@@ -131,8 +131,8 @@ def main() -> None:
     runs = []
     try:
         for i in range(args.processes):
-            done = subprocess.run([sys.executable, __file__, "--child", str(spec_file)], capture_output=True,
-                                  text=True, env=env)
+            done = subprocess.run([sys.executable, __file__, "--child", str(spec_file)], check=False,
+                                  capture_output=True, text=True, env=env)
             if done.returncode:
                 raise RuntimeError(done.stderr[-3000:])
             runs.append(json.loads(done.stdout.strip().splitlines()[-1]))

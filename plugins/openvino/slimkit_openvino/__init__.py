@@ -166,7 +166,7 @@ class OpenVinoExporter(Exporter):
                           "lm_head in int8 asymmetric per channel (NNCF's backup precision)"}
 
     @classmethod
-    def open(cls, out_dir: Path, threads: int = 1) -> "OpenVinoSession":
+    def open(cls, out_dir: Path, threads: int = 1) -> OpenVinoSession:
         cls.check_dependencies()
         return OpenVinoSession(Path(out_dir), threads)
 
@@ -187,7 +187,7 @@ def write_genai_tokenizers(tokenizer, out_dir: Path) -> str:
 
     try:
         encoder, decoder = openvino_tokenizers.convert_tokenizer(tokenizer, with_detokenizer=True)
-    except Exception as exc:  # the converter raises many types for tokenizers it cannot take
+    except Exception as exc:  # noqa: BLE001 - the converter raises many types for tokenizers it cannot take
         return f"no OpenVINO tokenizer written: openvino_tokenizers could not convert it ({type(exc).__name__}: {exc})"
     openvino.save_model(encoder, out_dir / "openvino_tokenizer.xml")
     openvino.save_model(decoder, out_dir / "openvino_detokenizer.xml")
@@ -338,10 +338,10 @@ class OpenVinoSession:
         if reset:
             self._request.reset_state()
             self._past = 0
+        positions = np.arange(self._past, self._past + length, dtype=np.int64)
         result = self._request.infer({
             "input_ids": ids, "attention_mask": np.ones((batch, self._past + length), np.int64),
-            "position_ids": np.broadcast_to(np.arange(self._past, self._past + length, dtype=np.int64), (batch, length)),
-            "beam_idx": np.arange(batch, dtype=np.int32)})
+            "position_ids": np.broadcast_to(positions, (batch, length)), "beam_idx": np.arange(batch, dtype=np.int32)})
         self._past += length
         return result["logits"]
 

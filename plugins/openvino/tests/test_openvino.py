@@ -101,7 +101,6 @@ def test_stateful_decode_matches_pytorch_and_state_resets_between_calls(tmp_path
     and V), decode steps give PyTorch's logits, two generations in a row give the same tokens (PyTorch's),
     and a batch after a generation starts from an empty cache."""
     import openvino
-
     from slimkit_openvino import INPUTS
 
     model = _peaked_tiny_model()
