@@ -30,6 +30,7 @@ import torch
 
 from slimkit import ArtifactError, ConfigError, check_choice
 from slimkit.core.plugin import Exporter, ExporterConfig
+from slimkit.deploy.holdings import RUNTIME_KERNELS, artifact_weights
 from slimkit.toolkit.quantization import float_model
 
 __all__ = ["OpenVinoConfig", "OpenVinoExporter", "OpenVinoSession"]
@@ -40,11 +41,6 @@ KV_CACHE_PRECISIONS = ("auto", "f32", "bf16", "u8")
 #: model types whose export was checked against PyTorch logits and greedy decoding (plugins/openvino/tests;
 #: SmolLM2 in benchmarks/deploy_runtimes.py; Gemma-3 on a tiny config with a sliding window shorter than the test)
 CHECKED_MODEL_TYPES = ("llama", "gemma3_text")
-#: artifact writers whose weights are not float tensors torch.export can capture
-QUANTIZED_WRITERS = {
-    "bnb": "bitsandbytes NF4/FP4/LLM.int8 weights",
-    "int8": "the int8 quantizer's SmoothQuant-scaled W8A8 weights and fused kernels",
-}
 MODEL_XML = "openvino_model.xml"
 SETTINGS_FILE = "slimkit_export.json"
 
@@ -101,10 +97,12 @@ class OpenVinoExporter(Exporter):
             raise ConfigError("exporter", "openvino", "a model of type " + ", ".join(CHECKED_MODEL_TYPES),
                               f"model type {model_type!r}: its OpenVINO export has not been checked against PyTorch "
                               "logits by this exporter; try exporter=onnx")
-        if writer in QUANTIZED_WRITERS:
+        if artifact_weights(writer) == RUNTIME_KERNELS:  # asked of the writer: slimkit.deploy.holdings
             raise ConfigError(
-                "exporter", "openvino", "a float artifact: no slimkit quantizer, or a pruner/distiller only",
-                f"quantizer={writer} writes {QUANTIZED_WRITERS[writer]}, which do not trace into OpenVINO ops. "
+                "exporter", "openvino", "an artifact of float weights, exactly dequantizable weights (quanto) or "
+                "integer codes (autoround)",
+                f"quantizer={writer} writes packed weights or kernels only its own backend runs, which do not trace "
+                "into OpenVINO ops. "
                 f"Alternatives: drop the quantizer (~quantizer) and let NNCF quantize "
                 f"(exporter.openvino.weights=int8 or int4), or exporter=gguf")
         if self.config.bits == "int4":
