@@ -9,7 +9,8 @@ Rows:
   ``ov-nncf``: the fp32 model converted (torch.export → openvino.convert_model; optimum-intel does not
   co-install with transformers>=5.24), compressed with ``nncf.compress_weights`` in NNCF's default mode (int8:
   INT8_ASYM per channel; int4: INT4_ASYM, group 64 because NNCF's default 128 does not divide SmolLM2's 576) and
-  run at OpenVINO's default inference precision on this CPU (bf16).
+  run at OpenVINO's default inference and KV-cache precisions on this CPU (bf16, u8). Since the plugin writes a
+  stateful IR (KV cache as model state, optimum-intel's layout), so do these rows.
 - (b) ``slimkit``: the ``onnx`` / ``openvino`` exporter plugins on the model slimkit loaded, with their own
   defaults (OpenVINO: f32 inference unless the row says bf16).
 
@@ -25,7 +26,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -88,7 +88,8 @@ def runtime_default_ort(hf_dir: Path, out: Path, precision: str) -> dict:
 
 
 def runtime_default_ov(model, tokenizer, out: Path, bits: str) -> dict:
-    """(a): NNCF's default compression mode, OpenVINO's default inference precision (bf16 on this CPU)."""
+    """(a): NNCF's default compression mode on the plugin's stateful IR, run at OpenVINO's default inference and
+    KV-cache precisions (bf16 and u8 on this CPU)."""
     import nncf
     import openvino
     from slimkit_openvino import MODEL_XML, SETTINGS_FILE, _kv_shapes, convert
@@ -99,12 +100,32 @@ def runtime_default_ov(model, tokenizer, out: Path, bits: str) -> dict:
     ov_model = nncf.compress_weights(ov_model, **kwargs)
     openvino.save_model(ov_model, out / MODEL_XML, compress_to_fp16=False)
     tokenizer.save_pretrained(out)
-    precision = str(openvino.Core().get_property("CPU", "INFERENCE_PRECISION_HINT"))
+    core = openvino.Core()
+    precision = str(core.get_property("CPU", "INFERENCE_PRECISION_HINT"))
+    cache = str(core.get_property("CPU", "KV_CACHE_PRECISION"))  # e.g. <Type: 'uint8_t'>
+    cache_names = {"uint8": "u8", "u8": "u8", "bfloat16": "bf16", "bf16": "bf16", "float32": "f32", "f32": "f32"}
     settings = {"exporter": "openvino", "inference_precision": "bf16" if "bfloat16" in precision or "bf16" in precision else "f32",
+                "kv_cache_precision": next((v for k, v in cache_names.items() if k in cache), "f32"),
+                "openvino_default_kv_cache_precision": cache, "stateful": True,
                 "kv_shapes": _kv_shapes(model), "weights": bits, "openvino_default_precision": precision,
                 "scheme": f"nncf.compress_weights({', '.join(f'{k}={v}' for k, v in kwargs.items())})"}
     (out / SETTINGS_FILE).write_text(json.dumps(settings))
     return settings
+
+
+def fp32_tasks(model, tokenizer, tasks: list[str], samples: int, windows) -> dict:
+    """The fp32 model's task scores, shaped as ``slimkit.deploy.evaluate.quality`` reads its baseline."""
+    from types import SimpleNamespace
+
+    from slimkit.evaluation.tasks import TaskSet
+
+    task_set = TaskSet(tasks)
+    task_set.bind(SimpleNamespace(eval=windows), tokenizer)
+    scores = task_set.evaluate(model, tokenizer, samples, 4, "fp32")
+    out = {"tasks": scores}
+    if "sentiment" in scores:
+        out["sentiment_accuracy"] = scores["sentiment"][task_set.infos["sentiment"].metric]
+    return out
 
 
 def render(path: str) -> str:
@@ -121,6 +142,8 @@ def render(path: str) -> str:
         task = (row.get("tasks") or {}).get("sentiment", {}).get("final")
         precision = facts.get("inference_precision")
         scheme = facts.get("scheme", "") + (f"; inference {precision}" if precision else "")
+        if facts.get("kv_cache_precision"):
+            scheme += f", KV cache {facts['kv_cache_precision']} (stateful)"
         label = row["row"]
         if "bf16" in label and precision == "f32":  # the first runs misread OpenVINO's default ("bfloat16")
             label = label.replace("bf16", "**ran at f32**")
@@ -154,14 +177,14 @@ def main() -> None:
     if Path(args.out).exists():
         parser.error(f"{args.out} exists; results files are never overwritten: choose a new name")
 
+    from slimkit_onnx import OnnxConfig, OnnxExporter
+    from slimkit_openvino import OpenVinoConfig, OpenVinoExporter
+
     from slimkit.data import build_splits
     from slimkit.deploy.evaluate import quality
     from slimkit.deploy.serving import serving_speed
     from slimkit.evaluation import perplexity
-    from slimkit.evaluation.tasks import task_metrics
     from slimkit.models import load_model
-    from slimkit_onnx import OnnxConfig, OnnxExporter
-    from slimkit_openvino import OpenVinoConfig, OpenVinoExporter
 
     torch.set_num_threads(1)
     loaded = load_model(args.model)
@@ -183,7 +206,7 @@ def main() -> None:
     else:
         baseline = {"perplexity": perplexity(model, data.eval, 4, desc="perplexity [fp32]")}
         if tasks:
-            baseline.update(task_metrics(model, tokenizer, tasks, args.task_samples, "fp32"))
+            baseline.update(fp32_tasks(model, tokenizer, tasks, args.task_samples, data.eval))
         with tempfile.TemporaryDirectory() as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             baseline["size_bytes"] = sum(p.stat().st_size for p in Path(tmp).glob("*.safetensors"))
@@ -204,6 +227,8 @@ def main() -> None:
         "slimkit openvino int4 sym g64 f32 (b)": ("openvino", OpenVinoExporter(OpenVinoConfig(weights="int4", symmetric=True))),
         "slimkit openvino int4 sym g64 bf16 (b)": ("openvino", OpenVinoExporter(OpenVinoConfig(
             weights="int4", symmetric=True, inference_precision="bf16"))),
+        "slimkit openvino int8 bf16 u8-kv (b)": ("openvino", OpenVinoExporter(OpenVinoConfig(
+            weights="int8", inference_precision="bf16", kv_cache_precision="u8"))),
     }
     chosen = list(rows) if args.rows == "all" else [r.strip() for r in args.rows.split(";")]
     keep = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="deploy-runtimes-"))

@@ -1,5 +1,6 @@
 """Sparse tensor storage: exact round trips, smaller files with sparsity, whole-model save/load."""
 
+import json
 import os
 
 import pytest
@@ -113,3 +114,29 @@ def test_model_round_trip_keeps_ties_and_logits(tmp_path):
     ids = torch.randint(0, 512, (2, 16))
     with torch.no_grad():
         assert torch.equal(reloaded(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+def test_streamed_file_is_what_safetensors_writes(tmp_path):
+    """save_tensors streams its file itself: safetensors' own reader must see the same tensors, metadata and
+    byte-identical data as safetensors' whole-file writer would store for the same encoded tensors."""
+    from safetensors import safe_open
+
+    from slimkit.toolkit.storage import encode
+
+    tensors = {"w": _sparse((96, 80), 0.5), "bf16": _sparse((33, 65), 0.6, torch.bfloat16),
+               "int8": (_sparse((64, 64), 0.7) * 20).to(torch.int8), "dense": torch.randn(17, 3),
+               "flags": torch.rand(31) > 0.5, "scalar": torch.tensor(2.0, dtype=torch.float64),
+               "t": torch.randn(40, 30).t()}  # non-contiguous
+    save_tensors(tensors, tmp_path / "streamed.safetensors", metadata={"format": "pt"})
+    encoded, index = encode(tensors)
+    assert set(index) == {"w", "bf16", "int8"}
+    with safe_open(str(tmp_path / "streamed.safetensors"), framework="pt") as fh:
+        assert set(fh.keys()) == set(encoded)
+        assert fh.metadata()["format"] == "pt" and json.loads(fh.metadata()[SPARSE_KEY]) == index
+        for name, expected in encoded.items():
+            got = fh.get_tensor(name)
+            assert got.dtype == expected.dtype and got.shape == expected.shape
+            assert torch.equal(_bits(got.contiguous()), _bits(expected.contiguous())), name
+    back = load_tensors(tmp_path / "streamed.safetensors")
+    assert all(torch.equal(back[k], v) for k, v in tensors.items() if k != "flags")
+    assert torch.equal(back["flags"], tensors["flags"])

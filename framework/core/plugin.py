@@ -268,6 +268,10 @@ class Stage(Plugin):
     needs_reference: ClassVar[bool] = False
     #: True for a stage that zeroes weights in place (unstructured pruning): later writers should store them sparsely
     zeroes_weights: ClassVar[bool] = False
+    #: the form of the weights this stage's artifact holds, which exporters read (:mod:`slimkit.deploy.holdings`):
+    #: "float", "dequantizable" (tensors that dequantize themselves exactly), "int_codes" (float weights equal to
+    #: integer codes x scales, the codes on each module as ``slimkit_int_weights``) or "runtime_kernels"
+    artifact_weights: ClassVar[str] = "float"
 
     def check_model(self, model_config: Any) -> None:
         """Optional: before any weights load, raise a slimkit error (naming the model type, this backend and what

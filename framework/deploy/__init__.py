@@ -4,7 +4,10 @@
 artifact is saved, writes its files atomically into ``<output>/deploy/<exporter>/``, loads them back
 in the runtime and measures them with the PyTorch stages' metrics (perplexity on the eval windows,
 task accuracy, size on disk, prefill/decode speed against PyTorch fp32 in fresh processes). The
-report's ``deployments`` list holds one entry per export.
+report's ``deployments`` list holds one entry per export. What the artifact's weights are (float, exactly
+dequantizable, integer codes, or kernels only their backend runs) is declared by the stage that wrote it and
+read by exporters through :mod:`slimkit.deploy.holdings`, so an exporter carries integer codes into its format
+where the format holds them and keeps no list of quantizer names.
 """
 
 from __future__ import annotations
@@ -89,7 +92,7 @@ def deploy_one(plan: PlannedExport, artifact_dir: Path, model: Any, tokenizer: A
     }
     windows = eval_windows if eval_cfg.get("perplexity", True) else None
     entry.update(quality(session, windows, tokenizer, list(eval_cfg.get("tasks") or []), eval_cfg.get("task_samples", 200),
-                         baseline, int(eval_cfg.get("batch_size", 4)), label=name, task_windows=eval_windows))
+                         baseline, int(eval_cfg.get("batch_size", 1)), label=name, task_windows=eval_windows))
     if baseline.get("perplexity") and entry.get("perplexity"):
         entry["perplexity_ratio"] = entry["perplexity"] / baseline["perplexity"]
     if baseline.get("size_bytes"):

@@ -73,7 +73,10 @@ class EvalConfig:
     prompt_tokens: int = 128
     decode_tokens: int = 32
     repeats: int = 5
-    batch_size: int = 4
+    #: windows/prompts per forward pass for perplexity and tasks. 1 (the default) keeps the full-vocabulary
+    #: logits of one sequence in memory (SmolLM2: 4 windows of 256 tokens = 0.2 GB of logits) and scores every
+    #: prompt alone, as it is served; on CPU larger batches are not faster
+    batch_size: int = 1
     #: 'serving': fresh processes that load only the original and the artifact (how a deployed model runs);
     #: 'in_process': this run's own process. The report's timing.condition says which
     latency_condition: str = "serving"

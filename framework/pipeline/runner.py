@@ -4,7 +4,6 @@ reload and verify → measure latency against the original → report."""
 from __future__ import annotations
 
 import fnmatch
-import gc
 import logging
 import tempfile
 import time
@@ -17,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from slimkit.core import artifact
 from slimkit.core.errors import ArtifactError, ConfigError, StageOrderError
 from slimkit.core.loader import load
+from slimkit.core.memory import large_frees_to_os, peak_rss_bytes, release_memory
 from slimkit.core.plugin import STAGE_KINDS, Kind, PrunerConfig, QuantizerConfig, Stage
 from slimkit.core.processes import is_main_process
 from slimkit.core.registry import PluginInfo, Registry, default_registry
@@ -133,28 +133,6 @@ class Original:
             loaded = load_model(cfg["name"], cfg.get("path"), cfg.get("trust_remote_code", False), self.seed,
                                 dtype=cfg.get("dtype", "float32"), device=cfg.get("device", "cpu"))
         return loaded.model.eval().requires_grad_(False)
-
-
-def release_memory() -> None:
-    """Collect garbage and hand freed heap pages back to the OS. glibc keeps freed chunks below its mmap
-    threshold (up to 32 MB: most weight matrices) in the process, so without this a later phase adds its
-    memory on top of what an earlier one freed (e.g. tokenizing the corpus, a stage's float weights)."""
-    gc.collect()
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to hand back this way
-        pass
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident memory so far (the kernel's high-water mark)."""
-    import resource
-    import sys
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB on Linux
 
 
 def stage_record(info: PluginInfo, stage: Stage) -> dict[str, Any]:
@@ -316,6 +294,7 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
     check_module_globs(stages, skeleton)
     main = is_main_process()  # data-parallel workers other than the main one train, and write nothing
 
+    mmap_threshold = large_frees_to_os()  # a stage swapping one model's weights for another's peaks at one, not both
     loaded = load_model(model_cfg["name"], model_cfg.get("path"), model_cfg.get("trust_remote_code", False), seed,
                         dtype=dtype, device=model_cfg.get("device", "cpu"))
     tokenizer = loaded.tokenizer
@@ -330,7 +309,7 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
     state = PipelineState(loaded.model, tokenizer, data, skeleton, settings=settings,
                           work_dir=output_dir, seed=seed, recover=recovery_hook(stages))
     loaded.model = None  # the state holds the one full copy of the model
-    bs = eval_cfg.get("batch_size", 4)
+    bs = eval_cfg.get("batch_size", 1)
 
     def evaluate(model: torch.nn.Module, label: str) -> dict[str, Any]:
         if not eval_cfg.get("perplexity", True) or not main:
@@ -409,7 +388,7 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
         "artifact": str(target),
         "seed": seed,
         "torch": torch.__version__,
-        "resources": {"peak_rss_bytes": peak_rss_bytes()},
+        "resources": {"peak_rss_bytes": peak_rss_bytes(), "malloc_mmap_threshold_bytes": mmap_threshold},
     }
     report["ratios"].update({f"{name}_retained": t["retained"] for name, t in report["tasks"].items()
                              if t["retained"] is not None})

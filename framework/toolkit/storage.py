@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import os
+import struct
+import sys
 from typing import Any, Mapping
 
 import numpy as np
@@ -63,22 +65,22 @@ def encode(tensors: Mapping[str, torch.Tensor], min_saving: float = 0.0, keep_ne
     out: dict[str, torch.Tensor] = {}
     index: dict[str, dict] = {}
     for name, tensor in tensors.items():
-        if name.endswith((MASK, VALUES)):
-            raise ArtifactError(f"tensor name {name!r} ends with a suffix reserved for sparse storage ({MASK}, {VALUES})")
+        _check_name(name)
         t = tensor.detach().cpu().contiguous()
-        if _encodable(t):
-            keep = _nonzero(t, keep_negative_zero)
-            nnz = int(keep.sum())
-            dense_bytes = t.numel() * t.element_size()
-            sparse_bytes = (t.numel() + 7) // 8 + nnz * t.element_size()
-            if sparse_bytes < dense_bytes * (1.0 - min_saving):
-                bits = np.packbits(keep.numpy())
-                out[name + MASK] = torch.from_numpy(bits)
-                out[name + VALUES] = t.reshape(-1)[keep].clone()
-                index[name] = {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch."), "nnz": nnz}
-                continue
-        out[name] = t
+        nnz = _sparse_nnz(t, min_saving, keep_negative_zero)
+        if nnz is None:
+            out[name] = t
+            continue
+        out[name + MASK], out[name + VALUES] = _sparse_parts(t, keep_negative_zero)
+        index[name] = {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch."), "nnz": nnz}
     return out, index
+
+
+#: safetensors' dtype names (the format's header) for the dtypes :func:`save_tensors` streams
+_SAFETENSORS_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+                       torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+                       torch.uint8: "U8", torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3",
+                       torch.float8_e5m2: "F8_E5M2"}
 
 
 def save_tensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike,
@@ -89,16 +91,77 @@ def save_tensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike,
     ``metadata`` (str → str) is kept in the file; ``min_saving`` and ``keep_negative_zero``: see
     :func:`encode`. Returns ``{"sparse_tensors": n, "dense_tensors": m}``.
     Shared storages must be deduplicated by the caller (safetensors refuses them), as for ``save_file``.
-    """
-    from safetensors.torch import save_file
 
+    The file is streamed one tensor at a time: a first pass counts each tensor's nonzeros (the header
+    needs every size before the data), a second encodes and writes it, so at most one encoded tensor is in
+    memory besides the model (safetensors' ``save_file`` takes every tensor at once and has no streaming
+    writer). The file is read back by safetensors' own ``safe_open``.
+    """
     meta = dict(metadata or {})
     if SPARSE_KEY in meta:
         raise ArtifactError(f"metadata key {SPARSE_KEY!r} is reserved for the sparse index")
-    out, index = encode(tensors, min_saving, keep_negative_zero)
+    if sys.byteorder != "little" or any(t.dtype not in _SAFETENSORS_DTYPES for t in tensors.values()):
+        from safetensors.torch import save_file  # whole-file writer for dtypes this one does not map
+
+        out, index = encode(tensors, min_saving, keep_negative_zero)
+        meta[SPARSE_KEY] = json.dumps(index, separators=(",", ":"))
+        save_file(out, str(path), metadata=meta)
+        return {"sparse_tensors": len(index), "dense_tensors": len(tensors) - len(index)}
+    header: dict[str, Any] = {}
+    index: dict[str, dict] = {}
+    sparse: set[str] = set()
+    offset = 0
+
+    def entry(name: str, dtype: torch.dtype, shape: list[int], numel: int) -> None:
+        nonlocal offset
+        end = offset + numel * torch.empty((), dtype=dtype).element_size()
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": shape, "data_offsets": [offset, end]}
+        offset = end
+
+    for name, tensor in tensors.items():  # pass 1: sizes only
+        _check_name(name)
+        nnz = _sparse_nnz(tensor, min_saving, keep_negative_zero)
+        if nnz is None:
+            entry(name, tensor.dtype, list(tensor.shape), tensor.numel())
+            continue
+        sparse.add(name)
+        index[name] = {"shape": list(tensor.shape), "dtype": str(tensor.dtype).removeprefix("torch."), "nnz": nnz}
+        entry(name + MASK, torch.uint8, [(tensor.numel() + 7) // 8], (tensor.numel() + 7) // 8)
+        entry(name + VALUES, tensor.dtype, [nnz], nnz)
     meta[SPARSE_KEY] = json.dumps(index, separators=(",", ":"))
-    save_file(out, str(path), metadata=meta)
+    blob = json.dumps({"__metadata__": meta, **header}, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    with open(path, "wb") as fh:  # pass 2: encode and write one tensor at a time
+        fh.write(struct.pack("<Q", len(blob)))
+        fh.write(blob)
+        for name, tensor in tensors.items():
+            t = tensor.detach().cpu().contiguous()
+            parts = _sparse_parts(t, keep_negative_zero) if name in sparse else (t,)
+            for part in parts:
+                fh.write(part.reshape(-1).view(torch.uint8).numpy().data)
     return {"sparse_tensors": len(index), "dense_tensors": len(tensors) - len(index)}
+
+
+def _check_name(name: str) -> None:
+    if name.endswith((MASK, VALUES)):
+        raise ArtifactError(f"tensor name {name!r} ends with a suffix reserved for sparse storage ({MASK}, {VALUES})")
+
+
+def _sparse_nnz(tensor: torch.Tensor, min_saving: float, keep_negative_zero: bool) -> int | None:
+    """The tensor's stored-value count if it is stored sparse (smaller than dense by more than
+    ``min_saving``), else None."""
+    t = tensor.detach()
+    if not _encodable(t):
+        return None
+    nnz = int(_nonzero(t.cpu().contiguous(), keep_negative_zero).sum())
+    sparse_bytes = (t.numel() + 7) // 8 + nnz * t.element_size()
+    return nnz if sparse_bytes < t.numel() * t.element_size() * (1.0 - min_saving) else None
+
+
+def _sparse_parts(t: torch.Tensor, keep_negative_zero: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(bitmask in ``numpy.packbits`` order, nonzero values in row-major order) of a contiguous tensor."""
+    keep = _nonzero(t, keep_negative_zero)
+    return torch.from_numpy(np.packbits(keep.numpy())), t.reshape(-1)[keep]
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:

@@ -154,6 +154,7 @@ class AutoRoundQuantizer(Stage):
 
     kind = Kind.QUANTIZER
     name = "autoround"
+    artifact_weights = "int_codes"
     Config = AutoRoundConfig
     requires = {"auto_round": "pip install slimkit-autoround (auto-round>=0.16,<0.17)",
                 "compressed_tensors": "pip install compressed-tensors>=0.20,<0.21"}

@@ -143,6 +143,7 @@ class BnbQuantizer(Stage):
 
     kind = Kind.QUANTIZER
     name = "bnb"
+    artifact_weights = "runtime_kernels"
     Config = BnbConfig
     requires = {"bitsandbytes": "pip install bitsandbytes"}
 

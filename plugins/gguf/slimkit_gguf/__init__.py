@@ -12,25 +12,38 @@
     embeddings: auto     # the output / tied embedding matrix: auto (Q8_0 under 4/5-bit formats) or a format
 
 Model families: Llama (``LlamaForCausalLM``: SmolLM2, the tiny test model; checked in llama.cpp),
-Qwen2 and Qwen3 (same family table; checked only by reading tiny models back with transformers' GGUF
-loader). Byte-level BPE tokenizers only. Rope scaling (Llama 3.1's "llama3"), Gemma, Phi, Mistral
-and the rest are refused (a ConfigError before any weights load for the model type); llama.cpp's
-``convert_hf_to_gguf.py`` covers them. A structurally pruned model (uniform per layer) is written as
+Gemma-3 (``gemma3_text``: Gemma-3-270M; ``1 + w`` RMSNorm weights stored as llama.cpp expects, sliding-window
+layers listed per layer with their own rope base, the embedding scale and query scale in llama.cpp's graph;
+checked in llama.cpp and with transformers' GGUF loader), Qwen2 and Qwen3 (same family table; checked only by
+reading tiny models back with transformers' GGUF loader). Tokenizers: byte-level BPE (GPT-2/Llama-3/SmolLM
+style, llama.cpp's "gpt2" model) and SentencePiece-style BPE with byte fallback (Gemma, llama.cpp's "llama"
+model). Rope scaling (Llama 3.1's "llama3"), Phi, Mistral and the rest are refused (a ConfigError before any
+weights load for the model type); llama.cpp's ``convert_hf_to_gguf.py`` covers them. A structurally pruned model (uniform per layer) is written as
 its smaller architecture.
 
 Weights: "auto" writes the model's own float weights (fp32 → F32, no loss); the block formats are
 quantized by gguf-py's reference implementation, the same arithmetic as llama.cpp's quantizer for
-these types. optimum-quanto's quantized weights (``quantizer=quanto``, the default recipe) dequantize
-exactly: "auto" writes them as F32 (quanto's values, not its size), a block format re-quantizes them
-(the report's ``requantized`` and ``notes`` say so). Artifacts GGUF cannot hold or rebuild (bnb
-NF4/FP4/LLM.int8, the int8 quantizer's W8A8 kernels) are refused at config time, naming the
-alternatives.
+these types. **slimkit's integer codes are written as they are**: a module that carries symmetric codes
+(``quantizer=autoround``: ``slimkit_int_weights``) in groups of a multiple of 32 becomes Q4_0 (4-bit and
+fewer), Q5_0 or Q8_0 blocks whose ``d`` is the group's float16 scale and ``q`` the code plus the format's
+offset (``slimkit_gguf.codes``) — under "auto" the smallest of these that holds them, under an explicit
+format that format when it holds them. Codes a format cannot hold (asymmetric, groups of 16/24, 8-bit codes
+under Q4_0) are written as their exact float values under "auto", or dequantized and re-quantized by gguf-py
+under a block format; the report's ``requantized``, ``carried_tensors``, ``requantized_tensors`` and
+``notes`` say which and why. optimum-quanto's quantized weights (``quantizer=quanto``) dequantize
+exactly: "auto" writes them as F32 (quanto's values, not its size), a block format re-quantizes them.
+What the artifact holds is asked of the stage that wrote it (``Stage.artifact_weights``, see
+``slimkit.deploy.holdings``): packed weights or kernels only their own backend runs (bnb NF4/FP4/LLM.int8,
+the int8 quantizer's W8A8) are refused at config time, naming the alternatives.
 
 Documented tolerance (max |Δlogit| against PyTorch on the tiny test model, whose logits are ~1 in
 size): f32 1e-3 (bit-exact through transformers' loader; llama.cpp's kernels sum in another
 order), f16/bf16 1e-2, q8_0 5e-2, q5_*/q4_* 0.3; and, for every format, the file's logits equal
 PyTorch's on the same weights dequantized by gguf-py within 1e-4 (transformers' loader) or, in
 llama.cpp, within 2e-2 (Q8_0) / 5e-2 (Q4_0), which also quantizes activations to 8 bits in its dot products.
+Carried integer codes: the file's dequantized weights equal the artifact's bit for bit (gguf-py's ``dequantize``),
+so its logits equal the quantized PyTorch model's within 1e-4 through transformers' loader and 5e-2 in llama.cpp
+(tests/test_gguf_codes.py).
 
 Runtime: llama.cpp through ``llama-cpp-python`` when importable (``pip install llama-cpp-python``
 builds it from source: ``apt-get install build-essential cmake`` first, ~15 min on 2 cores); otherwise
@@ -47,19 +60,14 @@ from typing import Any, Optional
 import torch
 from slimkit.core.errors import ArtifactError, ConfigError
 from slimkit.core.plugin import Exporter, ExporterConfig, check_choice
+from slimkit.deploy.holdings import RUNTIME_KERNELS, artifact_weights
 from slimkit_gguf.runtime import LlamaCppSession, TransformersGGUFSession, llama_cpp_available
-from slimkit_gguf.writer import FAMILIES, WEIGHT_TYPES, quantized_modules, write_gguf
+from slimkit_gguf.writer import FAMILIES, WEIGHT_TYPES, quantized_modules, unsupported_rope, write_gguf
 
 __all__ = ["GGUFConfig", "GGUFExporter", "FILE_NAME"]
 
 FILE_NAME = "model.gguf"
 WEIGHTS = ("auto", *WEIGHT_TYPES)
-#: slimkit backends whose artifacts hold weights in a form GGUF cannot represent or rebuild
-UNHOLDABLE = {
-    "bnb": "bitsandbytes NF4/FP4/LLM.int8 weights",
-    "int8": "the int8 quantizer's SmoothQuant-scaled W8A8 weights and fused kernels",
-}
-
 
 @dataclasses.dataclass
 class GGUFConfig(ExporterConfig):
@@ -76,6 +84,13 @@ class GGUFConfig(ExporterConfig):
         check_choice("exporter.gguf.embeddings", self.embeddings, WEIGHTS)
 
 
+def _count(values: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return out
+
+
 class GGUFExporter(Exporter):
     """A single ``model.gguf`` (weights, hyperparameters and tokenizer) for llama.cpp; see the module docstring."""
 
@@ -86,10 +101,13 @@ class GGUFExporter(Exporter):
     config: GGUFConfig
 
     def check_model(self, model_config: Any, writer: Optional[str]) -> None:
-        if writer in UNHOLDABLE:
+        if artifact_weights(writer) == RUNTIME_KERNELS:
             raise ConfigError(
-                "exporter", "gguf", "a float artifact: no slimkit quantizer, or a pruner/distiller only",
-                f"quantizer={writer} writes {UNHOLDABLE[writer]}, which GGUF cannot hold. Alternatives: drop the "
+                "exporter", "gguf", "an artifact of float weights, exactly dequantizable weights (quanto) or integer "
+                "codes (autoround)",
+                f"quantizer={writer} writes packed weights or kernels only its own backend runs, which GGUF cannot "
+                f"hold. Alternatives: quantizer=autoround (its symmetric int4/int8 codes are written into Q4_0/Q8_0 as "
+                f"they are), drop the quantizer (~quantizer) and let GGUF quantize "
                 f"quantizer (~quantizer) and let GGUF quantize (exporter.gguf.weights=q8_0 or q4_0), or deploy that "
                 f"artifact with a runtime that takes it (exporter=openvino or exporter=onnx)")
         if writer == "torch_pruning":
@@ -101,11 +119,16 @@ class GGUFExporter(Exporter):
                               f"model type {getattr(model_config, 'model_type', None)!r} is not mapped to GGUF by this "
                               "exporter; llama.cpp's convert_hf_to_gguf.py converts many more families, or use "
                               "exporter=onnx / exporter=openvino")
-        rope = (getattr(model_config, "rope_parameters", None) or {}) if model_config is not None else {}
-        if rope.get("rope_type") not in (None, "default"):
+        rope = unsupported_rope(model_config) if model_config is not None else None
+        if rope is not None:
             raise ConfigError("exporter", "gguf", "a model with plain rope",
-                              f"rope scaling {rope.get('rope_type')!r} is not mapped to GGUF by this exporter; "
+                              f"rope scaling {rope!r} is not mapped to GGUF by this exporter; "
                               "llama.cpp's convert_hf_to_gguf.py converts it")
+        family = FAMILIES.get(getattr(model_config, "model_type", None))
+        why = family.unsupported(model_config) if family is not None and family.unsupported else None
+        if why:
+            raise ConfigError("exporter", "gguf", f"a {model_config.model_type} model llama.cpp's graph runs",
+                              f"this one has {why}; use exporter=onnx or exporter=openvino")
 
     def resolved_weights(self, model: torch.nn.Module) -> str:
         """``auto`` -> the model's own float dtype."""
@@ -118,19 +141,37 @@ class GGUFExporter(Exporter):
         self.check_model(model.config, None)
         quantized = quantized_modules(model)
         weights = self.resolved_weights(model)
-        facts = write_gguf(model, tokenizer, out_dir / FILE_NAME, weights, self.config.embeddings)
+        facts = write_gguf(model, tokenizer, out_dir / FILE_NAME, weights, self.config.embeddings,
+                           carry_codes=self.config.weights == "auto")
+        carried, not_carried = facts.pop("carried"), facts.pop("not_carried")
+        requantized, types = facts.pop("requantized_tensors"), facts.pop("tensor_types_by_name")
+        notes = []
+        if carried:
+            kinds = ", ".join(f"{n} {t}" for t, n in sorted(_count(carried.values()).items()))
+            notes.append(f"{len(carried)} weight matrices written from slimkit's integer codes and float16 scales as "
+                         f"they are ({kinds}), not re-quantized")
+        for kind, n in sorted(_count(not_carried.values()).items()):
+            qtype, why = kind.split(": ", 1)
+            how = (f"written as their exact dequantized values as {qtype}" if qtype == "F32" else
+                   f"dequantized and converted to {qtype}" if qtype in ("F16", "BF16") else
+                   f"dequantized and re-quantized by gguf-py to {qtype}")
+            notes.append(f"{n} matrices with integer codes {how}: the format cannot hold {why} as they are")
         if quantized:  # e.g. quanto: its integer codes times scales, dequantized exactly, then written as `weights`
             kind = sorted(set(quantized.values()))
-            notes = (f"{len(quantized)} quantized weight matrices ({', '.join(kind)}) dequantized exactly and written as "
-                     f"{weights.upper()}" + ("" if self.config.weights == "auto" else " (re-quantized by gguf-py)") +
-                     "; activation quantization, if any, is not carried (llama.cpp runs its own)")
-            requantized = self.config.weights != "auto"
-        elif self.config.weights == "auto":
-            notes, requantized = "slimkit's float weights written as they are", False
-        else:
-            notes, requantized = f"float weights converted to {weights.upper()} by gguf-py (llama.cpp's block formats)", True
-        return {"format": f"gguf {weights.upper()}", "requantized": requantized, "file": FILE_NAME, "notes": notes,
-                "dequantized_modules": len(quantized), **facts}
+            notes.append(f"{len(quantized)} quantized weight matrices ({', '.join(kind)}) dequantized exactly and "
+                         f"written as {weights.upper()}" + ("" if self.config.weights == "auto" else
+                                                            " (re-quantized by gguf-py)") +
+                         "; activation quantization, if any, is not carried (llama.cpp runs its own)")
+        floats = [n for n in requantized if n not in not_carried]
+        if floats and not quantized:
+            notes.append(f"{len(floats)} float weight matrices quantized by gguf-py (llama.cpp's block formats: "
+                         f"{', '.join(sorted({types[n] for n in floats}))})")
+        if not notes or not (carried or requantized or quantized):
+            notes.append("slimkit's float weights written as they are")
+        main = facts.pop("main_type")
+        return {"format": f"gguf {main}", "requantized": bool(requantized), "file": FILE_NAME,
+                "notes": "; ".join(notes), "dequantized_modules": len(quantized), "carried_tensors": len(carried),
+                "requantized_tensors": len(requantized), **facts}
 
     @classmethod
     def open(cls, out_dir: Path, threads: int = 1) -> Any:

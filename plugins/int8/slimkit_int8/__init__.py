@@ -102,6 +102,7 @@ class Int8Quantizer(Stage):
 
     kind = Kind.QUANTIZER
     name = "int8"
+    artifact_weights = "runtime_kernels"
     Config = Int8Config
     requires = {"safetensors": "pip install safetensors"}
 

@@ -3,7 +3,7 @@
 Sample config (``conf`` group ``exporter``)::
 
     exporter: onnx
-    exporter.onnx.weights: int4        # auto (= fp32: slimkit's float weights as they are), fp32, int8, int4
+    exporter.onnx.weights: int4        # auto (slimkit's weights as they are: fp32, or int4 codes), fp32, int8, int4
     exporter.onnx.block_size: 32       # int8/int4: weights quantized in blocks of this many input channels
     exporter.onnx.symmetric: true      # int8/int4: symmetric blocks (no zero point)
 
@@ -18,8 +18,17 @@ pinned to ``intra_op_num_threads``.
 
 Model families: what the builder converts (``BUILDER_ARCHITECTURES``; checked here on Llama: SmolLM2 and the
 tiny test model); a structurally pruned model with the same sizes in every layer exports as its smaller
-architecture; per-layer sizes and slimkit's quantized artifacts (int8, bnb, quanto) are refused before any
-weights load, naming the alternatives.
+architecture; per-layer sizes and artifacts of weights only their own backend runs (bnb, the int8 quantizer's
+W8A8; asked of the writer, ``slimkit.deploy.holdings``) are refused before any weights load, naming the
+alternatives; quanto's weights are dequantized exactly to fp32 first.
+
+slimkit's int4 codes are carried, not re-quantized (``slimkit_onnx.codes``): for an artifact whose modules carry
+symmetric 4-bit codes (``quantizer=autoround``), ``weights=auto`` exports int4 MatMulNBits in blocks of the codes'
+group size (the largest of 16-256 dividing every group), and the builder's quantized weights and scales are then
+replaced by the codes (``q = code + 8``) and their float16 scales, which MatMulNBits dequantizes exactly; under
+``weights=int4`` the same happens wherever the groups are whole blocks. What cannot be carried (other widths,
+asymmetric codes, groups smaller than a block, float modules) keeps the builder's quantization, and the report's
+``requantized``, ``carried_tensors`` and ``notes`` say which and why.
 
 Documented tolerance (max |Δlogit| against PyTorch on the tiny test model, whose logits are ~1 in size):
 fp32 1e-4; int8 0.05; int4 0.3. With ``accuracy_level=0`` the quantized logits equal PyTorch's on weights
@@ -42,7 +51,9 @@ import torch
 
 from slimkit import ArtifactError, ConfigError, check_choice
 from slimkit.core.plugin import Exporter, ExporterConfig
+from slimkit.deploy.holdings import RUNTIME_KERNELS, artifact_weights, int_weight_modules
 from slimkit.toolkit.quantization import float_model
+from slimkit_onnx.codes import carry_codes
 
 __all__ = ["OnnxConfig", "OnnxExporter", "OnnxSession"]
 
@@ -56,11 +67,6 @@ BUILDER_ARCHITECTURES = (
 BUILDER_MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
                        "qwen3": "Qwen3ForCausalLM", "gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM",
                        "gemma3_text": "Gemma3ForCausalLM", "phi3": "Phi3ForCausalLM", "granite": "GraniteForCausalLM"}
-#: artifact writers whose weights are not float tensors in a Hugging Face folder
-QUANTIZED_WRITERS = {
-    "bnb": "bitsandbytes NF4/FP4/LLM.int8 weights",
-    "int8": "the int8 quantizer's SmoothQuant-scaled W8A8 weights and fused kernels",
-}
 #: config key the structured pruner records when layer sizes differ (a stock config cannot describe them)
 NON_UNIFORM_KEY = "slimkit_layer_dims"
 NON_UNIFORM_WHY = ("a torch_pruning model with layers left whole has per-layer sizes; the model builder reads a stock "
@@ -107,6 +113,13 @@ def shares_embedding(cfg: OnnxConfig) -> bool:
     return cfg.precision == "int4" and cfg.symmetric
 
 
+def _reasons(kept: Mapping[str, str]) -> str:
+    counts: dict[str, int] = {}
+    for why in kept.values():
+        counts[why] = counts.get(why, 0) + 1
+    return ", ".join(f"{n}x {why}" for why, n in sorted(counts.items()))
+
+
 class OnnxExporter(Exporter):
     """Export through ``onnxruntime_genai.models.builder``; serve with onnxruntime(-genai)."""
 
@@ -137,17 +150,20 @@ class OnnxExporter(Exporter):
                               "try exporter=openvino")
         if getattr(model_config, NON_UNIFORM_KEY, None):
             raise ConfigError("exporter", "onnx", "a model with the same sizes in every layer", NON_UNIFORM_WHY)
-        if writer in QUANTIZED_WRITERS:
+        if artifact_weights(writer) == RUNTIME_KERNELS:
             raise ConfigError(
-                "exporter", "onnx", "a float artifact: no slimkit quantizer, or a pruner/distiller only",
-                f"quantizer={writer} writes {QUANTIZED_WRITERS[writer]}, which the ONNX Runtime builder cannot read. "
-                f"Alternatives: drop the quantizer (~quantizer) and let the builder quantize "
+                "exporter", "onnx", "an artifact of float weights, exactly dequantizable weights (quanto) or integer "
+                "codes (autoround)",
+                f"quantizer={writer} writes packed weights or kernels only its own backend runs, which the ONNX "
+                f"Runtime builder cannot read. Alternatives: quantizer=autoround (its symmetric int4 codes are written into "
+                f"MatMulNBits as they are), drop the quantizer (~quantizer) and let the builder quantize "
                 f"(exporter.onnx.weights=int8 or int4, MatMulNBits), or exporter=gguf")
 
     def export(self, artifact_dir: Path, model, tokenizer, out_dir: Path) -> dict[str, Any]:
-        cfg = self.config
         self.check_model(model.config, None)
         out_dir = Path(out_dir)
+        codes = int_weight_modules(model)
+        cfg = self.carrying_config(codes)
         model, dequantized = float_model(model)
         with tempfile.TemporaryDirectory(prefix="slimkit-onnx-") as tmp:
             source, cache = Path(tmp) / "hf", Path(tmp) / "cache"
@@ -165,21 +181,47 @@ class OnnxExporter(Exporter):
         if done.returncode != 0 or not (out_dir / MODEL_FILE).is_file():
             raise ArtifactError(f"onnxruntime-genai's model builder failed (exit {done.returncode}) on "
                                 f"{type(model).__name__}: {(done.stderr or done.stdout)[-2000:]}")
-        scheme = self.scheme()
-        (out_dir / SETTINGS_FILE).write_text(json.dumps({"exporter": self.name, **scheme}, indent=2))
+        carried, kept = [], {}
+        if codes and cfg.precision == "int4" and cfg.symmetric:
+            tied = bool(getattr(model.config, "tie_word_embeddings", False))
+            carried, kept = carry_codes(out_dir, MODEL_FILE, codes, tied, cfg.block_size)
+        scheme = self.scheme(cfg)
+        settings = {"exporter": self.name, **scheme, "carried": carried}
+        (out_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
         quantized = cfg.precision != "fp32"
         notes = ("fp32 weights as slimkit left them" if not quantized else
                  f"the builder quantized slimkit's float weights to {cfg.precision} MatMulNBits "
                  f"({scheme['scheme']})")
+        if carried:
+            notes = (f"{len(carried)} MatMulNBits weights written from slimkit's int4 codes and float16 scales as they "
+                     f"are (block_size={cfg.block_size}), not re-quantized"
+                     + (f"; the builder quantized the other {len(kept)} ({_reasons(kept)})" if kept else ""))
+        elif codes:
+            why = _reasons(kept) if kept else f"the export is {cfg.precision}"
+            notes = f"slimkit's integer codes not carried ({why}); " + notes
         if dequantized:
             notes = (f"{dequantized} quantized weight matrices (quanto) dequantized exactly to fp32 first; "
                      "activation quantization is not carried; " + notes)
-        return {"format": f"onnx-{cfg.precision}", "requantized": quantized, "notes": notes,
-                "dequantized_modules": dequantized, **scheme}
+        return {"format": f"onnx-{cfg.precision}", "requantized": quantized and bool(kept or not carried),
+                "notes": notes, "dequantized_modules": dequantized, "carried_tensors": len(carried),
+                "requantized_tensors": len(kept) if carried else None, **scheme}
 
-    def scheme(self) -> dict[str, Any]:
-        """The weight format, stated fully (for the report)."""
+    def carrying_config(self, codes: Mapping[str, Any]) -> OnnxConfig:
+        """The settings the builder runs with: under ``weights=auto``, an artifact with symmetric int4 codes is
+        exported as int4 MatMulNBits (blocks = the largest allowed size dividing every group) so its codes are
+        carried; otherwise the configured settings."""
         cfg = self.config
+        groups = {s.group_size for s in codes.values() if s.bits == 4 and s.symmetric and s.zero_point is None}
+        if cfg.weights != "auto" or not groups:
+            return cfg
+        blocks = [b for b in BLOCK_SIZES if all(g % b == 0 for g in groups)]
+        if not blocks:
+            return cfg
+        return dataclasses.replace(cfg, weights="int4", block_size=max(blocks), symmetric=True)
+
+    def scheme(self, cfg: OnnxConfig | None = None) -> dict[str, Any]:
+        """The weight format, stated fully (for the report)."""
+        cfg = cfg or self.config
         if cfg.precision == "fp32":
             return {"weights": "fp32", "scheme": "fp32"}
         embedding = ("the tied embedding/lm_head matrix quantized once (shared)" if shares_embedding(cfg) else

@@ -7,13 +7,16 @@ Sample config (``conf`` group ``exporter``)::
     exporter.openvino.group_size: 64         # int4: weights quantized in groups of this many input channels
     exporter.openvino.symmetric: false       # int8/int4: symmetric (no zero point) or asymmetric
     exporter.openvino.inference_precision: f32 # f32, or bf16 (OpenVINO's own default on CPUs with AVX-512 BF16/AMX)
+    exporter.openvino.kv_cache_precision: auto # auto (= inference precision), f32, bf16, u8 (OpenVINO's CPU default)
 
 The model in memory (a structurally pruned one with its per-layer sizes) is captured with
-``torch.export`` with an explicit KV cache in its signature (``input_ids``, ``past.<i>.key``/``.value``
-→ ``logits``, ``present.<i>.key``/``.value``), converted with ``openvino.convert_model`` and, for int8/int4,
-compressed with ``nncf.compress_weights`` (data-free round-to-nearest). optimum-intel is not used: it
-does not co-install with transformers>=5.24. :meth:`OpenVinoExporter.open` compiles it pinned to
-``INFERENCE_NUM_THREADS`` with the inference precision recorded at export.
+``torch.export`` with its KV cache in the signature, converted with ``openvino.convert_model``, made
+**stateful** the way OpenVINO's LLM tooling (optimum-intel, openvino-genai) lays out an LLM — inputs
+``input_ids``, ``attention_mask``, ``position_ids``, ``beam_idx``, output ``logits``, the KV cache held
+as ReadValue/Assign state that the CPU plugin fuses into its attention kernel (:func:`make_stateful`) —
+and, for int8/int4, compressed with ``nncf.compress_weights`` (data-free round-to-nearest).
+optimum-intel is not used: it does not co-install with transformers>=5.24. :meth:`OpenVinoExporter.open`
+compiles it pinned to ``INFERENCE_NUM_THREADS`` with the precisions recorded at export.
 """
 
 from __future__ import annotations
@@ -27,19 +30,17 @@ import torch
 
 from slimkit import ArtifactError, ConfigError, check_choice
 from slimkit.core.plugin import Exporter, ExporterConfig
+from slimkit.deploy.holdings import RUNTIME_KERNELS, artifact_weights
 from slimkit.toolkit.quantization import float_model
 
 __all__ = ["OpenVinoConfig", "OpenVinoExporter", "OpenVinoSession"]
 
 WEIGHTS = ("auto", "fp32", "int8", "int4")
 PRECISIONS = ("f32", "bf16")
-#: model types whose export was checked against PyTorch logits (tests and benchmarks/deploy_runtimes.py)
-CHECKED_MODEL_TYPES = ("llama",)
-#: artifact writers whose weights are not float tensors torch.export can capture
-QUANTIZED_WRITERS = {
-    "bnb": "bitsandbytes NF4/FP4/LLM.int8 weights",
-    "int8": "the int8 quantizer's SmoothQuant-scaled W8A8 weights and fused kernels",
-}
+KV_CACHE_PRECISIONS = ("auto", "f32", "bf16", "u8")
+#: model types whose export was checked against PyTorch logits and greedy decoding (plugins/openvino/tests;
+#: SmolLM2 in benchmarks/deploy_runtimes.py; Gemma-3 on a tiny config with a sliding window shorter than the test)
+CHECKED_MODEL_TYPES = ("llama", "gemma3_text")
 MODEL_XML = "openvino_model.xml"
 SETTINGS_FILE = "slimkit_export.json"
 
@@ -57,11 +58,15 @@ class OpenVinoConfig(ExporterConfig):
     symmetric: bool = False
     #: compute precision OpenVINO runs with: f32, or bf16 (its default on this kind of CPU; faster, less exact)
     inference_precision: str = "f32"
+    #: precision of the KV cache held in the model's state: auto (= the inference precision, so decode
+    #: matches prefill), f32, bf16, or u8 (OpenVINO's own default on CPUs: per-token quantized)
+    kv_cache_precision: str = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice("exporter.openvino.weights", self.weights, WEIGHTS)
         check_choice("exporter.openvino.inference_precision", self.inference_precision, PRECISIONS)
+        check_choice("exporter.openvino.kv_cache_precision", self.kv_cache_precision, KV_CACHE_PRECISIONS)
         if not isinstance(self.group_size, int) or self.group_size < 8 or self.group_size & (self.group_size - 1):
             raise ConfigError("exporter.openvino.group_size", self.group_size, "a power of two >= 8 (e.g. 32, 64, 128)")
         if not isinstance(self.symmetric, bool):
@@ -70,6 +75,10 @@ class OpenVinoConfig(ExporterConfig):
     @property
     def bits(self) -> str:
         return "fp32" if self.weights == "auto" else self.weights
+
+    @property
+    def cache_precision(self) -> str:
+        return self.inference_precision if self.kv_cache_precision == "auto" else self.kv_cache_precision
 
 
 class OpenVinoExporter(Exporter):
@@ -88,10 +97,12 @@ class OpenVinoExporter(Exporter):
             raise ConfigError("exporter", "openvino", "a model of type " + ", ".join(CHECKED_MODEL_TYPES),
                               f"model type {model_type!r}: its OpenVINO export has not been checked against PyTorch "
                               "logits by this exporter; try exporter=onnx")
-        if writer in QUANTIZED_WRITERS:
+        if artifact_weights(writer) == RUNTIME_KERNELS:  # asked of the writer: slimkit.deploy.holdings
             raise ConfigError(
-                "exporter", "openvino", "a float artifact: no slimkit quantizer, or a pruner/distiller only",
-                f"quantizer={writer} writes {QUANTIZED_WRITERS[writer]}, which do not trace into OpenVINO ops. "
+                "exporter", "openvino", "an artifact of float weights, exactly dequantizable weights (quanto) or "
+                "integer codes (autoround)",
+                f"quantizer={writer} writes packed weights or kernels only its own backend runs, which do not trace "
+                "into OpenVINO ops. "
                 f"Alternatives: drop the quantizer (~quantizer) and let NNCF quantize "
                 f"(exporter.openvino.weights=int8 or int4), or exporter=gguf")
         if self.config.bits == "int4":
@@ -119,18 +130,25 @@ class OpenVinoExporter(Exporter):
             ov_model = nncf.compress_weights(ov_model, mode=mode[(self.config.bits, self.config.symmetric)], **kwargs)
         openvino.save_model(ov_model, out_dir / MODEL_XML, compress_to_fp16=False)
         tokenizer.save_pretrained(out_dir)
+        genai = write_genai_tokenizers(tokenizer, out_dir)
         settings = {"exporter": self.name, "inference_precision": self.config.inference_precision,
+                    "kv_cache_precision": self.config.cache_precision, "stateful": True,
                     "kv_shapes": _kv_shapes(model), **scheme}
         (out_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
         quantized = self.config.bits != "fp32"
-        notes = (f"{scheme['scheme']}; inference precision {self.config.inference_precision}" if quantized else
-                 f"fp32 weights as slimkit left them; inference precision {self.config.inference_precision}")
+        precisions = (f"inference precision {self.config.inference_precision}, KV cache "
+                      f"{self.config.cache_precision} (stateful)")
+        notes = (f"{scheme['scheme']}; {precisions}" if quantized else
+                 f"fp32 weights as slimkit left them; {precisions}")
         if dequantized:
             notes = (f"{dequantized} quantized weight matrices (quanto) dequantized exactly to fp32 first; "
                      "activation quantization is not carried; " + notes)
+        notes += "; " + genai
         return {"format": f"openvino-ir-{self.config.bits}", "requantized": quantized, "notes": notes,
-                "dequantized_modules": dequantized,
-                "inference_precision": self.config.inference_precision, **scheme}
+                "openvino_genai_ready": genai.startswith(GENAI_READY),
+                "dequantized_modules": dequantized, "stateful": True,
+                "inference_precision": self.config.inference_precision,
+                "kv_cache_precision": self.config.cache_precision, **scheme}
 
     def scheme(self) -> dict[str, Any]:
         """The weight format, stated fully (for the report)."""
@@ -146,30 +164,58 @@ class OpenVinoExporter(Exporter):
                           "lm_head in int8 asymmetric per channel (NNCF's backup precision)"}
 
     @classmethod
-    def open(cls, out_dir: Path, threads: int = 1) -> "OpenVinoSession":
+    def open(cls, out_dir: Path, threads: int = 1) -> OpenVinoSession:
         cls.check_dependencies()
         return OpenVinoSession(Path(out_dir), threads)
 
 
+GENAI_READY = "openvino-genai ready"
+
+
+def write_genai_tokenizers(tokenizer, out_dir: Path) -> str:
+    """Write the tokenizer as OpenVINO models (``openvino_tokenizer.xml``/``openvino_detokenizer.xml``, with
+    ``openvino_tokenizers`` when it is installed), so openvino-genai's ``LLMPipeline`` serves the folder; a
+    sentence for the report's notes."""
+    try:
+        import openvino_tokenizers
+    except ImportError:
+        return ("no OpenVINO tokenizer written (pip install openvino-tokenizers, or slimkit-openvino[genai], "
+                "to make the folder an openvino-genai LLMPipeline model)")
+    import openvino
+
+    try:
+        encoder, decoder = openvino_tokenizers.convert_tokenizer(tokenizer, with_detokenizer=True)
+    except Exception as exc:  # noqa: BLE001 - the converter raises many types for tokenizers it cannot take
+        return f"no OpenVINO tokenizer written: openvino_tokenizers could not convert it ({type(exc).__name__}: {exc})"
+    openvino.save_model(encoder, out_dir / "openvino_tokenizer.xml")
+    openvino.save_model(decoder, out_dir / "openvino_detokenizer.xml")
+    return (f"{GENAI_READY}: openvino_genai.LLMPipeline(folder, 'CPU', ATTENTION_BACKEND='SDPA') serves the "
+            "stateful IR (its default paged-attention backend does not convert this graph)")
+
+
 class _WithCache(torch.nn.Module):
-    """The decoder with its KV cache as plain tensors: (input_ids, k0, v0, k1, v1, ...) -> (logits, k0', v0', ...)."""
+    """The decoder with its KV cache as plain tensors, in the input layout of OpenVINO's LLM tooling:
+    ``(input_ids, attention_mask, position_ids, [k0, v0, k1, v1, ...]) -> (logits, k0', v0', ...)``."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, past: list[torch.Tensor]):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                past: list[torch.Tensor]):
         from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
 
         cache = DynamicCache(config=self.model.config)
+        # every layer keeps its whole past: a sliding-window layer (Gemma-3) is then masked to its window by the
+        # model's own sliding mask, instead of cropping its cache with branches torch.export cannot keep dynamic
+        cache.layers = [DynamicLayer() for _ in cache.layers]
         for i, layer in enumerate(cache.layers):
             key, value = past[2 * i], past[2 * i + 1]
             layer.lazy_initialization(key, value)      # then hold the given tensors (no empty-tensor concat)
             layer.keys, layer.values = key, value
-        start = past[0].shape[2]
-        positions = torch.arange(start, start + input_ids.shape[1]).unsqueeze(0)
-        out = self.model(input_ids=input_ids, past_key_values=cache, position_ids=positions,
-                         cache_position=positions[0], use_cache=True)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         cache=cache, use_cache=True)
         present = []
         for layer in cache.layers:
             present += [layer.keys, layer.values]
@@ -183,35 +229,82 @@ def _kv_shapes(model: torch.nn.Module) -> list[tuple[int, int]]:
     return [(layer.self_attn.k_proj.out_features // head_dim, head_dim) for layer in model.model.layers]
 
 
+#: the stateful IR's inputs, as optimum-intel writes them and openvino-genai's LLMPipeline reads them
+INPUTS = ("input_ids", "attention_mask", "position_ids", "beam_idx")
+
+
 def convert(model: torch.nn.Module):
-    """The model as an OpenVINO model with named inputs/outputs and dynamic batch, sequence and cache lengths."""
+    """The model as a stateful OpenVINO model (see :func:`make_stateful`) with dynamic batch and lengths."""
     import openvino
     from torch.export import Dim
 
     shapes = _kv_shapes(model)
     batch, seq, past = Dim("batch", min=1, max=256), Dim("seq", min=1, max=65536), Dim("past", min=0, max=65536)
-    # example sizes above 1: torch.export specializes dimensions of size 0 and 1
-    ids = torch.zeros(2, 3, dtype=torch.long)
-    cache = [torch.zeros(2, heads, 2, dim) for heads, dim in shapes for _ in (0, 1)]
+    # example sizes above 1 and all different: torch.export specializes sizes 0 and 1 and may tie equal ones;
+    # the mask spans past + new tokens, a relation torch.export records itself (Dim.AUTO)
+    ids, past_len = torch.zeros(2, 3, dtype=torch.long), 5
+    mask = torch.ones(2, past_len + 3, dtype=torch.long)
+    positions = torch.arange(past_len, past_len + 3).expand(2, 3)
+    cache = [torch.zeros(2, heads, past_len, dim) for heads, dim in shapes for _ in (0, 1)]
     wrapper = _WithCache(model).eval()
     try:
         with torch.no_grad():
-            exported = torch.export.export(wrapper, (ids, cache), dynamic_shapes={
-                "input_ids": {0: batch, 1: seq}, "past": [{0: batch, 2: past} for _ in cache]})
+            exported = torch.export.export(wrapper, (ids, mask, positions, cache), dynamic_shapes={
+                "input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: Dim.AUTO},
+                "position_ids": {0: batch, 1: seq}, "past": [{0: batch, 2: past} for _ in cache]})
         ov_model = openvino.convert_model(exported)
     except Exception as exc:  # torch.export / conversion errors have many types
         raise ArtifactError(f"could not capture {type(model).__name__} for OpenVINO: {type(exc).__name__}: {exc}") from exc
-    names = ["input_ids"] + [f"past.{i}.{part}" for i in range(len(shapes)) for part in ("key", "value")]
-    for port, name in zip(ov_model.inputs, names):
+    past_names = [f"past_key_values.{i}.{part}" for i in range(len(shapes)) for part in ("key", "value")]
+    for port, name in zip(ov_model.inputs, list(INPUTS[:3]) + past_names):
         port.get_tensor().set_names({name})
-    outputs = ["logits"] + [f"present.{i}.{part}" for i in range(len(shapes)) for part in ("key", "value")]
-    for port, name in zip(ov_model.outputs, outputs):
+    present_names = [f"present.{i}.{part}" for i in range(len(shapes)) for part in ("key", "value")]
+    for port, name in zip(ov_model.outputs, ["logits"] + present_names):
         port.get_tensor().set_names({name})
+    make_stateful(ov_model, dict(zip(past_names, present_names)))
     return ov_model
 
 
+def make_stateful(ov_model, cache_ports: dict[str, str]) -> None:
+    """Hide the KV cache inside the model as OpenVINO state, the way OpenVINO's LLM tooling lays it out.
+
+    Each ``past`` input / ``present`` output pair becomes a ReadValue/Assign variable
+    (``openvino._offline_transformations.apply_make_stateful_transformation``), so the cache stays in the
+    runtime between calls and the CPU plugin fuses it into its attention kernel; a ``beam_idx`` input
+    ([batch] int32) selects the cache rows each call continues from (``arange(batch)`` to keep them); the
+    state starts as an empty cache sized from ``input_ids``' batch (reset it with ``reset_state()``).
+    """
+    import numpy as np
+    from openvino import PartialShape, Type, opset13
+    from openvino._offline_transformations import apply_make_stateful_transformation
+
+    batch = ov_model.input("input_ids").get_partial_shape()[0]
+    beam_idx = opset13.parameter(PartialShape([batch]), Type.i32, name="beam_idx")
+    beam_idx.output(0).get_tensor().set_names({"beam_idx"})
+    ov_model.add_parameters([beam_idx])
+    for name in cache_ports:
+        port = ov_model.input(name)
+        consumers = port.get_target_inputs()
+        reordered = opset13.gather(port, beam_idx, opset13.constant(0))
+        for consumer in consumers:
+            consumer.replace_source_output(reordered.output(0))
+    ov_model.validate_nodes_and_infer_types()
+    apply_make_stateful_transformation(ov_model, cache_ports)
+    # initial state: an empty cache [batch, heads, 0, head dim] with the batch of this call's input_ids
+    ids_shape = opset13.shape_of(ov_model.input("input_ids"), output_type="i64")
+    batch_size = opset13.gather(ids_shape, opset13.constant([0]), opset13.constant(0))
+    for op in ov_model.get_ops():
+        if op.get_type_name() == "ReadValue":
+            dims = [opset13.constant(np.array([d.get_min_length()], np.int64)) for d in op.get_output_partial_shape(0)]
+            dims[0] = batch_size
+            zero = opset13.constant(0.0, dtype=op.get_output_element_type(0))
+            op.set_arguments([opset13.broadcast(zero, opset13.concat(dims, axis=0))])
+    ov_model.validate_nodes_and_infer_types()
+
+
 class OpenVinoSession:
-    """An OpenVINO export compiled for the CPU, pinned to ``threads``."""
+    """A stateful OpenVINO export compiled for the CPU, pinned to ``threads``; the KV cache lives in the
+    infer request's state, reset at the start of every :meth:`logits` and :meth:`generate` call."""
 
     def __init__(self, folder: Path, threads: int = 1):
         import openvino
@@ -221,38 +314,52 @@ class OpenVinoSession:
             raise ArtifactError(f"{str(folder)!r} holds no {MODEL_XML} and {SETTINGS_FILE}: not an openvino export")
         settings = json.loads((folder / SETTINGS_FILE).read_text())
         self.inference_precision = settings.get("inference_precision", "f32")
+        self.kv_cache_precision = settings.get("kv_cache_precision") or self.inference_precision
         self.runtime_version = f"openvino {openvino.get_version()}"
         core = openvino.Core()
-        self._compiled = core.compile_model(str(xml), "CPU", {
+        model = core.read_model(str(xml))
+        names = {name for port in model.inputs for name in port.get_names()}
+        if not set(INPUTS) <= names:
+            raise ArtifactError(f"{str(xml)!r} has inputs {sorted(names)}, not the stateful {list(INPUTS)}: it was "
+                                "written by an older slimkit-openvino (KV cache as inputs); export it again")
+        self._compiled = core.compile_model(model, "CPU", {
             "INFERENCE_NUM_THREADS": int(threads), "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_PRECISION_HINT": self.inference_precision})
+            "INFERENCE_PRECISION_HINT": self.inference_precision, "KV_CACHE_PRECISION": self.kv_cache_precision})
         self._request = self._compiled.create_infer_request()
-        #: (kv heads, head dim) per layer; each layer has a key and a value input
-        self._cache_shapes = [tuple(shape) for shape in settings["kv_shapes"] for _ in (0, 1)]
+        self._past = 0  # tokens held in the state
 
-    def _empty_cache(self, batch: int):
+    def _infer(self, ids, reset: bool):
+        """Run ``ids`` (int64 numpy [B, T]) after the cached tokens; the runtime's logits array (not copied)."""
         import numpy as np
 
-        return [np.zeros((batch, heads, 0, dim), np.float32) for heads, dim in self._cache_shapes]
+        batch, length = ids.shape
+        if reset:
+            self._request.reset_state()
+            self._past = 0
+        positions = np.arange(self._past, self._past + length, dtype=np.int64)
+        result = self._request.infer({
+            "input_ids": ids, "attention_mask": np.ones((batch, self._past + length), np.int64),
+            "position_ids": np.broadcast_to(positions, (batch, length)), "beam_idx": np.arange(batch, dtype=np.int32)})
+        self._past += length
+        return result["logits"]
+
+    def step(self, input_ids: torch.Tensor, reset: bool = False) -> torch.Tensor:
+        """Logits ``[B, T, V]`` (float32) of ``input_ids`` continuing the tokens already in the cache (the
+        state), or from an empty cache if ``reset``."""
+        return torch.from_numpy(self._infer(input_ids.to(torch.int64).numpy(), reset).copy()).float()
 
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Full-sequence logits ``[B, T, V]`` (float32) with an empty KV cache."""
-        ids = input_ids.to(torch.int64).numpy()
-        result = self._request.infer([ids, *self._empty_cache(ids.shape[0])])
-        return torch.from_numpy(result[0].copy()).float()
+        """Full-sequence logits ``[B, T, V]`` (float32), from an empty cache."""
+        return self.step(input_ids, reset=True)
 
     def generate(self, input_ids: torch.Tensor, new_tokens: int) -> list[int]:
-        """Greedy decoding of exactly ``new_tokens`` tokens with the KV cache (passed in and out as tensors)."""
+        """Greedy decoding of exactly ``new_tokens`` tokens; the KV cache stays in the model's state."""
         import numpy as np
 
-        current = input_ids.reshape(1, -1).to(torch.int64).numpy()
-        cache = self._empty_cache(1)
         tokens: list[int] = []
-        for _ in range(int(new_tokens)):
-            result = self._request.infer([current, *cache])
-            logits = result[0]
-            cache = [result[i].copy() for i in range(1, len(cache) + 1)]
-            token = int(logits[0, -1].argmax())
-            tokens.append(token)
-            current = np.array([[token]], dtype=np.int64)
+        logits = self._infer(input_ids.reshape(1, -1).to(torch.int64).numpy(), reset=True)
+        for i in range(int(new_tokens)):
+            tokens.append(int(logits[0, -1].argmax()))
+            if i + 1 < new_tokens:
+                logits = self._infer(np.array([[tokens[-1]]], np.int64), reset=False)
         return tokens

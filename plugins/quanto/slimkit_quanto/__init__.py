@@ -74,6 +74,7 @@ class QuantoQuantizer(Stage):
 
     kind = Kind.QUANTIZER
     name = "quanto"
+    artifact_weights = "dequantizable"
     Config = QuantoConfig
     requires = {"optimum.quanto": "pip install optimum-quanto"}
     #: bfloat16/float16 models keep their dtype (quanto's scales follow it); tested on CPU only

@@ -1,0 +1,32 @@
+"""`experiment=case_study_mobile` (QAT distillation -> AutoRound int4 -> GGUF and ONNX exports) through the CLI,
+on the tiny model: the chain runs as configured and the int4 codes reach both runtimes without re-quantization."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("auto_round")
+pytest.importorskip("onnxruntime_genai")
+
+
+def test_case_study_mobile_chain_runs_on_the_tiny_model(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    overrides = ["experiment=case_study_mobile", "model=tiny", "data=tiny", "eval=fast", "distiller.max_steps=2",
+                 "distiller.eval_every=1", "distiller.checkpoint_every=1", f"hydra.run.dir={tmp_path}"]
+    run = subprocess.run([sys.executable, "-m", "slimkit", *overrides], capture_output=True, text=True, env=env,
+                         timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [(s["kind"], s["backend"]) for s in report["stages"]] == [("distiller", "kd"), ("quantizer", "autoround")]
+    assert report["stages"][0]["metrics"]["qat_bits"] == 4
+    deployed = {d["exporter"]: d for d in report["deployments"]}
+    assert set(deployed) == {"gguf", "onnx"}
+    for entry in deployed.values():  # the artifact's int4 codes, written as they are
+        assert entry["requantized"] is False and entry["carried_tensors"] > 0 and entry["requantized_tensors"] == 0
+        assert entry["perplexity"] == pytest.approx(report["final"]["perplexity"], rel=1e-3)
+    assert deployed["gguf"]["tensor_types"].get("Q4_0", 0) == deployed["gguf"]["carried_tensors"]
