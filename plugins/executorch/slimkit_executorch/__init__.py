@@ -24,9 +24,11 @@ logits[1, T, V]``: prefill is one call with ``T`` prompt tokens, decode is one c
 runtime), the XNNPACK thread pool pinned to ``threads``.
 
 Model families: Llama (checked on SmolLM2 and the tiny test model); others are refused before any weights
-load. slimkit's int8/bnb artifacts are refused (their kernels do not trace); quanto's weights are dequantized
-exactly first. Structured pruning that changes the attention heads per layer is refused at export (the
-static cache has one shape for all layers); MLP pruning exports as the smaller architecture.
+load. Artifacts whose writer declares runtime-only kernels (``slimkit.deploy.holdings``: bnb, int8) are refused
+(their kernels do not trace); quanto's weights are dequantized exactly first; autoround's integer codes are float
+weights equal to codes × scales, exported as such (torchao re-quantizes them on its own grid if asked).
+Structured pruning that changes the attention heads per layer is refused at export (the static cache has one
+shape for all layers); MLP pruning exports as the smaller architecture.
 
 Documented tolerance (max |Δlogit| against PyTorch on the tiny test model, whose logits are ~1 in size):
 fp32 1e-4; 8da8w 0.05; 8da4w 0.3.
@@ -52,6 +54,7 @@ import torch
 
 from slimkit import ArtifactError, ConfigError, DataError, check_choice
 from slimkit.core.plugin import Exporter, ExporterConfig
+from slimkit.deploy.holdings import RUNTIME_KERNELS, artifact_weights
 from slimkit.toolkit.quantization import float_model
 
 __all__ = ["ExecuTorchConfig", "ExecuTorchExporter", "ExecuTorchSession"]
@@ -63,11 +66,6 @@ EMBEDDINGS = ("float", "int8", "int4")
 LM_HEADS = ("same", "fp32", "8da8w")
 #: model types whose export was checked against PyTorch logits (tests and benchmarks/deploy_executorch.py)
 CHECKED_MODEL_TYPES = ("llama",)
-#: artifact writers whose weights are not float tensors torch.export can capture
-QUANTIZED_WRITERS = {
-    "bnb": "bitsandbytes NF4/FP4/LLM.int8 weights",
-    "int8": "the int8 quantizer's SmoothQuant-scaled W8A8 weights and fused kernels",
-}
 PROGRAM = "model.pte"
 SETTINGS_FILE = "slimkit_export.json"
 INSTALL = "pip install slimkit-executorch (or: pip install executorch==1.5.1, which brings torchao)"
@@ -130,11 +128,13 @@ class ExecuTorchExporter(Exporter):
             raise ConfigError("exporter", "executorch", "a model of type " + ", ".join(CHECKED_MODEL_TYPES),
                               f"model type {model_type!r}: its ExecuTorch export has not been checked against PyTorch "
                               "logits by this exporter; try exporter=onnx or exporter=gguf")
-        if writer in QUANTIZED_WRITERS:
+        if artifact_weights(writer) == RUNTIME_KERNELS:  # asked of the writer: slimkit.deploy.holdings
             raise ConfigError(
-                "exporter", "executorch", "a float artifact: no slimkit quantizer, or a pruner/distiller only",
-                f"quantizer={writer} writes {QUANTIZED_WRITERS[writer]}, which do not trace into ExecuTorch ops. "
-                f"Alternatives: drop the quantizer (~quantizer) and let torchao quantize for XNNPACK "
+                "exporter", "executorch", "an artifact of float weights, exactly dequantizable weights (quanto) or "
+                "integer codes (autoround; exported as the float weights they equal, then re-quantized if asked)",
+                f"quantizer={writer} writes packed weights or kernels only its own backend runs, which do not trace "
+                "into ExecuTorch ops. Alternatives: drop the quantizer (~quantizer) and let torchao quantize for "
+                "XNNPACK "
                 f"(exporter.executorch.weights=8da8w or 8da4w), or exporter=gguf")
         if self.config.bits == "8da4w":
             for key in ("hidden_size", "intermediate_size"):

@@ -97,7 +97,7 @@ def test_bad_inputs_are_refused_before_any_export():
 
 
 def test_quantization_schemes_reach_the_layers_they_name():
-    """What ``weights``/``group_size``/``lm_head``/``embedding`` select, checked on the torchao tensors (no lowering)."""
+    """What ``weights``/``group_size``/``lm_head``/``embedding`` select, checked on torchao's tensors (no lowering)."""
     from slimkit.models import tiny_model
 
     model = tiny_model(0, layers=1)
