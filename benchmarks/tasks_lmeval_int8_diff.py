@@ -4,6 +4,8 @@ sentences, scored the built-in way (batches of 8 in the task's order, right-padd
 prompt), one prompt at a time, and by lm-eval (its own length-sorted batches). The ``int8`` backend quantizes
 activations per token but picks its GEMM kernel by the number of rows in a call, so the same prompt in a
 different batch can get slightly different logits; an example whose margin is that close to 0 can flip.
+(That candidate was ruled out later: the kernels are row-independent; padding is the cause. See
+``tasks_int8_batch_cause.py`` and ``tasks_lmeval.md``.)
 
     OMP_NUM_THREADS=1 python benchmarks/tasks_lmeval_int8_diff.py --out benchmarks/tasks_lmeval_int8_diff.json
 """
