@@ -139,8 +139,5 @@ def serving_speed(exporter: str, export_dir: Path, model: Mapping[str, Any], see
 
 
 if __name__ == "__main__":
-    from slimkit.core.memory import large_frees_to_os
-
-    large_frees_to_os()  # loaders' freed buffers go back to the OS before the timing
     result = child(json.loads(Path(sys.argv[1]).read_text()))
     print(json.dumps(result))

@@ -1,11 +1,12 @@
-"""Latency the way a deployed artifact runs: in fresh processes that load only what they time.
+"""Latency the way a deployed artifact runs: in fresh processes that each load one model and time it.
 
-Each worker process loads the baseline (a float Hugging Face folder) and the artifact
-(``slimkit.load``), does nothing else, checks that the artifact agrees with the baseline on the
-prompt (top-1 next-token agreement, recorded, so a broken artifact cannot post a fast time), and
-times both alternately with :func:`slimkit.evaluation.latency.latency`. The parent hands over the
-prompt as token ids, so no worker runs a tokenizer. Ratios are taken per process; the report gives
-their median, min and max over the processes.
+A round starts one worker process for the baseline (a float Hugging Face folder) and one for the artifact
+(``slimkit.load``), one after the other (the order alternates between rounds, so drift in machine load hits
+both alike); each worker loads only its model, as a server process does, and holds nothing else. Each
+worker also returns its greedy next-token choices on the prompt; the round records the top-1 agreement of
+the artifact with the baseline, so a broken artifact cannot post a fast time. The parent hands over the
+prompt as token ids, so no worker runs a tokenizer. Ratios are taken per round; the report gives their
+median, min and max over the rounds.
 
     python -m slimkit.evaluation.serving < request.json     # one worker (what serving_latency runs)
 """
@@ -24,7 +25,7 @@ from tqdm.auto import tqdm
 from slimkit.core.errors import SlimkitError
 
 #: what ``report.json``'s ``timing.condition`` says for each way of timing
-CONDITIONS = {"serving": "fresh processes that load only the baseline and the artifact, alternated",
+CONDITIONS = {"serving": "fresh processes that each load one model (the baseline or the artifact), alternated",
               "in_process": "the run's own process (after loading data and evaluating), alternated"}
 
 
@@ -42,40 +43,46 @@ def _worker(request: Mapping[str, Any]) -> dict[str, Any]:
     threads = int(request["threads"])
     torch.set_num_threads(threads)
     prompt = torch.tensor([request["prompt"]], dtype=torch.long)
-    baseline = load_pretrained(request["baseline"])
-    artifact = load(request["artifact"])
+    model = load_pretrained(request["path"]) if request["role"] == "baseline" else load(request["path"])
     with torch.no_grad():
-        agree = baseline(input_ids=prompt).logits.argmax(-1) == artifact(input_ids=prompt).logits.argmax(-1)
-    timed = latency({"baseline": baseline, "final": artifact}, prompt, threads=threads, repeats=request["repeats"],
+        top1 = model(input_ids=prompt).logits.argmax(-1)[0].tolist()
+    timed = latency({request["role"]: model}, prompt, threads=threads, repeats=request["repeats"],
                     decode_tokens=request["decode_tokens"], progress=False)
-    return {"timing": timed, "top1_agreement": float(agree.float().mean()), "pid": os.getpid()}
+    return {"timing": timed[request["role"]], "top1": top1, "pid": os.getpid()}
+
+
+def _run_worker(request: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, "-m", "slimkit.evaluation.serving"], input=json.dumps(request),
+                          capture_output=True, text=True, env=dict(env))
+    if done.returncode != 0:
+        raise TimingError(f"a timing process ({request['role']}) failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def serving_latency(baseline_dir: str | os.PathLike, artifact_dir: str | os.PathLike, prompt: Sequence[int], *,
                     processes: int = 3, threads: int = 1, repeats: int = 5, decode_tokens: int = 32) -> dict[str, Any]:
-    """Time ``artifact_dir`` against ``baseline_dir`` in ``processes`` fresh worker processes.
+    """Time ``artifact_dir`` against ``baseline_dir`` over ``processes`` rounds, each a fresh process per model.
 
-    Returns per-process results and, for ``baseline``/``final``, the medians over processes of
-    ``prefill_ms`` and ``decode_tokens_per_s``, plus ``prefill_speedup``/``decode_speedup`` summaries
-    (median, min, max of the per-process ratios).
+    Returns per-round results (``runs``: timing of both, their pids, top-1 agreement) and, for
+    ``baseline``/``final``, the medians over rounds of ``prefill_ms`` and ``decode_tokens_per_s``, plus
+    ``prefill_speedup``/``decode_speedup`` summaries (median, min, max of the per-round ratios).
     """
     if processes < 1:
         raise ValueError(f"processes={processes} must be at least 1")
-    request = json.dumps({"baseline": str(baseline_dir), "artifact": str(artifact_dir), "prompt": list(map(int, prompt)),
-                          "threads": threads, "repeats": repeats, "decode_tokens": decode_tokens})
+    common = {"prompt": list(map(int, prompt)), "threads": threads, "repeats": repeats, "decode_tokens": decode_tokens}
+    paths = {"baseline": str(baseline_dir), "final": str(artifact_dir)}
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
     runs = []
-    for _ in tqdm(range(processes), desc=f"latency in fresh processes ({threads} thread{'s' if threads != 1 else ''})",
-                  leave=False):
-        done = subprocess.run([sys.executable, "-m", "slimkit.evaluation.serving"], input=request, capture_output=True,
-                              text=True, env=env)
-        if done.returncode != 0:
-            raise TimingError(f"a timing process failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-        run = json.loads(done.stdout.strip().splitlines()[-1])
-        t = run["timing"]
-        run["prefill_speedup"] = t["baseline"]["prefill_ms"] / t["final"]["prefill_ms"]
-        run["decode_speedup"] = t["final"]["decode_tokens_per_s"] / t["baseline"]["decode_tokens_per_s"]
-        runs.append(run)
+    for index in tqdm(range(processes), desc=f"latency in fresh processes ({threads} thread{'s' if threads != 1 else ''})",
+                      leave=False):
+        order = ("baseline", "final") if index % 2 == 0 else ("final", "baseline")
+        done = {role: _run_worker({**common, "role": role, "path": paths[role]}, env) for role in order}
+        t = {role: done[role]["timing"] for role in paths}
+        pairs = list(zip(done["baseline"]["top1"], done["final"]["top1"]))
+        runs.append({"timing": t, "pids": {role: done[role]["pid"] for role in paths}, "order": list(order),
+                     "top1_agreement": sum(a == b for a, b in pairs) / len(pairs),
+                     "prefill_speedup": t["baseline"]["prefill_ms"] / t["final"]["prefill_ms"],
+                     "decode_speedup": t["final"]["decode_tokens_per_s"] / t["baseline"]["decode_tokens_per_s"]})
 
     def median(model: str, key: str) -> float:
         return statistics.median(r["timing"][model][key] for r in runs)
@@ -97,9 +104,6 @@ def serving_latency(baseline_dir: str | os.PathLike, artifact_dir: str | os.Path
 
 
 def main() -> None:
-    from slimkit.core.memory import large_frees_to_os
-
-    large_frees_to_os()  # a loader's freed buffers go back to the OS before the timing (SmolLM2 + quanto: 1.88 -> 1.47 GB)
     result = _worker(json.loads(sys.stdin.read()))
     sys.stdout.write(json.dumps(result) + "\n")
 

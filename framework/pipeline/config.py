@@ -77,7 +77,8 @@ class EvalConfig:
     #: logits of one sequence in memory (SmolLM2: 4 windows of 256 tokens = 0.2 GB of logits) and scores every
     #: prompt alone, as it is served; on CPU larger batches are not faster
     batch_size: int = 1
-    #: 'serving': fresh processes that load only the original and the artifact (how a deployed model runs);
+    #: 'serving': rounds of fresh processes, one per model, each loading only the original or the artifact (how a
+    #: deployed model runs);
     #: 'in_process': this run's own process. The report's timing.condition says which
     latency_condition: str = "serving"
     #: fresh processes for the serving condition (per-process ratios; the report gives median, min, max)

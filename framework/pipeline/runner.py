@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from slimkit.core import artifact
 from slimkit.core.errors import ArtifactError, ConfigError, StageOrderError
 from slimkit.core.loader import load
-from slimkit.core.memory import large_frees_to_os, peak_rss_bytes, release_memory
+from slimkit.core.memory import peak_rss_bytes, release_memory
 from slimkit.core.plugin import STAGE_KINDS, Kind, PrunerConfig, QuantizerConfig, Stage
 from slimkit.core.processes import is_main_process
 from slimkit.core.registry import PluginInfo, Registry, default_registry
@@ -294,7 +294,6 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
     check_module_globs(stages, skeleton)
     main = is_main_process()  # data-parallel workers other than the main one train, and write nothing
 
-    mmap_threshold = large_frees_to_os()  # a stage swapping one model's weights for another's peaks at one, not both
     loaded = load_model(model_cfg["name"], model_cfg.get("path"), model_cfg.get("trust_remote_code", False), seed,
                         dtype=dtype, device=model_cfg.get("device", "cpu"))
     tokenizer = loaded.tokenizer
@@ -388,7 +387,7 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
         "artifact": str(target),
         "seed": seed,
         "torch": torch.__version__,
-        "resources": {"peak_rss_bytes": peak_rss_bytes(), "malloc_mmap_threshold_bytes": mmap_threshold},
+        "resources": {"peak_rss_bytes": peak_rss_bytes()},
     }
     report["ratios"].update({f"{name}_retained": t["retained"] for name, t in report["tasks"].items()
                              if t["retained"] is not None})

@@ -153,7 +153,7 @@ def _sparse_nnz(tensor: torch.Tensor, min_saving: float, keep_negative_zero: boo
     t = tensor.detach()
     if not _encodable(t):
         return None
-    nnz = int(_nonzero(t.cpu().contiguous(), keep_negative_zero).sum())
+    nnz = int(torch.count_nonzero(_nonzero(t.cpu().contiguous(), keep_negative_zero)))  # a bool sum() would make an int64 copy
     sparse_bytes = (t.numel() + 7) // 8 + nnz * t.element_size()
     return nnz if sparse_bytes < t.numel() * t.element_size() * (1.0 - min_saving) else None
 
@@ -195,9 +195,9 @@ def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             raise ArtifactError(f"{path}: sparse tensor {name!r} lacks its {exc.args[0]!r} part") from exc
         numel = int(np.prod(spec["shape"], dtype=np.int64))
         keep = torch.from_numpy(np.unpackbits(bits.numpy(), count=numel).astype(bool))
-        if int(keep.sum()) != values.numel() or str(values.dtype).removeprefix("torch.") != spec["dtype"]:
+        if int(torch.count_nonzero(keep)) != values.numel() or str(values.dtype).removeprefix("torch.") != spec["dtype"]:
             raise ArtifactError(f"{path}: sparse tensor {name!r} has {values.numel()} {values.dtype} values for "
-                                f"{int(keep.sum())} mask bits ({spec['dtype']} expected)")
+                                f"{int(torch.count_nonzero(keep))} mask bits ({spec['dtype']} expected)")
         dense = torch.zeros(numel, dtype=values.dtype)
         dense[keep] = values
         out[name] = dense.view(spec["shape"])

@@ -69,6 +69,22 @@ def make_quantized(name: str, module: torch.nn.Module, bits: int) -> torch.nn.Mo
     return qmodule
 
 
+def _quantize_one_by_one(model: torch.nn.Module, plan: Mapping[str, int]) -> None:
+    """Quantize and freeze the planned modules one at a time, handing freed memory back to the OS after each
+    decoder layer's worth of modules. ``quantize`` on the whole model then ``freeze`` leaves every float weight
+    freed but still resident (glibc keeps freed chunks below its mmap threshold): SmolLM2-135M went from 0.97 to
+    1.72 GB during the stage instead of 1.14 GB this way."""
+    from optimum.quanto import freeze, quantize
+
+    from slimkit.core.memory import release_memory
+
+    for index, (name, bits) in enumerate(plan.items(), start=1):
+        quantize(model, weights=_qtype(bits), include=[name])
+        freeze(model.get_submodule(name))
+        if index % 8 == 0:
+            release_memory()
+
+
 class QuantoQuantizer(Stage):
     """Quantize Linear layers with optimum-quanto, then freeze them into integer weights."""
 
@@ -107,8 +123,11 @@ class QuantoQuantizer(Stage):
                 by_bits.setdefault(bits, []).append(module_name)
         if not by_bits:
             raise ConfigError("quantizer.overrides", dict(cfg.overrides), "a plan that quantizes at least one module")
-        for bits, names in by_bits.items():
-            quantize(state.model, weights=_qtype(bits), activations=activations, include=names)
+        if activations is None:  # weights only: freeze each module as it is quantized (see _quantize_one_by_one)
+            _quantize_one_by_one(state.model, {name: bits for bits, names in by_bits.items() for name in names})
+        else:  # activation scales are calibrated on the whole quantized model before it is frozen
+            for bits, names in by_bits.items():
+                quantize(state.model, weights=_qtype(bits), activations=activations, include=names)
         metrics.update({"quantized_modules": sum(map(len, by_bits.values())), "weight_bits": cfg.bits,
                         "activation_bits": cfg.activations, "conv1d_converted_to_linear": len(converted)})
         if activations is not None:
