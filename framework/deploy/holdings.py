@@ -41,6 +41,7 @@ __all__ = [
     "IntCodes",
     "artifact_weights",
     "int_weight_modules",
+    "refuse_runtime_kernels",
 ]
 
 
@@ -89,3 +90,17 @@ def int_weight_modules(model: torch.nn.Module) -> dict[str, IntCodes]:
     (a tied output matrix shares the input embedding's codes and is not listed again)."""
     return {name: spec for name, module in model.named_modules()
             if (spec := getattr(module, INT_WEIGHTS, None)) is not None and getattr(spec, "codes", None) is not None}
+
+
+def refuse_runtime_kernels(exporter: str, writer: Any, cannot: str, alternatives: str) -> None:
+    """Raise the ConfigError every exporter gives when ``writer`` leaves packed weights or kernels only its own
+    backend runs (``RUNTIME_KERNELS``): ``cannot`` says what the runtime cannot do with them, ``alternatives`` what
+    works instead. Does nothing for any other artifact."""
+    if artifact_weights(writer) != RUNTIME_KERNELS:
+        return
+    from slimkit.core.errors import ConfigError
+
+    raise ConfigError("exporter", exporter, "an artifact of float weights, exactly dequantizable weights (quanto) or "
+                      "integer codes (autoround)",
+                      f"quantizer={writer} writes packed weights or kernels only its own backend runs, which {cannot}. "
+                      f"Alternatives: {alternatives}")

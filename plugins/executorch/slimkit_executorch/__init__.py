@@ -54,7 +54,7 @@ import torch
 
 from slimkit import ArtifactError, ConfigError, DataError, check_choice
 from slimkit.core.plugin import Exporter, ExporterConfig
-from slimkit.deploy.holdings import RUNTIME_KERNELS, artifact_weights
+from slimkit.deploy.holdings import refuse_runtime_kernels
 from slimkit.toolkit.quantization import float_model
 
 __all__ = ["ExecuTorchConfig", "ExecuTorchExporter", "ExecuTorchSession"]
@@ -128,14 +128,10 @@ class ExecuTorchExporter(Exporter):
             raise ConfigError("exporter", "executorch", "a model of type " + ", ".join(CHECKED_MODEL_TYPES),
                               f"model type {model_type!r}: its ExecuTorch export has not been checked against PyTorch "
                               "logits by this exporter; try exporter=onnx or exporter=gguf")
-        if artifact_weights(writer) == RUNTIME_KERNELS:  # asked of the writer: slimkit.deploy.holdings
-            raise ConfigError(
-                "exporter", "executorch", "an artifact of float weights, exactly dequantizable weights (quanto) or "
-                "integer codes (autoround; exported as the float weights they equal, then re-quantized if asked)",
-                f"quantizer={writer} writes packed weights or kernels only its own backend runs, which do not trace "
-                "into ExecuTorch ops. Alternatives: drop the quantizer (~quantizer) and let torchao quantize for "
-                "XNNPACK "
-                f"(exporter.executorch.weights=8da8w or 8da4w), or exporter=gguf")
+        refuse_runtime_kernels(  # asked of the writer: slimkit.deploy.holdings
+            "executorch", writer, "do not trace into ExecuTorch ops",
+            "drop the quantizer (~quantizer) and let torchao quantize for XNNPACK "
+            "(exporter.executorch.weights=8da8w or 8da4w), or exporter=gguf")
         if self.config.bits == "8da4w":
             for key in ("hidden_size", "intermediate_size"):
                 size = getattr(model_config, key, None)

@@ -60,7 +60,7 @@ from typing import Any, Optional
 import torch
 from slimkit.core.errors import ArtifactError, ConfigError
 from slimkit.core.plugin import Exporter, ExporterConfig, check_choice
-from slimkit.deploy.holdings import RUNTIME_KERNELS, artifact_weights
+from slimkit.deploy.holdings import refuse_runtime_kernels
 from slimkit_gguf.runtime import LlamaCppSession, TransformersGGUFSession, llama_cpp_available
 from slimkit_gguf.writer import FAMILIES, WEIGHT_TYPES, quantized_modules, unsupported_rope, write_gguf
 
@@ -101,15 +101,11 @@ class GGUFExporter(Exporter):
     config: GGUFConfig
 
     def check_model(self, model_config: Any, writer: Optional[str]) -> None:
-        if artifact_weights(writer) == RUNTIME_KERNELS:
-            raise ConfigError(
-                "exporter", "gguf", "an artifact of float weights, exactly dequantizable weights (quanto) or integer "
-                "codes (autoround)",
-                f"quantizer={writer} writes packed weights or kernels only its own backend runs, which GGUF cannot "
-                f"hold. Alternatives: quantizer=autoround (its symmetric int4/int8 codes are written into Q4_0/Q8_0 as "
-                f"they are), drop the quantizer (~quantizer) and let GGUF quantize "
-                f"quantizer (~quantizer) and let GGUF quantize (exporter.gguf.weights=q8_0 or q4_0), or deploy that "
-                f"artifact with a runtime that takes it (exporter=openvino or exporter=onnx)")
+        refuse_runtime_kernels(
+            "gguf", writer, "GGUF cannot hold",
+            "quantizer=autoround (its symmetric int4/int8 codes are written into Q4_0/Q8_0 as they are), drop the "
+            "quantizer (~quantizer) and let GGUF quantize (exporter.gguf.weights=q8_0 or q4_0), or deploy that "
+            "artifact with a runtime that takes it (exporter=openvino or exporter=onnx)")
         if writer == "torch_pruning":
             raise ConfigError("exporter", "gguf", "a structurally pruned model with the same sizes in every layer",
                               "the torch_pruning artifact has per-layer sizes (some layers were left whole), which this "

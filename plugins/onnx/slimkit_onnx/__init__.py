@@ -51,7 +51,7 @@ import torch
 
 from slimkit import ArtifactError, ConfigError, check_choice
 from slimkit.core.plugin import Exporter, ExporterConfig
-from slimkit.deploy.holdings import RUNTIME_KERNELS, artifact_weights, int_weight_modules
+from slimkit.deploy.holdings import int_weight_modules, refuse_runtime_kernels
 from slimkit.toolkit.quantization import float_model
 from slimkit_onnx.codes import carry_codes
 
@@ -150,14 +150,11 @@ class OnnxExporter(Exporter):
                               "try exporter=openvino")
         if getattr(model_config, NON_UNIFORM_KEY, None):
             raise ConfigError("exporter", "onnx", "a model with the same sizes in every layer", NON_UNIFORM_WHY)
-        if artifact_weights(writer) == RUNTIME_KERNELS:
-            raise ConfigError(
-                "exporter", "onnx", "an artifact of float weights, exactly dequantizable weights (quanto) or integer "
-                "codes (autoround)",
-                f"quantizer={writer} writes packed weights or kernels only its own backend runs, which the ONNX "
-                f"Runtime builder cannot read. Alternatives: quantizer=autoround (its symmetric int4 codes are written into "
-                f"MatMulNBits as they are), drop the quantizer (~quantizer) and let the builder quantize "
-                f"(exporter.onnx.weights=int8 or int4, MatMulNBits), or exporter=gguf")
+        refuse_runtime_kernels(
+            "onnx", writer, "the ONNX Runtime builder cannot read",
+            "quantizer=autoround (its symmetric int4 codes are written into MatMulNBits as they are), drop the "
+            "quantizer (~quantizer) and let the builder quantize (exporter.onnx.weights=int8 or int4, MatMulNBits), "
+            "or exporter=gguf")
 
     def export(self, artifact_dir: Path, model, tokenizer, out_dir: Path) -> dict[str, Any]:
         self.check_model(model.config, None)

@@ -30,7 +30,7 @@ import torch
 
 from slimkit import ArtifactError, ConfigError, check_choice
 from slimkit.core.plugin import Exporter, ExporterConfig
-from slimkit.deploy.holdings import RUNTIME_KERNELS, artifact_weights
+from slimkit.deploy.holdings import refuse_runtime_kernels
 from slimkit.toolkit.quantization import float_model
 
 __all__ = ["OpenVinoConfig", "OpenVinoExporter", "OpenVinoSession"]
@@ -97,14 +97,10 @@ class OpenVinoExporter(Exporter):
             raise ConfigError("exporter", "openvino", "a model of type " + ", ".join(CHECKED_MODEL_TYPES),
                               f"model type {model_type!r}: its OpenVINO export has not been checked against PyTorch "
                               "logits by this exporter; try exporter=onnx")
-        if artifact_weights(writer) == RUNTIME_KERNELS:  # asked of the writer: slimkit.deploy.holdings
-            raise ConfigError(
-                "exporter", "openvino", "an artifact of float weights, exactly dequantizable weights (quanto) or "
-                "integer codes (autoround)",
-                f"quantizer={writer} writes packed weights or kernels only its own backend runs, which do not trace "
-                "into OpenVINO ops. "
-                f"Alternatives: drop the quantizer (~quantizer) and let NNCF quantize "
-                f"(exporter.openvino.weights=int8 or int4), or exporter=gguf")
+        refuse_runtime_kernels(  # asked of the writer: slimkit.deploy.holdings
+            "openvino", writer, "do not trace into OpenVINO ops",
+            "drop the quantizer (~quantizer) and let NNCF quantize (exporter.openvino.weights=int8 or int4), or "
+            "exporter=gguf")
         if self.config.bits == "int4":
             for key in ("hidden_size", "intermediate_size"):
                 size = getattr(model_config, key, None)
