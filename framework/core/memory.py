@@ -6,7 +6,7 @@ a small model, once freed, stay resident until ``malloc_trim``. A phase that rep
 by another's (a quantizer swapping float weights for integer codes) therefore frees and trims as it goes
 (see the quanto plugin), and the pipeline trims between phases (:func:`release_memory`). Fixing a low mmap
 threshold for the whole process instead was measured and rejected: every large temporary then costs a
-fresh mapping and page faults, which made quanto's int8 decode 3.4× slower on SmolLM2.
+fresh mapping and page faults, which slowed quanto's int8 decode several-fold on SmolLM2 in a scratch check (benchmarks/memory.md).
 """
 
 from __future__ import annotations

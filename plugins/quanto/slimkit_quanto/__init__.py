@@ -72,8 +72,8 @@ def make_quantized(name: str, module: torch.nn.Module, bits: int) -> torch.nn.Mo
 def _quantize_one_by_one(model: torch.nn.Module, plan: Mapping[str, int]) -> None:
     """Quantize and freeze the planned modules one at a time, handing freed memory back to the OS after each
     decoder layer's worth of modules. ``quantize`` on the whole model then ``freeze`` leaves every float weight
-    freed but still resident (glibc keeps freed chunks below its mmap threshold): SmolLM2-135M went from 0.97 to
-    1.72 GB during the stage instead of 1.14 GB this way."""
+    freed but still resident (glibc keeps freed chunks below its mmap threshold), so the stage held both the float
+    and the integer weights at its peak; this way it holds about one module's worth extra."""
     from optimum.quanto import freeze, quantize
 
     from slimkit.core.memory import release_memory
