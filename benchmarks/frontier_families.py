@@ -650,21 +650,36 @@ def _front_labels(fronts: dict) -> dict:
     return {f: {x: [p["label"] for p in pts] for x, pts in per.items()} for f, per in fronts.items()}
 
 
+def _timed(point: dict) -> str:
+    """A short name for the point's timing condition (the full one is in the JSON)."""
+    condition = point.get("speed_condition")
+    if condition is None:
+        return "–"
+    if condition.startswith("serving"):
+        return "serving"
+    if condition.startswith("in "):
+        return "in-process"
+    return "fresh, fp32+export"
+
+
 def table(points: list[dict]) -> str:
     """A Markdown table of the points (the one in frontier_families.md)."""
-    fmt = lambda v, spec: "–" if v is None else format(v, spec)
+
+    def fmt(value, spec):
+        return "–" if value is None else format(value, spec)
+
     lines = [("| family | route | point | scheme | size × | sentiment (fp32) | n | retained ± s.e. | ppl × | "
-             "prefill × | decode × | source |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "prefill × | decode × | timed | source |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in points:
-        src = Path(p["source"]).name
+        src = p["source"].removeprefix("benchmarks/")
         if p["speed_source"] and p["speed_source"] != p["source"]:
-            src += f"; speed: {Path(p['speed_source']).name}"
+            src += "; speed: " + p["speed_source"].removeprefix("benchmarks/")
         lines.append(
             f"| {p['family']} | {p['route'] or '–'} | {p['label']} | {p['scheme']} | {p['size_ratio']:.2f} | "
             f"{p['sentiment_accuracy']:.3f} ({p['fp32_sentiment_accuracy']:.3f}) | {p['sentiment_samples']} | "
             f"{p['sentiment_retained']:.1%} ± {p['sentiment_retained_se']:.1%} | {fmt(p['perplexity_ratio'], '.3f')} | "
-            f"{fmt(p['prefill_speedup'], '.2f')} | {fmt(p['decode_speedup'], '.2f')} | {src} |")
+            f"{fmt(p['prefill_speedup'], '.2f')} | {fmt(p['decode_speedup'], '.2f')} | {_timed(p)} | {src} |")
     return "\n".join(lines)
 
 
