@@ -1,8 +1,8 @@
 """Quantization-aware training on the exact grid :class:`~slimkit_autoround.AutoRoundQuantizer` writes.
 
 While a distiller trains, every weight the quantizer stage will quantize is replaced in the forward pass by
-its quantize-dequantize image (a ``torch.nn.utils.parametrize`` parametrization; rounding passes gradients
-straight through), so the student learns to survive the rounding it will actually get:
+its quantize-dequantize image (a ``torch.nn.utils.parametrize`` parametrization whose backward is the identity:
+the straight-through estimator, with no gradient to the scales), so the student learns to survive the rounding it will actually get:
 
 - Linear layers in the plan: AutoRound's own ``int_sym``/``int_asym`` quantize-dequantize functions with this
   config's bits, group size and float16 scales — the functions ``method=rtn`` applies (SignRound and AWQ then
@@ -23,8 +23,19 @@ from torch.nn.utils import parametrize
 from .layout import code_range
 
 
-def _round_ste(x: torch.Tensor) -> torch.Tensor:
-    return (x.round() - x).detach() + x
+class _StraightThrough(torch.autograd.Function):
+    """``grid(weight)`` forward, the identity backward: gradients reach the float weight as they would reach the
+    quantized one, and nothing of the rounding is kept for the backward pass (a saved graph through every
+    weight's scales and codes would cost several copies of the model during training)."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, grid) -> torch.Tensor:  # type: ignore[override]
+        with torch.no_grad():
+            return grid(weight)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        return grad, None
 
 
 class TableGrid(torch.nn.Module):
@@ -36,12 +47,15 @@ class TableGrid(torch.nn.Module):
         self.bits, self.group_size = bits, group_size
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return _StraightThrough.apply(weight, self._qdq)
+
+    def _qdq(self, weight: torch.Tensor) -> torch.Tensor:
         lo, hi = code_range(self.bits)
         out, cols = weight.shape
         groups = weight.reshape(out, cols // self.group_size, self.group_size)
         scale = (groups.abs().amax(dim=-1, keepdim=True) / hi).to(torch.float16).to(weight.dtype)
         scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-        codes = torch.clamp(_round_ste(groups / scale), lo, hi)
+        codes = torch.clamp(torch.round(groups / scale), lo, hi)
         return (codes * scale).reshape(out, cols)
 
 
@@ -56,6 +70,9 @@ class LinearGrid(torch.nn.Module):
         self._quantize = quant_tensor_sym if sym else quant_tensor_asym
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return _StraightThrough.apply(weight, self._qdq)
+
+    def _qdq(self, weight: torch.Tensor) -> torch.Tensor:
         qdq, _, _ = self._quantize(weight, bits=self.bits, group_size=self.group_size, scale_dtype=torch.float16)
         return qdq.to(weight.dtype)
 
