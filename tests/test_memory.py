@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from slimkit.core.artifact import load_pretrained
-from slimkit.core.memory import _extent, _reclaim, file_mappings, own_storages
+from slimkit.core.memory import _extent, file_mappings, modified_pages, own_storages, reclaim_file_pages
 from slimkit.models import load_model, tiny_model
 from slimkit.models.loading import tiny_tokenizer
 
@@ -56,17 +56,38 @@ def test_weights_modified_in_place_survive_the_move_out_of_the_mapping(folder):
     assert own_storages(model) == 0  # nothing left to move
 
 
-def test_reclaiming_keeps_changes_made_in_place(folder):
-    """MADV_PAGEOUT on modified copy-on-write pages must keep them (MADV_DONTNEED would bring back the file's)."""
+def _resident_pages(tensor: torch.Tensor) -> list[bool]:
+    import array
+    import mmap
+
+    start, end = _extent(tensor)
+    first, last = start // mmap.PAGESIZE, (end - 1) // mmap.PAGESIZE
+    with open("/proc/self/pagemap", "rb") as pagemap:
+        pagemap.seek(first * 8)
+        return [bool(e >> 63) for e in array.array("Q", pagemap.read((last - first + 1) * 8))]
+
+
+def test_reclaiming_keeps_changes_made_in_place_and_drops_the_files_pages(folder):
+    """Pages modified in place must keep their values (MADV_DONTNEED on them would bring back the file's);
+    pages still equal to the file's leave resident memory."""
     model = load_pretrained(folder, dtype="float32")
-    weight = model.model.embed_tokens.weight  # 128 KiB: whole pages inside it
-    with torch.no_grad():
-        weight.mul_(-2.0)
-        weight[5] = 7.0
-    expected = weight.detach().clone()
+    weight = model.model.embed_tokens.weight  # 512 x 64 floats = 32 pages
     assert _in_file_mapping(weight)
-    assert _reclaim(*_extent(weight))
-    assert torch.equal(weight, expected)
+    with torch.no_grad():
+        weight[:256].mul_(-2.0)  # the first half modified in place (copy-on-write), the second half only read
+        weight[5] = 7.0
+        assert weight[256:].sum().item() != 0
+    expected = weight.detach().clone()
+    start, end = _extent(weight)
+    flags = modified_pages(start - start % 4096, len(_resident_pages(weight)))
+    assert flags is not None and any(flags) and not all(flags)
+    assert all(_resident_pages(weight))
+
+    reclaim_file_pages(start, end)
+
+    resident = _resident_pages(weight)
+    assert not resident[-1] and resident[0]  # the file's pages left resident memory, the modified ones stayed
+    assert torch.equal(weight, expected)  # (reading faults the file's pages in again)
 
 
 def test_load_model_returns_weights_of_its_own_with_the_same_logits(folder):

@@ -16,6 +16,7 @@ then frees nothing, and weights changed in place (pruning) are copy-on-write pag
 
 from __future__ import annotations
 
+import array
 import ctypes
 import gc
 import mmap
@@ -44,23 +45,56 @@ def peak_rss_bytes() -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB on Linux
 
 
-#: ``madvise`` advice that reclaims a range's pages without changing its contents: clean file pages are dropped
-#: (read again from the file if touched), modified (copy-on-write) pages are swapped out or, without swap, kept
+#: ``madvise`` advice that reclaims pages without changing their contents (modified copy-on-write pages are swapped
+#: out or, without swap, kept); the kernel skips pages another process also maps
 MADV_PAGEOUT = getattr(mmap, "MADV_PAGEOUT", 21)
+#: ``madvise`` advice that unmaps pages: a private file mapping's page is then read from the file again if touched,
+#: which DISCARDS changes made to it in place, so it is given only to pages the kernel reports unmodified
+MADV_DONTNEED = getattr(mmap, "MADV_DONTNEED", 4)
+_PM_SWAPPED, _PM_FILE, _PM_PRESENT = 1 << 62, 1 << 61, 1 << 63  # /proc/self/pagemap entry bits
 
 
-def _reclaim(start: int, end: int) -> bool:
-    """``madvise(MADV_PAGEOUT)`` on the whole pages inside ``[start, end)``. False where the kernel or libc
-    cannot (not Linux ≥ 5.4)."""
-    page = mmap.PAGESIZE
-    start, end = start + (-start) % page, end - end % page
-    if end <= start:
-        return True
+def modified_pages(start: int, count: int) -> list[bool] | None:
+    """For each of ``count`` pages from address ``start`` (page-aligned) of a private file mapping: whether it holds
+    this process's own data (a copy-on-write copy made by writing to it, resident or swapped out) rather than the
+    file's. None where ``/proc/self/pagemap`` cannot be read."""
+    try:
+        with open("/proc/self/pagemap", "rb") as pagemap:
+            pagemap.seek(start // mmap.PAGESIZE * 8)
+            entries = array.array("Q", pagemap.read(count * 8))
+    except (OSError, ValueError):
+        return None
+    if len(entries) != count:
+        return None
+    return [bool(e & _PM_SWAPPED) or (bool(e & _PM_PRESENT) and not e & _PM_FILE) for e in entries]
+
+
+def _madvise(start: int, length: int, advice: int) -> bool:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        return libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_PAGEOUT) == 0
+        return libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(length), advice) == 0
     except (OSError, AttributeError):
         return False
+
+
+def reclaim_file_pages(start: int, end: int) -> None:
+    """Take the pages holding ``[start, end)`` of a private file mapping out of this process's resident memory
+    without changing what they hold: pages still equal to the file's are unmapped (``MADV_DONTNEED``; read from the
+    file again if touched), pages modified in place are left to ``MADV_PAGEOUT`` (kept without swap). Where
+    ``/proc/self/pagemap`` cannot say which is which, everything gets ``MADV_PAGEOUT``. Linux only."""
+    page = mmap.PAGESIZE
+    start, end = start - start % page, end + (-end) % page
+    count = (end - start) // page
+    modified = modified_pages(start, count) if count else []
+    if modified is None:
+        _madvise(start, end - start, MADV_PAGEOUT)
+        return
+    first = 0
+    for index in range(1, count + 1):  # one call per run of pages of the same kind
+        if index == count or modified[index] != modified[first]:
+            advice = MADV_PAGEOUT if modified[first] else MADV_DONTNEED
+            _madvise(start + first * page, (index - first) * page, advice)
+            first = index
 
 
 def file_mappings() -> list[tuple[int, int, str]]:
@@ -92,10 +126,10 @@ def own_storages(model: torch.nn.Module) -> int:
     The mapping stays while any tensor from it lives, so without this, weights a stage replaces (a quantizer's)
     are never freed and weights changed in place (pruning) become private copy-on-write pages of it that stay too.
     Tied weights stay tied: a parameter keeps its object (only its data is replaced) and tensors that are the same
-    view get the same copy. After each copy the pages it came from are reclaimed with ``MADV_PAGEOUT``, so the
-    move holds about one tensor more than the model, not two models. That advice keeps every page's contents
-    (clean file pages are read again if touched; modified copy-on-write pages are swapped out or kept), unlike
-    ``MADV_DONTNEED``, which would discard changes made in place. Elsewhere than Linux nothing is copied."""
+    view get the same copy. The copy is made a few MB at a time and each part's source pages leave resident memory
+    as soon as it is copied (:func:`reclaim_file_pages`, which never changes what a page holds, also for weights
+    already modified in place), so the move holds a few MB more than the model, not two models. Elsewhere than
+    Linux nothing is copied."""
     import bisect
 
     mappings = file_mappings()
@@ -136,12 +170,12 @@ def _copy_reclaiming(source: torch.Tensor, chunk_bytes: int = 8 << 20) -> torch.
     source pages as soon as it is copied (so a large embedding is never held twice)."""
     if not source.is_contiguous() or source.dim() == 0:
         copy = source.clone()
-        _reclaim(*_extent(source))
+        reclaim_file_pages(*_extent(source))
         return copy
     copy = torch.empty_like(source)
     rows = max(1, chunk_bytes // max(1, source[0].nbytes)) if source.dim() > 1 else max(1, chunk_bytes // source.element_size())
     for first in range(0, source.shape[0], rows):
         part = source[first:first + rows]
         copy[first:first + rows].copy_(part)
-        _reclaim(*_extent(part))
+        reclaim_file_pages(*_extent(part))
     return copy
