@@ -29,6 +29,12 @@ def release_memory() -> None:
     """Collect garbage and hand freed heap pages back to the OS (``malloc_trim``): without it a later phase
     adds its memory on top of what an earlier one freed (e.g. tokenizing the corpus)."""
     gc.collect()
+    trim_heap()
+
+
+def trim_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc's ``malloc_trim``; nothing elsewhere), without collecting
+    garbage: cheap enough to call every few tensors in a loop that allocates and frees MB-sized temporaries."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:  # not glibc (macOS, musl): nothing to hand back this way
