@@ -104,3 +104,17 @@ def test_tensors_not_in_a_file_are_left_alone():
     data = {name: p.data_ptr() for name, p in model.named_parameters()}
     assert own_storages(model) == 0
     assert data == {name: p.data_ptr() for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_perplexity_loss_written_over_the_logits_has_the_same_bits_as_cross_entropy(batch_size):
+    from slimkit.evaluation.metrics import mean_next_token_loss, next_token_nll
+
+    model = tiny_model()
+    windows = torch.randint(0, 512, (5, 48), generator=torch.Generator().manual_seed(0))
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, windows.shape[0], batch_size):
+            batch = windows[start:start + batch_size]
+            total += next_token_nll(model(input_ids=batch, use_cache=False).logits, batch, "sum").item()
+    assert mean_next_token_loss(model, windows, batch_size) == total / windows[:, 1:].numel()
