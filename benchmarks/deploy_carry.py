@@ -22,6 +22,10 @@ held-out slice (the last ``--eval-windows`` windows of 256 Wikipedia tokens), 2-
     OMP_NUM_THREADS=1 PYTHONPATH=/tmp/deploy/llama_cpp_manual nice -n 10 python benchmarks/deploy_carry.py \
         --model gemma3-270m --with-f32 --out benchmarks/deploy_carry_gemma3.json
     python benchmarks/deploy_carry.py --table benchmarks/deploy_carry_smollm2.json
+
+``--artifact DIR --artifact-label TEXT`` adds a slimkit artifact made elsewhere (e.g. a pipeline run's
+``artifact/`` folder: quantization-aware distillation then autoround) in PyTorch and carried into GGUF, measured in
+the same harness as the rows above; ``--skip-requantized`` leaves out the re-quantized counterfactual.
 """
 
 from __future__ import annotations
@@ -64,11 +68,11 @@ def tensor_types(path: Path) -> dict[str, int]:
 
 def markdown(results: dict) -> str:
     """The table benchmarks/deploy_carry.md shows, from a results JSON."""
-    lines = ["| weights | runtime | ppl (×fp32) | sentiment (retained) | MB | tensor types | re-quantized |",
+    lines = ["| weights | runtime | ppl (×fp32) | tasks (retained) | MB | tensor types | re-quantized |",
              "|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
-        sent = (r.get("tasks") or {}).get("sentiment")
-        sent_text = f"{sent['final']:.3f} ({sent['retained']:.1%})" if sent else "–"
+        tasks = r.get("tasks") or {}
+        sent_text = "; ".join(f"{name} {t['final']:.3f} ({t['retained']:.1%})" for name, t in tasks.items()) or "–"
         types = ", ".join(f"{n} {t}" for t, n in sorted((r.get("tensor_types") or {}).items())) or "–"
         requant = {True: "yes", False: "no"}.get(r.get("requantized"), "–")
         ppl = f"{r['perplexity']:.3f} (×{r['perplexity_ratio']:.4f})"
@@ -90,6 +94,10 @@ def main() -> None:
                    help="also slimkit's F32 GGUF of the fp32 model in llama.cpp (the family mapping's check) and the "
                         "tokenizer check: llama.cpp's tokens of each eval window's text against transformers'")
     p.add_argument("--out", default="benchmarks/deploy_carry_smollm2.json")
+    p.add_argument("--tasks", default="sentiment", help="comma-separated task names (e.g. sentiment,cloze)")
+    p.add_argument("--artifact", help="also measure this slimkit artifact folder, in PyTorch and carried into GGUF")
+    p.add_argument("--artifact-label", default="slimkit artifact", help="how the --artifact rows are labelled")
+    p.add_argument("--skip-requantized", action="store_true", help="leave out the re-quantized counterfactual row")
     args = p.parse_args()
     if args.table:
         print(markdown(json.loads(Path(args.table).read_text())))
@@ -118,8 +126,8 @@ def main() -> None:
 
     def measure(label: str, session, baseline: dict, **extra) -> dict:
         t0 = time.time()
-        entry = quality(session, data.eval, tokenizer, ["sentiment"] if args.task_samples else [], args.task_samples,
-                        baseline, label=label)
+        entry = quality(session, data.eval, tokenizer, args.tasks.split(",") if args.task_samples else [],
+                        args.task_samples, baseline, label=label)
         entry.update(label=label, runtime=getattr(session, "runtime", "pytorch"),
                      runtime_version=getattr(session, "runtime_version", torch.__version__), **extra)
         entry["seconds"] = round(time.time() - t0, 1)
@@ -180,11 +188,23 @@ def main() -> None:
             if hasattr(module, INT_WEIGHTS):
                 delattr(module, INT_WEIGHTS)
         embedding_type = {"int4": "q4_0", "int8": "q8_0"}[args.embedding]
-        requant, requant_facts = export("requantized", stripped, weights="q4_0", embeddings=embedding_type)
+        files = [("autoround codes carried → GGUF (slimkit gguf, weights=auto)", carried / FILE_NAME, carried_facts)]
+        if not args.skip_requantized:
+            requant, requant_facts = export("requantized", stripped, weights="q4_0", embeddings=embedding_type)
+            files.append(("autoround dequantized → re-quantized by gguf-py (same types)", requant / FILE_NAME,
+                          requant_facts))
         del stripped
-        files = [("autoround codes carried → GGUF (slimkit gguf, weights=auto)", carried / FILE_NAME, carried_facts),
-                 ("autoround dequantized → re-quantized by gguf-py (same types)", requant / FILE_NAME, requant_facts),
-                 ("fp32 → llama.cpp Q4_0 (llama_model_quantize, from slimkit's F16 GGUF)", llamacpp_file, None)]
+        files.append(("fp32 → llama.cpp Q4_0 (llama_model_quantize, from slimkit's F16 GGUF)", llamacpp_file, None))
+        if args.artifact:
+            import slimkit
+
+            recipe = slimkit.load(args.artifact)
+            rows.append(measure(f"{args.artifact_label} (PyTorch)", TorchSession(recipe), baseline,
+                                size_bytes=directory_size(Path(args.artifact)),
+                                quantized_modules=len(int_weight_modules(recipe)), artifact=str(args.artifact)))
+            folder, facts = export("recipe", recipe)
+            del recipe
+            files.append((f"{args.artifact_label} → GGUF (slimkit gguf, weights=auto)", folder / FILE_NAME, facts))
         for label, path, facts in files:
             session = GGUFExporter.open(path.parent, threads=1)
             extra = {"size_bytes": path.stat().st_size, "tensor_types": tensor_types(path)}

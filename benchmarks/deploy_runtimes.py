@@ -229,6 +229,9 @@ def main() -> None:
             weights="int4", symmetric=True, inference_precision="bf16"))),
         "slimkit openvino int8 bf16 u8-kv (b)": ("openvino", OpenVinoExporter(OpenVinoConfig(
             weights="int8", inference_precision="bf16", kv_cache_precision="u8"))),
+        # NNCF's mixed precision: this share of the decoder in int4 (sym g64), the rest int8 (NNCF picks the layers)
+        **{f"slimkit openvino int4 sym g64 r{round(r * 100)} bf16 (b)": ("openvino", OpenVinoExporter(OpenVinoConfig(
+            weights="int4", symmetric=True, int4_ratio=r, inference_precision="bf16"))) for r in (0.25, 0.5, 0.75)},
     }
     chosen = list(rows) if args.rows == "all" else [r.strip() for r in args.rows.split(";")]
     keep = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="deploy-runtimes-"))

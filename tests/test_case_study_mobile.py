@@ -23,7 +23,9 @@ def test_case_study_mobile_chain_runs_on_the_tiny_model(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
     assert [(s["kind"], s["backend"]) for s in report["stages"]] == [("distiller", "kd"), ("quantizer", "autoround")]
-    assert report["stages"][0]["metrics"]["qat_bits"] == 4
+    qat = report["stages"][0]["metrics"]
+    assert qat["qat_bits"] == 4 and qat["qat_grid"] == "quantizer"  # trained on AutoRound's own grid, table included
+    assert qat["qat_modules"] == 4 * 7 + 2  # every decoder Linear, the embedding table and the tied lm_head
     deployed = {d["exporter"]: d for d in report["deployments"]}
     assert set(deployed) == {"gguf", "onnx"}
     for entry in deployed.values():  # the artifact's int4 codes, written as they are

@@ -13,7 +13,7 @@ import dataclasses
 import importlib
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Mapping, Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Dict, List, Mapping, Optional, Protocol, Sequence
 
 from slimkit.core.errors import ConfigError, MissingDependencyError
 
@@ -272,6 +272,10 @@ class Stage(Plugin):
     #: "float", "dequantizable" (tensors that dequantize themselves exactly), "int_codes" (float weights equal to
     #: integer codes x scales, the codes on each module as ``slimkit_int_weights``) or "runtime_kernels"
     artifact_weights: ClassVar[str] = "float"
+    #: quantizers may define ``simulate(model) -> undo``: fake-quantize (straight-through rounding), for
+    #: quantization-aware training by a distiller before them, exactly the weights :meth:`apply` will quantize on
+    #: its own grid; ``undo()`` removes the simulation and leaves the trained float weights. None: not offered.
+    simulate: ClassVar[Optional[Callable[..., Callable[[], int]]]] = None
 
     def check_model(self, model_config: Any) -> None:
         """Optional: before any weights load, raise a slimkit error (naming the model type, this backend and what

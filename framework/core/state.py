@@ -52,6 +52,9 @@ class PipelineState:
     #: ``recover(state, steps)`` fine-tunes ``state.model`` to recover quality; pruning schedules call it
     #: between steps. The pipeline sets plain fine-tuning, or a configured distiller's ``recover``.
     recover: Optional[Callable[["PipelineState", int], dict[str, Any]]] = None
+    #: ``simulate_quantization(model) -> undo``: the run's quantizer's :attr:`Stage.simulate` (quantization-aware
+    #: training on the grid that stage writes), or None when the run has no quantizer that offers one
+    simulate_quantization: Optional[Callable[["torch.nn.Module"], Callable[[], int]]] = None
     #: a folder for a stage's scratch files, checkpoints and plots
     work_dir: Path = dataclasses.field(default_factory=lambda: Path("."))
     seed: int = 0

@@ -100,6 +100,14 @@ def recovery_hook(stages: list[tuple[Stage, PluginInfo]]):
     return finetune
 
 
+def quantization_simulator(stages: list[tuple[Stage, PluginInfo]]):
+    """The run's quantizer's ``simulate`` (quantization-aware training on its own grid), if it offers one."""
+    for stage, info in stages:
+        if info.kind is Kind.QUANTIZER and callable(getattr(stage, "simulate", None)):
+            return stage.simulate
+    return None
+
+
 def check_supports(stages: list[tuple[Stage, PluginInfo]], dtype: str, device: str) -> None:
     """Refuse a model dtype/device a chosen backend does not declare in ``supports`` (before any load)."""
     for stage, info in stages:
@@ -306,7 +314,8 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
     original = Original({**model_cfg, "dtype": dtype}, seed)
     skeleton = skeleton.eval().requires_grad_(False)
     state = PipelineState(loaded.model, tokenizer, data, skeleton, settings=settings,
-                          work_dir=output_dir, seed=seed, recover=recovery_hook(stages))
+                          work_dir=output_dir, seed=seed, recover=recovery_hook(stages),
+                          simulate_quantization=quantization_simulator(stages))
     loaded.model = None  # the state holds the one full copy of the model
     bs = eval_cfg.get("batch_size", 1)
 

@@ -198,6 +198,25 @@ class AutoRoundQuantizer(Stage):
         clone.weight.data = spec.dequantize(linear.weight.dtype)
         return clone
 
+    def simulate(self, model: torch.nn.Module):
+        """Quantization-aware training on this stage's grid: fake-quantize (straight-through rounding) exactly
+        the weights :meth:`apply` will quantize, with its bits, group size, symmetry and embedding table mode;
+        returns the function that removes the simulation (see :mod:`slimkit_autoround.simulate`)."""
+        from .simulate import simulate_grid
+
+        cfg = self.config
+        if cfg.budget_bits is not None:
+            raise ConfigError("quantizer.budget_bits", cfg.budget_bits, "null when a distiller trains on this "
+                              "quantizer's grid (distiller.qat_grid=quantizer)", "the per-module widths come from "
+                              "a sensitivity scan after training; fix them with quantizer.overrides instead")
+        plan = self._check_model(model)
+        table = None
+        embedding = _embedding_name(model)
+        if cfg.embedding_bits is not None and embedding is not None:
+            output = _output_name(model)
+            table = ([embedding] + ([output] if _tied(model) and output is not None else []), cfg.embedding_bits)
+        return simulate_grid(model, plan, cfg.group_size, cfg.sym, table)
+
     def apply(self, state) -> dict[str, Any]:
         cfg = self.config
         model = state.model

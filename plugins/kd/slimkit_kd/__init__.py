@@ -3,8 +3,10 @@
 The teacher is the pipeline's original model (``state.reference``) or a local Hugging Face folder
 (``teacher_path``, same tokenizer required). The student is the pipeline's current model (e.g. after
 pruning) or a copy with decoder layers dropped (``student_layers``, DistilBERT-style). Optional
-quantization-aware training (``qat_bits``) fake-quantizes the student's Linear weights with quanto
-during distillation so a later ``quantizer=quanto`` stage loses less.
+quantization-aware training (``qat_bits``) fake-quantizes the student's weights during distillation so
+the quantizer stage that follows loses less: on that quantizer's own grid when it offers one
+(``Stage.simulate``, e.g. ``quantizer=autoround``: its group size, symmetry and embedding table), otherwise
+with optimum-quanto's quantizer (``qat_grid``).
 
 Sample config (``conf`` group ``distiller``)::
 
@@ -20,6 +22,7 @@ Sample config (``conf`` group ``distiller``)::
     distiller.checkpoint_every: 50          # <run dir>/checkpoints/step-<n>/ (safetensors + json)
     distiller.resume: true                  # continue from the latest checkpoint
     distiller.qat_bits: 4                   # quantization-aware distillation for quantizer.bits=4
+    distiller.qat_grid: auto                # auto | quantizer (the following quantizer's own grid) | quanto
 
 Data parallel: ``accelerate launch --num_processes N -m slimkit distiller=kd ...`` (``--cpu`` for N CPU processes
 over gloo, ``model.device=cuda`` for GPUs): every process holds the student and the teacher on its own device and
@@ -53,6 +56,7 @@ log = logging.getLogger("slimkit")
 
 STUDENT_FROM = ("model", "teacher")
 QAT_BITS = (None, 2, 4, 8)
+QAT_GRIDS = ("auto", "quantizer", "quanto")
 #: config fields that may change between an interrupted run and its resumption
 RESUMABLE_CHANGES = {"max_steps", "resume", "checkpoint_every", "checkpoint_dir", "keep_checkpoints", "patience",
                      "eval_every"}
@@ -94,7 +98,11 @@ class KDConfig(DistillerConfig):
     resume: bool = False
     #: quantization-aware training: simulate quanto int<qat_bits> weights during distillation (null: off)
     qat_bits: Optional[int] = None
-    #: glob patterns of Linear modules kept in float during QAT (match quantizer.exclude)
+    #: whose rounding QAT simulates: 'quantizer' (the run's quantizer's own grid and module selection, which it
+    #: must offer), 'quanto' (optimum-quanto's int grid on every Linear but qat_exclude), 'auto' (the quantizer's
+    #: own when it offers one, else quanto's)
+    qat_grid: str = "auto"
+    #: grid 'quanto' only: glob patterns of Linear modules kept in float during QAT (match quantizer.exclude)
     qat_exclude: List[str] = dataclasses.field(default_factory=lambda: ["lm_head"])
     #: train on the CPU (true) or on the accelerator (false); null: where the model is (model.device)
     cpu: Optional[bool] = None
@@ -112,6 +120,7 @@ class KDConfig(DistillerConfig):
         check_range("distiller.keep_checkpoints", self.keep_checkpoints, 1)
         check_choice("distiller.student_from", self.student_from, STUDENT_FROM)
         check_choice("distiller.qat_bits", self.qat_bits, QAT_BITS)
+        check_choice("distiller.qat_grid", self.qat_grid, QAT_GRIDS)
         if self.student_layers is not None and self.student_layers != "every_other":
             spec = self.student_layers
             ok = isinstance(spec, (list, tuple)) and len(spec) > 0 and all(
@@ -134,6 +143,13 @@ class KDConfig(DistillerConfig):
         if self.patience and not (self.eval_every and self.val_fraction > 0):
             raise ConfigError("distiller.patience", self.patience, "0 unless validation runs (distiller.eval_every > 0 "
                               "and distiller.val_fraction > 0)", "early stopping watches the validation loss")
+
+
+def _parametrized(model: torch.nn.Module):
+    """Modules whose weight a parametrization (a quantizer's grid simulation) computes."""
+    from torch.nn.utils import parametrize
+
+    return (m for m in model.modules() if parametrize.is_parametrized(m, "weight"))
 
 
 def _hash_weights(model: torch.nn.Module) -> str:
@@ -176,18 +192,38 @@ class KDDistiller(Stage):
                 raise ConfigError("distiller.teacher_path", cfg.teacher_path,
                                   "a local Hugging Face model folder (with config.json)", "not found")
         if cfg.qat_bits is not None:
-            try:
-                import optimum.quanto  # noqa: F401
-            except Exception as exc:
-                raise MissingDependencyError(self.name, "optimum.quanto", "pip install optimum-quanto", exc) from exc
             quantizer = settings.get("quantizer") or {}
-            if quantizer.get("backend") == "quanto" and quantizer.get("bits") != cfg.qat_bits:
-                raise ConfigError("distiller.qat_bits", cfg.qat_bits, f"the bits of the quanto quantizer that "
-                                  f"follows (quantizer.bits={quantizer.get('bits')})",
+            if self._qat_grid(quantizer) == "quanto":
+                try:
+                    import optimum.quanto  # noqa: F401
+                except Exception as exc:
+                    raise MissingDependencyError(self.name, "optimum.quanto", "pip install optimum-quanto",
+                                                 exc) from exc
+            if quantizer.get("bits") is not None and quantizer.get("bits") != cfg.qat_bits and (
+                    quantizer.get("backend") == "quanto" or self._qat_grid(quantizer) == "quantizer"):
+                raise ConfigError("distiller.qat_bits", cfg.qat_bits, f"the bits of the {quantizer.get('backend')} "
+                                  f"quantizer that follows (quantizer.bits={quantizer.get('bits')})",
                                   "training against one precision and exporting another wastes the QAT")
         if cfg.resume and cfg.checkpoint_every == 0 and cfg.checkpoint_dir is None:
             raise ConfigError("distiller.resume", True, "resume together with distiller.checkpoint_every > 0 "
                               "or a distiller.checkpoint_dir")
+
+    def _qat_grid(self, quantizer: Mapping[str, Any]) -> str:
+        """'quantizer' or 'quanto': whose grid QAT simulates, given the run's quantizer settings (config time)."""
+        grid = self.config.qat_grid
+        if grid == "quanto":
+            return grid
+        backend = quantizer.get("backend") if isinstance(quantizer, Mapping) else None
+        offers = False
+        if backend:
+            from slimkit.core.registry import default_registry
+
+            offers = callable(getattr(default_registry().get(Kind.QUANTIZER, backend), "simulate", None))
+        if grid == "quantizer" and not offers:
+            raise ConfigError("distiller.qat_grid", grid, "'quanto' or 'auto' (this run's quantizer, "
+                              f"{backend or 'none'!r}, offers no grid simulation), or a quantizer that does "
+                              "(e.g. quantizer=autoround)")
+        return "quantizer" if offers else "quanto"
 
     # --- teacher and student --------------------------------------------------------------------
     def teacher(self, state) -> torch.nn.Module:
@@ -322,11 +358,20 @@ class KDDistiller(Stage):
         train, validation = self._split(state)
         checkpoint_dir = Path(cfg.checkpoint_dir).expanduser() if cfg.checkpoint_dir else state.work_dir / "checkpoints"
         fingerprint = self._fingerprint(state, student, teacher) if (cfg.checkpoint_every or cfg.resume) else {}
-        qat_modules = None
+        qat_modules, undo_qat, qat_grid = None, None, None
         if cfg.qat_bits is not None:
-            from .qat import enable_qat
+            qat_grid = "quantizer" if state.simulate_quantization is not None and cfg.qat_grid != "quanto" else "quanto"
+            if cfg.qat_grid == "quantizer" and qat_grid != "quantizer":
+                raise ConfigError("distiller.qat_grid", cfg.qat_grid, "'quanto' or 'auto': this run has no quantizer "
+                                  "that offers a grid simulation")
+            if qat_grid == "quantizer":
+                undo_qat = state.simulate_quantization(student)
+                qat_modules = sum(1 for _ in _parametrized(student))
+            else:
+                from .qat import disable_qat, enable_qat
 
-            qat_modules = enable_qat(student, cfg.qat_bits, cfg.qat_exclude)
+                qat_modules = enable_qat(student, cfg.qat_bits, cfg.qat_exclude)
+                undo_qat = lambda: disable_qat(student)  # noqa: E731
         settings = LoopSettings(
             max_steps=cfg.max_steps, lr=cfg.lr, batch_size=cfg.batch_size,
             seed=state.seed if cfg.seed is None else cfg.seed, weight_decay=cfg.weight_decay,
@@ -337,10 +382,8 @@ class KDDistiller(Stage):
         try:
             metrics = train_loop(student, self._loss_fn(teacher, layer_map), train, settings, validation=validation)
         finally:
-            if cfg.qat_bits is not None:
-                from .qat import disable_qat
-
-                disable_qat(student)
+            if undo_qat is not None:
+                undo_qat()
         student.requires_grad_(False).eval()
         state.model = student
         from slimkit.models import count_parameters
@@ -351,7 +394,7 @@ class KDDistiller(Stage):
         if keep is not None:
             metrics["kept_layers"] = keep
         if qat_modules is not None:
-            metrics.update(qat_bits=cfg.qat_bits, qat_modules=qat_modules)
+            metrics.update(qat_bits=cfg.qat_bits, qat_modules=qat_modules, qat_grid=qat_grid)
         metrics.pop("history", None)
         return metrics
 

@@ -180,3 +180,23 @@ def test_hidden_mse_is_zero_for_a_copy_and_uses_pre_norm_layer_outputs():
     assert stage._layer_map(student, state.reference, [1, 3], 4) == [[0, 1], [1, 3]]
     _, parts = stage._loss_fn(state.reference, [[0, 1]])(student, state.data.train[:2])
     assert parts["hidden_mse"] < 3.0  # layer outputs, not the final-normed stream (which is ~1000x off here)
+
+
+def test_qat_uses_the_following_quantizers_grid_when_it_offers_one():
+    state = fresh_state()
+    calls = []
+
+    def simulate(model):  # stands in for a quantizer's Stage.simulate: one parametrized module
+        from torch.nn.utils import parametrize
+
+        module = model.model.layers[0].mlp.up_proj
+        parametrize.register_parametrization(module, "weight", torch.nn.Identity())
+        calls.append(module)
+        return lambda: parametrize.remove_parametrizations(module, "weight", leave_parametrized=False) or 1
+
+    state.simulate_quantization = simulate
+    metrics = KDDistiller(KDConfig(max_steps=2, lr=1e-2, qat_bits=4, eval_every=0)).apply(state)
+    assert metrics["qat_grid"] == "quantizer" and metrics["qat_modules"] == 1 and len(calls) == 1
+    assert type(state.model.model.layers[0].mlp.up_proj.weight) is torch.nn.Parameter  # simulation removed
+    quanto = KDDistiller(KDConfig(max_steps=1, qat_bits=4, qat_grid="quanto", eval_every=0)).apply(fresh_state())
+    assert quanto["qat_grid"] == "quanto"

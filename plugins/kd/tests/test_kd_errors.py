@@ -102,3 +102,18 @@ def test_partial_checkpoint_is_ignored(tmp_path):
     metrics = KDDistiller(KDConfig(max_steps=3, checkpoint_every=1, eval_every=0, resume=True)).apply(resumed)
     assert metrics["resumed_from_step"] == 2 and metrics["steps"] == 3
     assert torch.isfinite(resumed.model.model.layers[0].mlp.up_proj.weight).all()
+
+
+def test_qat_on_the_quantizer_grid_needs_a_quantizer_that_offers_it():
+    with pytest.raises(ConfigError, match=r"distiller.qat_grid='quantizer'.*'quanto'"):
+        KDDistiller(KDConfig(qat_bits=4, qat_grid="quantizer")).check_before_load(
+            {"quantizer": {"backend": "quanto", "bits": 4}})
+    with pytest.raises(ConfigError, match=r"distiller.qat_grid='quantizer'.*'none'"):
+        KDDistiller(KDConfig(qat_bits=4, qat_grid="quantizer")).check_before_load({})
+
+
+def test_qat_bits_must_match_a_quantizer_whose_grid_is_simulated():
+    pytest.importorskip("auto_round")
+    with pytest.raises(ConfigError, match=r"distiller.qat_bits=4.*autoround quantizer.*quantizer.bits=8"):
+        KDDistiller(KDConfig(qat_bits=4)).check_before_load({"quantizer": {"backend": "autoround", "bits": 8}})
+    KDDistiller(KDConfig(qat_bits=4)).check_before_load({"quantizer": {"backend": "autoround", "bits": 4}})

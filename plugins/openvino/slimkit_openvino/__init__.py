@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from slimkit import ArtifactError, ConfigError, check_choice
+from slimkit import ArtifactError, ConfigError, check_choice, check_range
 from slimkit.core.plugin import Exporter, ExporterConfig
 from slimkit.deploy.holdings import refuse_runtime_kernels
 from slimkit.toolkit.quantization import float_model
@@ -56,6 +56,9 @@ class OpenVinoConfig(ExporterConfig):
     group_size: int = 64
     #: symmetric (signed codes, no zero point) or asymmetric (NNCF's default for int8)
     symmetric: bool = False
+    #: int4: the fraction of the decoder's weights NNCF puts in int4 (1.0: all of them); NNCF keeps the rest in
+    #: int8, choosing the layers by its own data-free sensitivity criterion (nncf.compress_weights' ``ratio``)
+    int4_ratio: float = 1.0
     #: compute precision OpenVINO runs with: f32, or bf16 (its default on this kind of CPU; faster, less exact)
     inference_precision: str = "f32"
     #: precision of the KV cache held in the model's state: auto (= the inference precision, so decode
@@ -71,6 +74,10 @@ class OpenVinoConfig(ExporterConfig):
             raise ConfigError("exporter.openvino.group_size", self.group_size, "a power of two >= 8 (e.g. 32, 64, 128)")
         if not isinstance(self.symmetric, bool):
             raise ConfigError("exporter.openvino.symmetric", self.symmetric, "true or false")
+        check_range("exporter.openvino.int4_ratio", self.int4_ratio, 0.0, 1.0, low_open=True)
+        if self.int4_ratio != 1.0 and self.bits != "int4":
+            raise ConfigError("exporter.openvino.int4_ratio", self.int4_ratio, "1.0 unless "
+                              "exporter.openvino.weights=int4", "it splits the weights between int4 and int8")
 
     @property
     def bits(self) -> str:
@@ -122,7 +129,8 @@ class OpenVinoExporter(Exporter):
 
             mode = {("int8", False): nncf.CompressWeightsMode.INT8_ASYM, ("int8", True): nncf.CompressWeightsMode.INT8_SYM,
                     ("int4", False): nncf.CompressWeightsMode.INT4_ASYM, ("int4", True): nncf.CompressWeightsMode.INT4_SYM}
-            kwargs = {"group_size": self.config.group_size, "ratio": 1.0} if self.config.bits == "int4" else {}
+            kwargs = ({"group_size": self.config.group_size, "ratio": self.config.int4_ratio}
+                      if self.config.bits == "int4" else {})
             ov_model = nncf.compress_weights(ov_model, mode=mode[(self.config.bits, self.config.symmetric)], **kwargs)
         openvino.save_model(ov_model, out_dir / MODEL_XML, compress_to_fp16=False)
         tokenizer.save_pretrained(out_dir)
@@ -155,9 +163,12 @@ class OpenVinoExporter(Exporter):
         if cfg.bits == "int8":
             return {"weights": "int8", "symmetric": cfg.symmetric,
                     "scheme": f"NNCF int8 {kind}, per output channel, data-free round-to-nearest, all weights"}
+        share = ("" if cfg.int4_ratio == 1.0 else f" for {cfg.int4_ratio:.0%} of the decoder's weights (NNCF's "
+                 "data-free choice of layers), the rest int8 asymmetric per channel")
         return {"weights": "int4", "symmetric": cfg.symmetric, "group_size": cfg.group_size,
-                "scheme": f"NNCF int4 {kind}, groups of {cfg.group_size}, data-free round-to-nearest; embedding and "
-                          "lm_head in int8 asymmetric per channel (NNCF's backup precision)"}
+                "int4_ratio": cfg.int4_ratio,
+                "scheme": f"NNCF int4 {kind}, groups of {cfg.group_size}, data-free round-to-nearest{share}; embedding "
+                          "and lm_head in int8 asymmetric per channel (NNCF's backup precision)"}
 
     @classmethod
     def open(cls, out_dir: Path, threads: int = 1) -> OpenVinoSession:

@@ -27,7 +27,7 @@ class TestOpenVinoContract(ExporterContract):
 
 def _export(tmp_path, model, tokenizer, **config):
     out = tmp_path / "export"
-    out.mkdir()
+    out.mkdir(parents=True)
     facts = OpenVinoExporter(OpenVinoConfig(**config)).export(tmp_path, model, tokenizer, out)
     return facts, OpenVinoExporter.open(out, threads=1), out
 
@@ -160,6 +160,20 @@ def test_int4_scheme_and_inference_precision_are_recorded(tmp_path):
         p.numel() * 4 for p in state.model.parameters())  # compressed well below the fp32 weights
 
 
+def test_int4_ratio_keeps_the_rest_of_the_decoder_in_int8(tmp_path):
+    state = random_token_state()
+    sizes = {}
+    for label, values in (("int8", dict(weights="int8")), ("mixed", dict(weights="int4", int4_ratio=0.5)),
+                          ("int4", dict(weights="int4"))):
+        facts, session, out = _export(tmp_path / label, state.model, state.tokenizer, group_size=32, symmetric=True,
+                                      **values)
+        sizes[label] = (out / "openvino_model.bin").stat().st_size
+        probe = state.data.eval[:1, :16]
+        assert (session.logits(probe) - model_logits(state.model, probe)).abs().max().item() < 0.5
+    assert facts["int4_ratio"] == 1.0
+    assert sizes["int4"] < sizes["mixed"] < sizes["int8"], sizes
+
+
 def test_bad_inputs_are_refused_before_any_export():
     from transformers import GPT2Config, LlamaConfig
 
@@ -167,6 +181,10 @@ def test_bad_inputs_are_refused_before_any_export():
                        ("kv_cache_precision", "i4")):
         with pytest.raises(ConfigError, match=f"exporter.openvino.{key}"):
             OpenVinoConfig(**{key: value})
+    for values in ({"weights": "int4", "int4_ratio": 0.0}, {"weights": "int4", "int4_ratio": 1.5},
+                   {"weights": "int8", "int4_ratio": 0.5}):
+        with pytest.raises(ConfigError, match="exporter.openvino.int4_ratio"):
+            OpenVinoConfig(**values)
     exporter = OpenVinoExporter(OpenVinoConfig(weights="int4", group_size=128))
     with pytest.raises(ConfigError, match="llama, gemma3_text.*'gpt2'"):
         exporter.check_model(GPT2Config(), None)
