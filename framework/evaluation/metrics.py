@@ -64,13 +64,25 @@ def next_token_nll(logits: torch.Tensor, input_ids: torch.Tensor, reduction: str
                                              reduction=reduction)
 
 
+def summed_nll_consuming(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """``next_token_nll(logits, input_ids, "sum")`` without a second logits-sized buffer (no grad, CPU): the
+    log-softmax is written over the float logits, which are garbage afterwards. The same two kernels as
+    ``cross_entropy`` (log-softmax, then the NLL sum), so the same bits; elsewhere it is ``next_token_nll``."""
+    shifted = logits[:, :-1].float()
+    if shifted.device.type != "cpu" or torch.is_grad_enabled():
+        return next_token_nll(logits, input_ids, "sum")
+    flat = shifted.reshape(-1, shifted.shape[-1])
+    torch.log_softmax(flat, -1, out=flat)
+    return torch.nn.functional.nll_loss(flat, input_ids[:, 1:].reshape(-1), reduction="sum")
+
+
 def mean_next_token_loss(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 4) -> float:
     """Mean next-token cross-entropy of ``model`` over every predicted token of ``windows`` (no grad)."""
     total, count = 0.0, 0
     with torch.no_grad():
         for start in range(0, windows.shape[0], batch_size):
             batch = windows[start:start + batch_size]
-            total += next_token_nll(model(input_ids=batch, use_cache=False).logits, batch, "sum").item()
+            total += summed_nll_consuming(model(input_ids=batch, use_cache=False).logits, batch).item()
             count += batch[:, 1:].numel()
     return total / count if count else float("nan")
 

@@ -17,6 +17,7 @@ import torch
 
 from slimkit.core.artifact import atomic_directory, load_pretrained
 from slimkit.core.errors import ConfigError, ModelLoadError
+from slimkit.core.memory import own_storages
 from slimkit.core.paths import cache_dir
 
 
@@ -212,6 +213,9 @@ def load_model(name: str = "smollm2-135m", path: str | None = None, trust_remote
     (``smollm2-135m``), ``tiny`` (random-init, for tests) or a hub id. ``dtype`` (see :data:`MODEL_DTYPES`)
     is the weights' dtype; ``device`` (see :data:`MODEL_DEVICES`) where they live (``auto``: accelerate's
     ``device_map="auto"``).
+
+    A checkpoint's weights are copied out of the file mapping transformers reads them from
+    (:func:`slimkit.core.memory.own_storages`), so that weights a stage replaces are freed.
     """
     from transformers import AutoTokenizer
 
@@ -221,7 +225,7 @@ def load_model(name: str = "smollm2-135m", path: str | None = None, trust_remote
         placement = {}  # transformers' default: plain CPU tensors, no accelerate hooks
     if path:
         folder = checked_folder(path)
-        model = load_pretrained(folder, trust_remote_code=trust_remote_code, dtype=dtype, **placement)
+        model = _own(load_pretrained(folder, trust_remote_code=trust_remote_code, dtype=dtype, **placement))
         tokenizer = _load_tokenizer(folder, trust_remote_code)
         return LoadedModel(model, tokenizer, name=folder.name, path=str(folder), provenance=f"local folder {folder}")
     if name == "tiny":
@@ -231,19 +235,24 @@ def load_model(name: str = "smollm2-135m", path: str | None = None, trust_remote
     if name in EMBEDDED:
         make, provenance = EMBEDDED[name]
         folder = make()
-        return LoadedModel(load_pretrained(folder, dtype=dtype, **placement), AutoTokenizer.from_pretrained(str(folder)),
+        return LoadedModel(_own(load_pretrained(folder, dtype=dtype, **placement)), AutoTokenizer.from_pretrained(str(folder)),
                            name=name, path=str(folder), provenance=provenance)
     if "/" not in name:
         raise ConfigError("model.name", name, "one of " + ", ".join(map(repr, [*EMBEDDED, "tiny"]))
                           + ", a hub id like 'org/model', or set model.path to a local folder")
     try:
-        model = load_pretrained(name, trust_remote_code=trust_remote_code, dtype=dtype, **placement)
+        model = _own(load_pretrained(name, trust_remote_code=trust_remote_code, dtype=dtype, **placement))
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     except (ModelLoadError, OSError) as exc:
         raise ModelLoadError(f"model.name={name!r}: could not load it from the Hugging Face hub "
                              f"(offline, or HF_HUB_OFFLINE is set?). Download it elsewhere and pass "
                              f"model.path=<folder>. Cause: {exc}") from exc
     return LoadedModel(model, tokenizer, name=name, path=name, provenance=f"hub id {name}")
+
+
+def _own(model: torch.nn.Module) -> torch.nn.Module:
+    own_storages(model)
+    return model
 
 
 def _load_tokenizer(folder: Path, trust_remote_code: bool):

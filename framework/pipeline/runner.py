@@ -319,14 +319,18 @@ def run(cfg: Any, output_dir: str | Path = ".", registry: Registry | None = None
     loaded.model = None  # the state holds the one full copy of the model
     bs = eval_cfg.get("batch_size", 1)
 
+    # each evaluation starts from a trimmed heap: its transients (logits, lm-eval's requests) would otherwise
+    # stack on what the previous one freed
     def evaluate(model: torch.nn.Module, label: str) -> dict[str, Any]:
         if not eval_cfg.get("perplexity", True) or not main:
             return {}
+        release_memory()
         return quality_metrics(model, data.eval, bs, desc=f"perplexity [{label}]")
 
     def task_scores(model: torch.nn.Module, label: str) -> dict[str, Any]:
         if not main:
             return {}
+        release_memory()
         return {"tasks": tasks.evaluate(model, tokenizer, eval_cfg.get("task_samples", 200), bs, label)}
 
     from slimkit.pipeline.baseline import cached_baseline  # in a sweep: evaluated once, reused by every job

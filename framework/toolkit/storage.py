@@ -178,9 +178,15 @@ def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a file written by :func:`save_tensors` (or any plain safetensors file) into dense tensors."""
     from safetensors import safe_open
 
+    from slimkit.core.memory import trim_heap
+
     if not os.path.isfile(path):
         raise ArtifactError(f"{str(path)!r} does not exist")
-    with safe_open(str(path), framework="pt") as fh:
+    try:  # each tensor read into memory of its own: a memory-mapped file stays resident while any view of it lives
+        opened = safe_open(str(path), framework="pt", backend="pread")
+    except TypeError:  # safetensors < 0.8 has no backend choice
+        opened = safe_open(str(path), framework="pt")
+    with opened as fh:
         meta = fh.metadata() or {}
         try:
             index = json.loads(meta.get(SPARSE_KEY, "{}"))
@@ -201,6 +207,8 @@ def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         dense = torch.zeros(numel, dtype=values.dtype)
         dense[keep] = values
         out[name] = dense.view(spec["shape"])
+        if len(out) % 8 == 0:
+            trim_heap()  # the mask's temporaries, freed, would otherwise stay resident (below glibc's mmap threshold)
     out.update(raw)
     return out
 
