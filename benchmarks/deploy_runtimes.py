@@ -227,6 +227,8 @@ def main() -> None:
         "slimkit openvino int4 sym g64 f32 (b)": ("openvino", OpenVinoExporter(OpenVinoConfig(weights="int4", symmetric=True))),
         "slimkit openvino int4 sym g64 bf16 (b)": ("openvino", OpenVinoExporter(OpenVinoConfig(
             weights="int4", symmetric=True, inference_precision="bf16"))),
+        "slimkit openvino int8 sym bf16 (b)": ("openvino", OpenVinoExporter(OpenVinoConfig(
+            weights="int8", symmetric=True, inference_precision="bf16"))),
         "slimkit openvino int8 bf16 u8-kv (b)": ("openvino", OpenVinoExporter(OpenVinoConfig(
             weights="int8", inference_precision="bf16", kv_cache_precision="u8"))),
         # NNCF's mixed precision: this share of the decoder in int4 (sym g64), the rest int8 (NNCF picks the layers)
