@@ -91,6 +91,9 @@ class Point:
 # --------------------------------------------------------------------------------------------- the points
 
 SMOLLM2 = "smollm2-135m"
+CARRY_Q4_0 = "benchmarks/deploy_carry_smollm2_q4_0_recipe.json"
+Q4_0_RECIPE = "experiment=case_study_mobile_q4_0 (QAT-KD on the grid → autoround RTN int4 sym g32, table int8)"
+OV_MIXED = "benchmarks/deploy_runtimes_smollm2_openvino_mixed.json"
 GEMMA3 = "gemma3-270m"
 
 SMOLLM2_POINTS = [
@@ -141,6 +144,16 @@ SMOLLM2_POINTS = [
     Point("pytorch", "mobile: QAT-KD + int4", SMOLLM2,
           "experiment=case_study_mobile: QAT-KD 24 steps → autoround RTN int4 sym g64, table int4",
           (Source("benchmarks/case_study_mobile_smollm2/report.json", "report", "final"),)),
+    Point("pytorch", "mobile, QAT on the grid + int4", SMOLLM2,
+          "experiment=case_study_mobile at 458c77d: QAT-KD 24 steps on AutoRound's own grid (table included) → "
+          "autoround RTN int4 sym g64, table int4",
+          (Source("benchmarks/case_study_mobile_smollm2_qatgrid/report.json", "report", "final"),)),
+    Point("pytorch", "int4 RTN g32, table int8 (n=1000)", SMOLLM2,
+          "autoround RTN int4 sym g32, tied table int8 (llama.cpp Q4_0's tensor types)",
+          (Source(CARRY_Q4_0, "carry", "autoround RTN int4 sym g32, embedding int8 (PyTorch)"),)),
+    Point("pytorch", "q4_0 recipe: QAT on the grid + int4 (n=1000)", SMOLLM2,
+          "experiment=case_study_mobile_q4_0: QAT-KD 24 steps on the grid → autoround RTN int4 sym g32, table int8",
+          (Source(CARRY_Q4_0, "carry", f"{Q4_0_RECIPE} (PyTorch)"),)),
 
     # ---- runtime alone: the runtime's own quantization of the fp32 model, route (a)
     Point("runtime", "llama.cpp Q8_0", SMOLLM2, "llama_model_quantize Q8_0 from F16",
@@ -155,6 +168,13 @@ SMOLLM2_POINTS = [
           (Source("benchmarks/deploy_carry_smollm2.json", "carry",
                   "fp32 → llama.cpp Q4_0 (llama_model_quantize, from slimkit's F16 GGUF)"),),
           route="a"),
+    Point("runtime", "llama.cpp Q4_0 (n=1000)", SMOLLM2,
+          "llama_model_quantize Q4_0 from F16 (sym groups of 32; tied table Q8_0)",
+          (Source(CARRY_Q4_0, "carry", "fp32 → llama.cpp Q4_0 (llama_model_quantize, from slimkit's F16 GGUF)"),),
+          route="a"),
+    Point("runtime", "OpenVINO int8 (n=1000)", SMOLLM2,
+          "nncf.compress_weights int8_asym per channel; bf16 inference, u8 KV cache (stateful)",
+          (Source(OV_MIXED, "runtimes", "ov-nncf-int8 bf16 (a)"),), route="a"),
     Point("runtime", "ORT int4", SMOLLM2, "onnxruntime-genai builder int4: sym blocks of 32, accuracy_level 4",
           (Source("benchmarks/deploy_runtimes_smollm2_onnx_ov8.json", "runtimes", "ort-builder-int4 (a)"),),
           route="a"),
@@ -206,6 +226,16 @@ SMOLLM2_POINTS = [
           (Source("benchmarks/deploy_executorch_smollm2_quantized.json", "runtimes",
                   "executorch 8da4w g32 + int8 embedding"),), route="b"),
 
+    Point("slimkit_runtime", "openvino int8 bf16 (n=1000)", SMOLLM2,
+          "slimkit openvino exporter weights=int8 (NNCF int8_asym), bf16 inference (stateful)",
+          (Source(OV_MIXED, "runtimes", "slimkit openvino int8 bf16 (b)"),), route="b"),
+    Point("slimkit_runtime", "openvino int4 sym g64 (n=1000)", SMOLLM2,
+          "slimkit openvino exporter int4 sym g64 (NNCF), table int8; bf16 inference (stateful)",
+          (Source(OV_MIXED, "runtimes", "slimkit openvino int4 sym g64 bf16 (b)"),), route="b"),
+    Point("slimkit_runtime", "openvino 50% int4", SMOLLM2,
+          "slimkit openvino exporter int4 sym g64 for 50% of the decoder (NNCF's choice), rest and table int8; bf16",
+          (Source(OV_MIXED, "runtimes", "slimkit openvino int4 sym g64 r50 bf16 (b)"),), route="b"),
+
     # ---- slimkit → runtime, route (c): slimkit's compressed artifact, its integer codes carried
     Point("slimkit_runtime", "mobile → llama.cpp", SMOLLM2,
           "case_study_mobile (QAT-KD → autoround int4 sym g64, table int4) → GGUF Q4_0, codes carried",
@@ -214,6 +244,20 @@ SMOLLM2_POINTS = [
     Point("slimkit_runtime", "mobile → ORT", SMOLLM2,
           "case_study_mobile → ONNX MatMulNBits, codes carried",
           (Source("benchmarks/case_study_mobile_smollm2/report.json", "report", "deployment:onnx"),),
+          route="c"),
+    Point("slimkit_runtime", "mobile, QAT on grid → llama.cpp", SMOLLM2,
+          "case_study_mobile at 458c77d (QAT on AutoRound's grid → int4 sym g64, table int4) → GGUF Q4_0, carried",
+          (Source("benchmarks/case_study_mobile_smollm2_qatgrid/report.json", "report", "deployment:gguf"),),
+          route="c"),
+    Point("slimkit_runtime", "mobile, QAT on grid → ORT", SMOLLM2,
+          "case_study_mobile at 458c77d → ONNX MatMulNBits, codes carried",
+          (Source("benchmarks/case_study_mobile_smollm2_qatgrid/report.json", "report", "deployment:onnx"),),
+          route="c"),
+    Point("slimkit_runtime", "q4_0 recipe → llama.cpp (n=1000)", SMOLLM2,
+          "case_study_mobile_q4_0 (QAT on the grid → int4 sym g32, table int8) → GGUF Q4_0 + Q8_0, codes carried: "
+          "llama.cpp Q4_0's own tensor types and size",
+          (Source(CARRY_Q4_0, "carry", f"{Q4_0_RECIPE} → GGUF (slimkit gguf, weights=auto)"),
+           Source("benchmarks/case_study_mobile_smollm2_q4_0/report.json", "report", "deployment:gguf", ("speed",))),
           route="c"),
     Point("slimkit_runtime", "int4 RTN → llama.cpp", SMOLLM2,
           "autoround RTN int4 sym g64, table int4 → GGUF Q4_0, codes carried",
