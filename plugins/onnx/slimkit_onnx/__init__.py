@@ -150,6 +150,13 @@ class OnnxExporter(Exporter):
                               "try exporter=openvino")
         if getattr(model_config, NON_UNIFORM_KEY, None):
             raise ConfigError("exporter", "onnx", "a model with the same sizes in every layer", NON_UNIFORM_WHY)
+        rope = getattr(model_config, "rope_parameters", None)
+        if isinstance(rope, dict) and rope and "rope_type" not in rope:
+            # transformers 5 nests RoPE per attention type for e.g. Gemma-3 ({'full_attention': {...},
+            # 'sliding_attention': {...}}); onnxruntime-genai's builder reads rope_parameters['rope_type'] and fails
+            raise ConfigError("exporter", "onnx", "a model whose config has one RoPE setting (rope_parameters with a "
+                              "'rope_type')", f"{model_type!r} sets RoPE per attention type ({', '.join(rope)}), which "
+                              "onnxruntime-genai's model builder cannot read; use exporter=gguf or exporter=openvino")
         refuse_runtime_kernels(
             "onnx", writer, "the ONNX Runtime builder cannot read",
             "quantizer=autoround (its symmetric int4 codes are written into MatMulNBits as they are), drop the "

@@ -131,6 +131,18 @@ def test_bad_inputs_are_refused_before_any_export():
     exporter.check_before_load({"pruner": {"backend": "torch_pruning", "exclude": ["*.self_attn.*"]}})  # uniform
 
 
+def test_rope_set_per_attention_type_is_refused_before_any_stage():
+    """Gemma-3 under transformers 5 nests RoPE per attention type; onnxruntime-genai's builder failed on it with
+    KeyError 'rope_type' after a whole run (case study on Gemma-3): refused from the config instead."""
+    from transformers import Gemma3TextConfig, LlamaConfig
+
+    gemma = Gemma3TextConfig(architectures=["Gemma3ForCausalLM"])
+    assert isinstance(gemma.rope_parameters, dict) and "rope_type" not in gemma.rope_parameters
+    with pytest.raises(ConfigError, match=r"exporter='onnx'.*'gemma3_text'.*exporter=gguf or exporter=openvino"):
+        OnnxExporter(OnnxConfig()).check_model(gemma, None)
+    OnnxExporter(OnnxConfig()).check_model(LlamaConfig(architectures=["LlamaForCausalLM"]), None)  # flat: accepted
+
+
 def test_missing_runtime_names_the_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime_genai", None)  # import now raises ImportError
     with pytest.raises(MissingDependencyError, match="pip install onnxruntime-genai"):
