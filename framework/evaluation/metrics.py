@@ -68,9 +68,9 @@ def summed_nll_consuming(logits: torch.Tensor, input_ids: torch.Tensor) -> torch
     """``next_token_nll(logits, input_ids, "sum")`` without a second logits-sized buffer (no grad, CPU): the
     log-softmax is written over the float logits, which are garbage afterwards. The same two kernels as
     ``cross_entropy`` (log-softmax, then the NLL sum), so the same bits; elsewhere it is ``next_token_nll``."""
-    shifted = logits[:, :-1].float()
-    if shifted.device.type != "cpu" or torch.is_grad_enabled():
+    if logits.device.type != "cpu" or torch.is_grad_enabled():
         return next_token_nll(logits, input_ids, "sum")
+    shifted = logits[:, :-1].float()
     flat = shifted.reshape(-1, shifted.shape[-1])
     torch.log_softmax(flat, -1, out=flat)
     return torch.nn.functional.nll_loss(flat, input_ids[:, 1:].reshape(-1), reduction="sum")

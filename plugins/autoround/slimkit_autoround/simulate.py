@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import torch
 from torch.nn.utils import parametrize
 
-from .layout import code_range
+from .layout import round_to_nearest
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -39,8 +39,8 @@ class _StraightThrough(torch.autograd.Function):
 
 
 class TableGrid(torch.nn.Module):
-    """Quantize-dequantize on the embedding table's grid: symmetric, ``scale = absmax / (2**(bits-1) - 1)`` per
-    ``group_size`` columns, rounded to float16 (the grid ``round_to_nearest`` stores)."""
+    """Quantize-dequantize on the embedding table's grid: :func:`~slimkit_autoround.layout.round_to_nearest`, the
+    function :meth:`AutoRoundQuantizer.apply` quantizes the table with."""
 
     def __init__(self, bits: int, group_size: int):
         super().__init__()
@@ -50,13 +50,7 @@ class TableGrid(torch.nn.Module):
         return _StraightThrough.apply(weight, self._qdq)
 
     def _qdq(self, weight: torch.Tensor) -> torch.Tensor:
-        lo, hi = code_range(self.bits)
-        out, cols = weight.shape
-        groups = weight.reshape(out, cols // self.group_size, self.group_size)
-        scale = (groups.abs().amax(dim=-1, keepdim=True) / hi).to(torch.float16).to(weight.dtype)
-        scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-        codes = torch.clamp(torch.round(groups / scale), lo, hi)
-        return (codes * scale).reshape(out, cols)
+        return round_to_nearest(weight, self.bits, self.group_size).dequantize(weight.dtype)
 
 
 class LinearGrid(torch.nn.Module):

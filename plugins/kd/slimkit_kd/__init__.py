@@ -193,14 +193,15 @@ class KDDistiller(Stage):
                                   "a local Hugging Face model folder (with config.json)", "not found")
         if cfg.qat_bits is not None:
             quantizer = settings.get("quantizer") or {}
-            if self._qat_grid(quantizer) == "quanto":
+            grid = self._qat_grid(quantizer)
+            if grid == "quanto":
                 try:
                     import optimum.quanto  # noqa: F401
                 except Exception as exc:
                     raise MissingDependencyError(self.name, "optimum.quanto", "pip install optimum-quanto",
                                                  exc) from exc
             if quantizer.get("bits") is not None and quantizer.get("bits") != cfg.qat_bits and (
-                    quantizer.get("backend") == "quanto" or self._qat_grid(quantizer) == "quantizer"):
+                    quantizer.get("backend") == "quanto" or grid == "quantizer"):
                 raise ConfigError("distiller.qat_bits", cfg.qat_bits, f"the bits of the {quantizer.get('backend')} "
                                   f"quantizer that follows (quantizer.bits={quantizer.get('bits')})",
                                   "training against one precision and exporting another wastes the QAT")
