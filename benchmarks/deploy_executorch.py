@@ -43,6 +43,10 @@ def peak_memory_mb(code_args: list[str], code: str) -> float:
     return float(done.stdout.strip().splitlines()[-1])
 
 
+#: the child's own peak RSS (MB): ``VmHWM``, not ``ru_maxrss``, which on Linux keeps the high-water RSS of the
+#: image the child exec()s from (this large process) — the reports committed before this fix were measured that way
+PRINT_PEAK = ("print(next(int(line.split()[1]) for line in open('/proc/self/status') "
+              "if line.startswith('VmHWM:')) / 1024)\n")
 EXPORT_PEAK = (
     "import json, resource, sys, torch\n"
     "from pathlib import Path\n"
@@ -51,7 +55,7 @@ EXPORT_PEAK = (
     "s = ExecuTorchExporter.open(Path(sys.argv[1]), threads=1)\n"
     "ids = torch.tensor([json.loads(sys.argv[2])])\n"
     "s.logits(ids); s.generate(ids, int(sys.argv[3]))\n"
-    "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n")
+    + PRINT_PEAK)
 TORCH_PEAK = (
     "import json, resource, sys, torch\n"
     "from slimkit.models import load_model\n"
@@ -60,7 +64,7 @@ TORCH_PEAK = (
     "s = TorchSession(load_model(sys.argv[1]).model)\n"
     "ids = torch.tensor([json.loads(sys.argv[2])])\n"
     "s.logits(ids); s.generate(ids, int(sys.argv[3]))\n"
-    "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n")
+    + PRINT_PEAK)
 
 
 def render(path: str) -> str:

@@ -13,6 +13,10 @@ Rows:
   stateful IR (KV cache as model state, optimum-intel's layout), so do these rows.
 - (b) ``slimkit``: the ``onnx`` / ``openvino`` exporter plugins on the model slimkit loaded, with their own
   defaults (OpenVINO: f32 inference unless the row says bf16).
+- (c) ``--artifact LABEL=DIR`` (repeatable): a slimkit artifact made elsewhere (e.g. a pipeline run's ``model/``
+  folder), loaded with ``slimkit.load`` and exported by the ``openvino`` plugin with ``weights=auto`` — its integer
+  codes carried as compressed weights — at bf16 inference, with OpenVINO's dynamic int8 activation quantization
+  (its CPU default) and without it (``dq-off``).
 
 Every row: perplexity on the eval windows (the pipeline's default data slice), 2-shot sentiment on
 ``--task-samples`` sentences (fp32 PyTorch beside it), size on disk, prefill/decode speed against PyTorch fp32
@@ -38,6 +42,14 @@ import torch
 ROOT = Path(__file__).resolve().parent
 
 
+#: The child's own peak RSS in MB. Not ``ru_maxrss``: Linux carries the high-water RSS of the image a process
+#: exec()s from into it, so a child of this (large) process would report at least this process's size — the
+#: reports written before this fix (up to deploy_runtimes_smollm2_openvino_carried.json) did. ``VmHWM`` is the
+#: high-water mark of the child's own address space.
+PRINT_PEAK = ("print(next(int(line.split()[1]) for line in open('/proc/self/status') "
+              "if line.startswith('VmHWM:')) / 1024)\n")
+
+
 def peak_memory_mb(exporter: str, folder: Path, prompt: list[int], decode_tokens: int) -> float:
     """Peak RSS (MB) of a fresh process that opens the export, runs one prefill and one greedy decode."""
     code = (
@@ -50,7 +62,7 @@ def peak_memory_mb(exporter: str, folder: Path, prompt: list[int], decode_tokens
         "s = cls.open(Path(sys.argv[2]), threads=1)\n"
         "ids = torch.tensor([json.loads(sys.argv[3])])\n"
         "s.logits(ids); s.generate(ids, int(sys.argv[4]))\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n")
+        + PRINT_PEAK)
     done = subprocess.run([sys.executable, "-c", code, exporter, str(folder), json.dumps(prompt), str(decode_tokens)],
                           capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if done.returncode:
@@ -67,7 +79,7 @@ def torch_peak_memory_mb(model_name: str, prompt: list[int], decode_tokens: int)
         "s = TorchSession(load_model(sys.argv[1]).model)\n"
         "ids = torch.tensor([json.loads(sys.argv[2])])\n"
         "s.logits(ids); s.generate(ids, int(sys.argv[3]))\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n")
+        + PRINT_PEAK)
     done = subprocess.run([sys.executable, "-c", code, model_name, json.dumps(prompt), str(decode_tokens)],
                           capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if done.returncode:
@@ -128,6 +140,37 @@ def fp32_tasks(model, tokenizer, tasks: list[str], samples: int, windows) -> dic
     return out
 
 
+def remeasure_memory(report_path: Path, out: str) -> None:
+    """Peak RSS (``VmHWM``) of fresh processes for each row of ``report_path`` whose export was kept (``--keep``),
+    and of PyTorch fp32, written to ``out``: the correction for reports measured with ``ru_maxrss``."""
+    if Path(out).exists():
+        raise SystemExit(f"{out} exists; results files are never overwritten: choose a new name")
+    from slimkit.data import build_splits
+    from slimkit.models import load_model
+
+    report = json.loads(report_path.read_text())
+    command = report["command"].split()
+    keep = Path(command[command.index("--keep") + 1])
+    name, timing = report["model"]["name"], report["timing"]
+    loaded = load_model(name)
+    prompt = build_splits(loaded.tokenizer, eval_tokens=report["eval_tokens"]).eval[0, :timing["prompt_tokens"]].tolist()
+    del loaded
+    rows = []
+    for row in report["rows"]:
+        folder = keep / row["row"].replace(" ", "_").replace("(", "").replace(")", "")
+        rows.append({"row": row["row"], "folder": str(folder), "reported_ru_maxrss_mb": row["peak_memory_mb"],
+                     "peak_memory_mb": peak_memory_mb(row["exporter"], folder, prompt, timing["decode_tokens"])})
+        print(json.dumps(rows[-1]), flush=True)
+    result = {"command": "python " + " ".join(sys.argv), "report": str(report_path), "model": name,
+              "method": "VmHWM of a fresh process that opens the export (or loads the fp32 model), runs one prefill of "
+                        f"{timing['prompt_tokens']} tokens and one {timing['decode_tokens']}-token greedy decode",
+              "baseline_fp32_pytorch": {"reported_ru_maxrss_mb": report["baseline_fp32_pytorch"]["peak_memory_mb"],
+                                        "peak_memory_mb": torch_peak_memory_mb(name, prompt, timing["decode_tokens"])},
+              "rows": rows, "load_average_end": list(os.getloadavg())}
+    Path(out).write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
+
+
 def render(path: str) -> str:
     """The report as a markdown table (what benchmarks/deploy_runtimes.md shows)."""
     report = json.loads(Path(path).read_text())
@@ -160,6 +203,9 @@ def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--render":
         print(render(sys.argv[2]))
         return
+    if len(sys.argv) == 4 and sys.argv[1] == "--memory":
+        remeasure_memory(Path(sys.argv[2]), sys.argv[3])
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
     parser.add_argument("--model", default="smollm2-135m")
@@ -171,6 +217,9 @@ def main() -> None:
     parser.add_argument("--decode-tokens", type=int, default=32)
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--keep", default=None, help="folder to keep the exports in (default: a temporary one)")
+    parser.add_argument("--artifact", action="append", default=[], metavar="LABEL=DIR",
+                        help="a slimkit artifact to export with its codes carried (rows '<LABEL> → openvino ...')")
+    parser.add_argument("--tasks", default="sentiment", help="tasks separated by ',' (the first is the headline)")
     parser.add_argument("--baseline-from", default=None,
                         help="reuse the fp32 PyTorch baseline of an earlier report (same model, data and task samples)")
     args = parser.parse_args()
@@ -193,13 +242,14 @@ def main() -> None:
     prompt = data.eval[:1, :args.prompt_tokens]
     eval_cfg = {"threads": 1, "processes": args.processes, "latency_processes": args.processes, "repeats": args.repeats,
                 "decode_tokens": args.decode_tokens}
-    tasks = ["sentiment"] if args.task_samples else []
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.task_samples else []
 
     started = time.time()
     if args.baseline_from:
         earlier = json.loads(Path(args.baseline_from).read_text())
         same = (earlier["eval_tokens"], earlier["task_samples"], earlier["model"]["name"]) == (
-            args.eval_tokens, args.task_samples, args.model)
+            args.eval_tokens, args.task_samples, args.model) and set(tasks) <= set(
+            earlier["baseline_fp32_pytorch"].get("tasks", {}))
         if not same:
             parser.error(f"--baseline-from {args.baseline_from} was measured with other settings")
         baseline = {**earlier["baseline_fp32_pytorch"], "measured_in": args.baseline_from}
@@ -227,6 +277,9 @@ def main() -> None:
         "slimkit openvino int4 sym g64 f32 (b)": ("openvino", OpenVinoExporter(OpenVinoConfig(weights="int4", symmetric=True))),
         "slimkit openvino int4 sym g64 bf16 (b)": ("openvino", OpenVinoExporter(OpenVinoConfig(
             weights="int4", symmetric=True, inference_precision="bf16"))),
+        # llama.cpp Q4_0's grid (sym blocks of 32) in NNCF: the runtime's own counterpart of the q4_0 recipe
+        "slimkit openvino int4 sym g32 bf16 (b)": ("openvino", OpenVinoExporter(OpenVinoConfig(
+            weights="int4", symmetric=True, group_size=32, inference_precision="bf16"))),
         "slimkit openvino int8 sym bf16 (b)": ("openvino", OpenVinoExporter(OpenVinoConfig(
             weights="int8", symmetric=True, inference_precision="bf16"))),
         "slimkit openvino int8 bf16 u8-kv (b)": ("openvino", OpenVinoExporter(OpenVinoConfig(
@@ -235,7 +288,21 @@ def main() -> None:
         **{f"slimkit openvino int4 sym g64 r{round(r * 100)} bf16 (b)": ("openvino", OpenVinoExporter(OpenVinoConfig(
             weights="int4", symmetric=True, int4_ratio=r, inference_precision="bf16"))) for r in (0.25, 0.5, 0.75)},
     }
-    chosen = list(rows) if args.rows == "all" else [r.strip() for r in args.rows.split(";")]
+    sources = {}  # row label -> the model it exports (default: the fp32 model)
+    for spec in args.artifact:
+        name, _, folder = spec.partition("=")
+        if not folder or not Path(folder).is_dir():
+            parser.error(f"--artifact {spec!r}: expected LABEL=DIR with an existing artifact folder")
+        import slimkit
+
+        artifact = slimkit.load(folder)
+        for suffix, values in (("bf16", {}), ("bf16 dq-off", {"dynamic_quantization": "off"})):
+            label = f"{name} → openvino carried {suffix} (c)"
+            rows[label] = ("openvino", OpenVinoExporter(OpenVinoConfig(weights="auto", inference_precision="bf16",
+                                                                       **values)))
+            sources[label] = (artifact, folder)
+    chosen = list(rows) if args.rows == "all" else [r.strip() for r in args.rows.split(";") if r.strip()]
+    chosen += [label for label in sources if label not in chosen]
     keep = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="deploy-runtimes-"))
     results = []
     for label in chosen:
@@ -249,11 +316,12 @@ def main() -> None:
         if callable(how):
             facts = how(folder)
         else:
-            facts = how.export(hf_dir, model, tokenizer, folder)
+            source, source_dir = sources.get(label, (model, hf_dir))
+            facts = how.export(Path(source_dir), source, tokenizer, folder)
         export_s = time.perf_counter() - start
         cls = OnnxExporter if exporter_name == "onnx" else OpenVinoExporter
         session = cls.open(folder, threads=1)
-        row = {"row": label, "exporter": exporter_name, "runtime_version": session.runtime_version, "facts": facts,
+        row = {"row": label, "exporter": exporter_name, "artifact": str(sources[label][1]) if label in sources else None, "runtime_version": session.runtime_version, "facts": facts,
                "export_seconds": round(export_s, 1), "size_bytes": sum(p.stat().st_size for p in folder.rglob("*")
                                                                         if p.is_file() and "token" not in p.name)}
         row.update(quality(session, data.eval, tokenizer, tasks, args.task_samples, baseline, label=label))

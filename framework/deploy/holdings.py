@@ -42,6 +42,7 @@ __all__ = [
     "artifact_weights",
     "int_weight_modules",
     "refuse_runtime_kernels",
+    "summarize_reasons",
 ]
 
 
@@ -104,3 +105,11 @@ def refuse_runtime_kernels(exporter: str, writer: Any, cannot: str, alternatives
                       "integer codes (autoround)",
                       f"quantizer={writer} writes packed weights or kernels only its own backend runs, which {cannot}. "
                       f"Alternatives: {alternatives}")
+
+
+def summarize_reasons(kept: dict[str, str]) -> str:
+    """``{module: why its codes were not carried}`` as one phrase: ``"2x <why>, 1x <why>"``."""
+    counts: dict[str, int] = {}
+    for why in kept.values():
+        counts[why] = counts.get(why, 0) + 1
+    return ", ".join(f"{n}x {why}" for why, n in sorted(counts.items()))

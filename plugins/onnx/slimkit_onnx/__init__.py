@@ -51,7 +51,7 @@ import torch
 
 from slimkit import ArtifactError, ConfigError, check_choice
 from slimkit.core.plugin import Exporter, ExporterConfig
-from slimkit.deploy.holdings import int_weight_modules, refuse_runtime_kernels
+from slimkit.deploy.holdings import int_weight_modules, refuse_runtime_kernels, summarize_reasons
 from slimkit.toolkit.quantization import float_model
 from slimkit_onnx.codes import carry_codes
 
@@ -111,13 +111,6 @@ def shares_embedding(cfg: OnnxConfig) -> bool:
     """Whether the builder (0.18) quantizes the tied embedding together with the lm_head: for symmetric int4 only
     (int8 leaves the embedding's Gather in fp32; asymmetric sharing is invalid, so it is switched off)."""
     return cfg.precision == "int4" and cfg.symmetric
-
-
-def _reasons(kept: Mapping[str, str]) -> str:
-    counts: dict[str, int] = {}
-    for why in kept.values():
-        counts[why] = counts.get(why, 0) + 1
-    return ", ".join(f"{n}x {why}" for why, n in sorted(counts.items()))
 
 
 class OnnxExporter(Exporter):
@@ -199,9 +192,9 @@ class OnnxExporter(Exporter):
         if carried:
             notes = (f"{len(carried)} MatMulNBits weights written from slimkit's int4 codes and float16 scales as they "
                      f"are (block_size={cfg.block_size}), not re-quantized"
-                     + (f"; the builder quantized the other {len(kept)} ({_reasons(kept)})" if kept else ""))
+                     + (f"; the builder quantized the other {len(kept)} ({summarize_reasons(kept)})" if kept else ""))
         elif codes:
-            why = _reasons(kept) if kept else f"the export is {cfg.precision}"
+            why = summarize_reasons(kept) if kept else f"the export is {cfg.precision}"
             notes = f"slimkit's integer codes not carried ({why}); " + notes
         if dequantized:
             notes = (f"{dequantized} quantized weight matrices (quanto) dequantized exactly to fp32 first; "

@@ -3,11 +3,13 @@
 Sample config (``conf`` group ``exporter``)::
 
     exporter: openvino
-    exporter.openvino.weights: int8         # auto (= fp32: slimkit's float weights as they are), fp32, int8, int4
+    exporter.openvino.weights: int8         # auto (slimkit's weights as they are: integer codes carried, floats fp32), fp32, int8, int4
     exporter.openvino.group_size: 64         # int4: weights quantized in groups of this many input channels
     exporter.openvino.symmetric: false       # int8/int4: symmetric (no zero point) or asymmetric
     exporter.openvino.inference_precision: f32 # f32, or bf16 (OpenVINO's own default on CPUs with AVX-512 BF16/AMX)
     exporter.openvino.kv_cache_precision: auto # auto (= inference precision), f32, bf16, u8 (OpenVINO's CPU default)
+    exporter.openvino.dynamic_quantization: auto # auto (OpenVINO's CPU default: int8 activations in groups of 32 in
+                                             # compressed-weight MatMuls) or off (float activations: weights computed exactly)
 
 The model in memory (a structurally pruned one with its per-layer sizes) is captured with
 ``torch.export`` with its KV cache in the signature, converted with ``openvino.convert_model``, made
@@ -15,6 +17,11 @@ The model in memory (a structurally pruned one with its per-layer sizes) is capt
 ``input_ids``, ``attention_mask``, ``position_ids``, ``beam_idx``, output ``logits``, the KV cache held
 as ReadValue/Assign state that the CPU plugin fuses into its attention kernel (:func:`make_stateful`) —
 and, for int8/int4, compressed with ``nncf.compress_weights`` (data-free round-to-nearest).
+
+slimkit's integer codes are carried, not re-quantized (:mod:`slimkit_openvino.codes`): every module of an
+artifact that carries codes (``quantizer=autoround``: int4/int8, symmetric or not, any group size that tiles
+the layer) is written as OpenVINO compressed weights from its own codes and float16 scales, in the layout NNCF
+writes; ``weights=auto`` leaves every other weight fp32, ``weights=int8|int4`` lets NNCF compress the others.
 optimum-intel is not used: it does not co-install with transformers>=5.24. :meth:`OpenVinoExporter.open`
 compiles it pinned to ``INFERENCE_NUM_THREADS`` with the precisions recorded at export.
 """
@@ -24,20 +31,22 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
 from slimkit import ArtifactError, ConfigError, check_choice, check_range
 from slimkit.core.plugin import Exporter, ExporterConfig
-from slimkit.deploy.holdings import refuse_runtime_kernels
+from slimkit.deploy.holdings import int_weight_modules, refuse_runtime_kernels, summarize_reasons
 from slimkit.toolkit.quantization import float_model
+from slimkit_openvino.codes import carry_codes
 
 __all__ = ["OpenVinoConfig", "OpenVinoExporter", "OpenVinoSession"]
 
 WEIGHTS = ("auto", "fp32", "int8", "int4")
 PRECISIONS = ("f32", "bf16")
 KV_CACHE_PRECISIONS = ("auto", "f32", "bf16", "u8")
+DYNAMIC_QUANTIZATION = ("auto", "off")
 #: model types whose export was checked against PyTorch logits and greedy decoding (plugins/openvino/tests;
 #: SmolLM2 in benchmarks/deploy_runtimes.py; Gemma-3 on a tiny config with a sliding window shorter than the test)
 CHECKED_MODEL_TYPES = ("llama", "gemma3_text")
@@ -49,8 +58,9 @@ SETTINGS_FILE = "slimkit_export.json"
 class OpenVinoConfig(ExporterConfig):
     """OpenVINO export settings."""
 
-    #: auto/fp32 (slimkit's float weights as they are), int8 (per output channel) or int4 (groups; NNCF keeps
-    #: the embedding and the lm_head in int8, its default "backup" precision)
+    #: auto (slimkit's weights as they are: modules with integer codes carried as compressed weights, the rest
+    #: fp32), fp32, int8 (NNCF, per output channel) or int4 (NNCF, groups; it keeps the embedding and the lm_head
+    #: in int8, its default "backup" precision); under int8/int4 carried codes still win over NNCF's
     weights: str = "auto"
     #: int4: group size along the input channels (must divide them: SmolLM2's 576 takes 64 or 32, not 128)
     group_size: int = 64
@@ -64,12 +74,16 @@ class OpenVinoConfig(ExporterConfig):
     #: precision of the KV cache held in the model's state: auto (= the inference precision, so decode
     #: matches prefill), f32, bf16, or u8 (OpenVINO's own default on CPUs: per-token quantized)
     kv_cache_precision: str = "auto"
+    #: activations of compressed-weight MatMuls: auto (OpenVINO's CPU default, dynamically quantized to int8 in
+    #: groups of 32: faster, not exact) or off (float: the runtime computes exactly the exported weights)
+    dynamic_quantization: str = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice("exporter.openvino.weights", self.weights, WEIGHTS)
         check_choice("exporter.openvino.inference_precision", self.inference_precision, PRECISIONS)
         check_choice("exporter.openvino.kv_cache_precision", self.kv_cache_precision, KV_CACHE_PRECISIONS)
+        check_choice("exporter.openvino.dynamic_quantization", self.dynamic_quantization, DYNAMIC_QUANTIZATION)
         if not isinstance(self.group_size, int) or self.group_size < 8 or self.group_size & (self.group_size - 1):
             raise ConfigError("exporter.openvino.group_size", self.group_size, "a power of two >= 8 (e.g. 32, 64, 128)")
         if not isinstance(self.symmetric, bool):
@@ -121,9 +135,11 @@ class OpenVinoExporter(Exporter):
 
         self.check_model(model.config, None)
         out_dir = Path(out_dir)
+        codes = int_weight_modules(model)
         model, dequantized = float_model(model)
         ov_model = convert(model)
-        scheme = self.scheme()
+        carried, kept, consumers = carry_codes(ov_model, model, codes) if codes else ([], {}, [])
+        nncf_compressed = 0
         if self.config.bits != "fp32":
             import nncf
 
@@ -131,44 +147,74 @@ class OpenVinoExporter(Exporter):
                     ("int4", False): nncf.CompressWeightsMode.INT4_ASYM, ("int4", True): nncf.CompressWeightsMode.INT4_SYM}
             kwargs = ({"group_size": self.config.group_size, "ratio": self.config.int4_ratio}
                       if self.config.bits == "int4" else {})
+            if consumers:  # the carried weights are compressed already: NNCF quantizes the others
+                kwargs["ignored_scope"] = nncf.IgnoredScope(names=sorted({op.get_friendly_name() for op in consumers}))
+            before = _compressed_constants(ov_model)
             ov_model = nncf.compress_weights(ov_model, mode=mode[(self.config.bits, self.config.symmetric)], **kwargs)
+            nncf_compressed = _compressed_constants(ov_model) - before
         openvino.save_model(ov_model, out_dir / MODEL_XML, compress_to_fp16=False)
         tokenizer.save_pretrained(out_dir)
         genai = write_genai_tokenizers(tokenizer, out_dir)
+        scheme = self.scheme(codes, carried, nncf_compressed)
         settings = {"exporter": self.name, "inference_precision": self.config.inference_precision,
-                    "kv_cache_precision": self.config.cache_precision, "stateful": True,
-                    "kv_shapes": _kv_shapes(model), **scheme}
+                    "kv_cache_precision": self.config.cache_precision,
+                    "dynamic_quantization": self.config.dynamic_quantization, "stateful": True,
+                    "kv_shapes": _kv_shapes(model), "carried": carried, **scheme}
         (out_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
-        quantized = self.config.bits != "fp32"
         precisions = (f"inference precision {self.config.inference_precision}, KV cache "
-                      f"{self.config.cache_precision} (stateful)")
-        notes = (f"{scheme['scheme']}; {precisions}" if quantized else
-                 f"fp32 weights as slimkit left them; {precisions}")
+                      f"{self.config.cache_precision} (stateful), activations of compressed MatMuls "
+                      + ("int8 (OpenVINO's dynamic quantization, groups of 32)"
+                         if self.config.dynamic_quantization == "auto" else "float (dynamic quantization off)"))
+        notes = f"{scheme['scheme']}; {precisions}"
+        if kept:
+            notes = f"slimkit's codes not carried for {len(kept)} modules ({summarize_reasons(kept)}); " + notes
         if dequantized:
             notes = (f"{dequantized} quantized weight matrices (quanto) dequantized exactly to fp32 first; "
                      "activation quantization is not carried; " + notes)
         notes += "; " + genai
-        return {"format": f"openvino-ir-{self.config.bits}", "requantized": quantized, "notes": notes,
+        return {"format": f"openvino-ir-{scheme['weights']}", "requantized": nncf_compressed > 0, "notes": notes,
                 "openvino_genai_ready": genai.startswith(GENAI_READY),
-                "dequantized_modules": dequantized, "stateful": True,
-                "inference_precision": self.config.inference_precision,
-                "kv_cache_precision": self.config.cache_precision, **scheme}
+                "dequantized_modules": dequantized, "stateful": True, "carried_tensors": len(carried),
+                "requantized_tensors": nncf_compressed, "inference_precision": self.config.inference_precision,
+                "kv_cache_precision": self.config.cache_precision,
+                "dynamic_quantization": self.config.dynamic_quantization, **scheme}
 
-    def scheme(self) -> dict[str, Any]:
-        """The weight format, stated fully (for the report)."""
-        cfg = self.config
+    def scheme(self, codes: Mapping[str, Any] | None = None, carried: list[str] | None = None,
+               nncf_compressed: int = 0) -> dict[str, Any]:
+        """The weight format, stated fully (for the report): the carried codes' grids, then NNCF's part."""
+        cfg, codes, carried = self.config, codes or {}, carried or []
         kind = "symmetric" if cfg.symmetric else "asymmetric (zero point)"
-        if cfg.bits == "fp32":
+        parts, widths = [], set()
+        grids: dict[str, int] = {}
+        for name in carried:
+            spec = codes[name]
+            grid = (f"int{spec.bits} {'symmetric' if spec.zero_point is None else 'asymmetric'}, groups of "
+                    f"{spec.group_size}, float16 scales")
+            grids[grid] = grids.get(grid, 0) + 1
+            widths.add(f"int{8 if spec.bits > 4 else 4}")
+        if grids:
+            parts.append("slimkit's codes carried as they are (not re-quantized): " + ", ".join(
+                f"{n} weight{'s' if n > 1 else ''} {grid}" for grid, n in sorted(grids.items(), key=lambda item: -item[1])))
+        facts: dict[str, Any] = {}
+        if cfg.bits == "int8" and (nncf_compressed or not carried):
+            widths.add("int8")
+            facts["symmetric"] = cfg.symmetric
+            parts.append(f"NNCF int8 {kind}, per output channel, data-free round-to-nearest, "
+                         + ("the other weights" if carried else "all weights"))
+        elif cfg.bits == "int4" and (nncf_compressed or not carried):
+            widths.add("int4")
+            facts.update(symmetric=cfg.symmetric, group_size=cfg.group_size, int4_ratio=cfg.int4_ratio)
+            share = ("" if cfg.int4_ratio == 1.0 else f" for {cfg.int4_ratio:.0%} of the decoder's weights (NNCF's "
+                     "data-free choice of layers), the rest int8 asymmetric per channel")
+            parts.append(f"NNCF int4 {kind}, groups of {cfg.group_size}, data-free round-to-nearest{share}"
+                         + (" on the other weights" if carried else "") + "; an embedding and lm_head it compresses "
+                         "in int8 asymmetric per channel (NNCF's backup precision)")
+        elif carried:
+            parts.append("every other weight fp32")
+        if not parts:
             return {"weights": "fp32", "scheme": "fp32"}
-        if cfg.bits == "int8":
-            return {"weights": "int8", "symmetric": cfg.symmetric,
-                    "scheme": f"NNCF int8 {kind}, per output channel, data-free round-to-nearest, all weights"}
-        share = ("" if cfg.int4_ratio == 1.0 else f" for {cfg.int4_ratio:.0%} of the decoder's weights (NNCF's "
-                 "data-free choice of layers), the rest int8 asymmetric per channel")
-        return {"weights": "int4", "symmetric": cfg.symmetric, "group_size": cfg.group_size,
-                "int4_ratio": cfg.int4_ratio,
-                "scheme": f"NNCF int4 {kind}, groups of {cfg.group_size}, data-free round-to-nearest{share}; embedding "
-                          "and lm_head in int8 asymmetric per channel (NNCF's backup precision)"}
+        weights = "+".join(sorted(widths)) or "fp32"
+        return {"weights": weights, **facts, "scheme": "; ".join(parts)}
 
     @classmethod
     def open(cls, out_dir: Path, threads: int = 1) -> OpenVinoSession:
@@ -227,6 +273,13 @@ class _WithCache(torch.nn.Module):
         for layer in cache.layers:
             present += [layer.keys, layer.values]
         return out.logits, *present
+
+
+def _compressed_constants(ov_model) -> int:
+    """How many weights of ``ov_model`` are stored compressed (integer constants feeding a decompression)."""
+    return sum(1 for op in ov_model.get_ops() if op.get_type_name() == "Constant" and op.get_element_type()
+               .get_type_name() in ("i4", "u4", "i8", "u8") and not op.get_friendly_name().endswith("zero_point")
+               and len(op.get_output_shape(0)) >= 2)
 
 
 def _kv_shapes(model: torch.nn.Module) -> list[tuple[int, int]]:
@@ -322,6 +375,7 @@ class OpenVinoSession:
         settings = json.loads((folder / SETTINGS_FILE).read_text())
         self.inference_precision = settings.get("inference_precision", "f32")
         self.kv_cache_precision = settings.get("kv_cache_precision") or self.inference_precision
+        self.dynamic_quantization = settings.get("dynamic_quantization", "auto")
         self.runtime_version = f"openvino {openvino.get_version()}"
         core = openvino.Core()
         model = core.read_model(str(xml))
@@ -331,7 +385,8 @@ class OpenVinoSession:
                                 "written by an older slimkit-openvino (KV cache as inputs); export it again")
         self._compiled = core.compile_model(model, "CPU", {
             "INFERENCE_NUM_THREADS": int(threads), "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_PRECISION_HINT": self.inference_precision, "KV_CACHE_PRECISION": self.kv_cache_precision})
+            "INFERENCE_PRECISION_HINT": self.inference_precision, "KV_CACHE_PRECISION": self.kv_cache_precision,
+            **({"DYNAMIC_QUANTIZATION_GROUP_SIZE": 0} if self.dynamic_quantization == "off" else {})})
         self._request = self._compiled.create_infer_request()
         self._past = 0  # tokens held in the state
 
