@@ -34,7 +34,7 @@ def test_case_study_mobile_chain_runs_on_the_tiny_model(tmp_path):
     assert deployed["gguf"]["tensor_types"].get("Q4_0", 0) == deployed["gguf"]["carried_tensors"]
 
 
-def test_q4_0_variant_composes_with_llama_cpp_q4_0_tensor_types_and_gguf_only():
+def test_q4_0_variants_compose_with_llama_cpp_q4_0_tensor_types():
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
@@ -46,10 +46,15 @@ def test_q4_0_variant_composes_with_llama_cpp_q4_0_tensor_types_and_gguf_only():
     register_configs()
     with initialize_config_module("slimkit.conf", version_base="1.3"):
         for preset, group, table, exporters in (("case_study_mobile", 64, "int4", ["gguf", "onnx"]),
-                                                ("case_study_mobile_q4_0", 32, "int8", ["gguf"])):
+                                                ("case_study_mobile_q4_0", 32, "int8", ["gguf"]),
+                                                ("case_study_mobile_openvino", 32, "int8", ["openvino", "gguf"])):
             cfg = OmegaConf.to_container(compose("config", overrides=[f"experiment={preset}"]), resolve=True)
             stages = resolve_stages(cfg, default_registry())  # configs validated, nothing loaded
             kd, quantizer = stages[0][0].config, stages[1][0].config
             assert kd.qat_bits == 4 and kd.qat_grid == "auto"  # trains on the autoround stage's own grid
             assert (quantizer.group_size, quantizer.embedding, quantizer.sym) == (group, table, True)
-            assert [p.name for p in resolve_exporters(cfg, default_registry())] == exporters
+            plans = resolve_exporters(cfg, default_registry())
+            assert [p.name for p in plans] == exporters
+            if preset == "case_study_mobile_openvino":  # 4x the steps; codes carried (weights=auto) at bf16
+                assert kd.max_steps == 96 and plans[0].exporter.config.weights == "auto"
+                assert plans[0].exporter.config.inference_precision == "bf16"

@@ -118,3 +118,21 @@ def test_perplexity_loss_written_over_the_logits_has_the_same_bits_as_cross_entr
             batch = windows[start:start + batch_size]
             total += next_token_nll(model(input_ids=batch, use_cache=False).logits, batch, "sum").item()
     assert mean_next_token_loss(model, windows, batch_size) == total / windows[:, 1:].numel()
+
+
+def test_peak_rss_is_the_process_own_not_the_image_it_was_started_from():
+    """A run started by a large process (a notebook, a benchmark) reports its own peak: Linux's ``ru_maxrss`` keeps
+    the high-water RSS of the image a process ``exec()``s from, ``peak_rss_bytes`` does not."""
+    import subprocess
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the inherited high-water mark is Linux behaviour")
+    ballast = bytearray(800 * 2**20)
+    ballast[::4096] = b"\1" * (len(ballast) // 4096)  # resident: this process now holds > 800 MB
+    code = ("import resource; from slimkit.core.memory import peak_rss_bytes; "
+            "print(peak_rss_bytes(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)")
+    own, inherited = map(int, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                             check=True).stdout.split())
+    assert inherited > 800 * 2**20 > 2 * own, (own, inherited)  # the child alone: python + torch, ~230 MB
+    del ballast

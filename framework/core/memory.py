@@ -44,7 +44,17 @@ def trim_heap() -> None:
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident memory so far (the kernel's high-water mark)."""
+    """This process's peak resident memory so far (the kernel's high-water mark of its address space).
+
+    On Linux ``VmHWM``, not ``ru_maxrss``: the latter keeps the high-water RSS of the image the process was
+    ``exec()``-ed from, so a run started by a large process would report at least that process's size."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
