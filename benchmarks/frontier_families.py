@@ -94,6 +94,7 @@ SMOLLM2 = "smollm2-135m"
 CARRY_Q4_0 = "benchmarks/deploy_carry_smollm2_q4_0_recipe.json"
 Q4_0_RECIPE = "experiment=case_study_mobile_q4_0 (QAT-KD on the grid → autoround RTN int4 sym g32, table int8)"
 OV_MIXED = "benchmarks/deploy_runtimes_smollm2_openvino_mixed.json"
+OV_CARRIED = "benchmarks/deploy_runtimes_smollm2_openvino_carried.json"
 GEMMA3 = "gemma3-270m"
 
 SMOLLM2_POINTS = [
@@ -236,6 +237,22 @@ SMOLLM2_POINTS = [
           "slimkit openvino exporter int4 sym g64 for 50% of the decoder (NNCF's choice), rest and table int8; bf16",
           (Source(OV_MIXED, "runtimes", "slimkit openvino int4 sym g64 r50 bf16 (b)"),), route="b"),
 
+    Point("runtime", "OpenVINO int4 asym g64 (n=1000)", SMOLLM2,
+          "nncf.compress_weights default INT4_ASYM g64 on the fp32 model, OpenVINO's default bf16 / u8 KV cache",
+          (Source(OV_CARRIED, "runtimes", "ov-nncf-int4 bf16 (a)"),), route="a"),
+    Point("slimkit_runtime", "openvino int4 sym g32 (n=1000)", SMOLLM2,
+          "slimkit openvino exporter int4 sym g32 (NNCF; llama.cpp Q4_0's grid), table int8; bf16 inference",
+          (Source(OV_CARRIED, "runtimes", "slimkit openvino int4 sym g32 bf16 (b)"),), route="b"),
+
+    # ---- slimkit → runtime, route (c): slimkit's compressed artifact, its integer codes carried
+    Point("slimkit_runtime", "q4_0 recipe → OpenVINO (n=1000)", SMOLLM2,
+          "case_study_mobile_q4_0 artifact → OpenVINO compressed weights (int4 sym g32 + int8 table), codes "
+          "carried; bf16, OpenVINO's dynamic int8 activations",
+          (Source(OV_CARRIED, "runtimes", "q4_0 recipe → openvino carried bf16 (c)"),), route="c"),
+    Point("slimkit_runtime", "mobile, QAT on grid → OpenVINO (n=1000)", SMOLLM2,
+          "case_study_mobile at 458c77d artifact (int4 sym g64, table int4) → OpenVINO compressed weights, codes "
+          "carried; bf16, dynamic int8 activations",
+          (Source(OV_CARRIED, "runtimes", "qatgrid recipe → openvino carried bf16 (c)"),), route="c"),
     # ---- slimkit → runtime, route (c): slimkit's compressed artifact, its integer codes carried
     Point("slimkit_runtime", "mobile → llama.cpp", SMOLLM2,
           "case_study_mobile (QAT-KD → autoround int4 sym g64, table int4) → GGUF Q4_0, codes carried",
