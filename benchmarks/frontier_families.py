@@ -95,6 +95,11 @@ CARRY_Q4_0 = "benchmarks/deploy_carry_smollm2_q4_0_recipe.json"
 Q4_0_RECIPE = "experiment=case_study_mobile_q4_0 (QAT-KD on the grid → autoround RTN int4 sym g32, table int8)"
 OV_MIXED = "benchmarks/deploy_runtimes_smollm2_openvino_mixed.json"
 OV_CARRIED = "benchmarks/deploy_runtimes_smollm2_openvino_carried.json"
+OV_CARRIED96 = "benchmarks/deploy_runtimes_smollm2_openvino_carried96.json"
+MOBILE_OV = "benchmarks/case_study_mobile_smollm2_openvino/report.json"
+CARRY_GEMMA_Q4_0 = "benchmarks/deploy_carry_gemma3_q4_0_recipe_w32.json"
+GEMMA_Q4_0_RECIPE = ("experiment=case_study_mobile_q4_0 model=gemma3 (QAT-KD on the grid → autoround RTN int4 sym g32, "
+                     "table int8)")
 GEMMA3 = "gemma3-270m"
 
 SMOLLM2_POINTS = [
@@ -249,6 +254,13 @@ SMOLLM2_POINTS = [
           "case_study_mobile_q4_0 artifact → OpenVINO compressed weights (int4 sym g32 + int8 table), codes "
           "carried; bf16, OpenVINO's dynamic int8 activations",
           (Source(OV_CARRIED, "runtimes", "q4_0 recipe → openvino carried bf16 (c)"),), route="c"),
+    Point("slimkit_runtime", "96-step q4_0 recipe → OpenVINO (n=1000)", SMOLLM2,
+          "case_study_mobile_openvino artifact (96 QAT steps → int4 sym g32 + int8 table) → OpenVINO compressed "
+          "weights, codes carried; bf16, dynamic int8 activations",
+          (Source(OV_CARRIED96, "runtimes", "q4_0 recipe, 96 QAT steps → openvino carried bf16 (c)"),), route="c"),
+    Point("slimkit_runtime", "96-step q4_0 recipe → llama.cpp", SMOLLM2,
+          "case_study_mobile_openvino (96 QAT steps → int4 sym g32 + int8 table) → GGUF Q4_0 + Q8_0, codes carried",
+          (Source(MOBILE_OV, "report", "deployment:gguf"),), route="c"),
     Point("slimkit_runtime", "mobile, QAT on grid → OpenVINO (n=1000)", SMOLLM2,
           "case_study_mobile at 458c77d artifact (int4 sym g64, table int4) → OpenVINO compressed weights, codes "
           "carried; bf16, dynamic int8 activations",
@@ -332,6 +344,19 @@ GEMMA3_POINTS = [
           "slimkit openvino exporter weights=int8, bf16 inference (stateful)",
           (Source("benchmarks/deploy_runtimes_gemma3_openvino_stateful.json", "runtimes",
                   "slimkit openvino int8 bf16 (b)"),), route="b"),
+]
+
+GEMMA3_POINTS += [
+    Point("runtime", "llama.cpp Q4_0", GEMMA3,
+          "llama.cpp's own Q4_0 of the fp32 model (llama_model_quantize; table Q8_0)",
+          (Source(CARRY_GEMMA_Q4_0, "carry", "fp32 → llama.cpp Q4_0 (llama_model_quantize, from slimkit's F16 GGUF)"),),
+          route="a"),
+    Point("slimkit_runtime", "q4_0 recipe → llama.cpp", GEMMA3,
+          "case_study_mobile_q4_0 on Gemma-3 (QAT-KD on the grid → int4 sym g32, table int8) → GGUF, codes carried: "
+          "llama.cpp Q4_0's own tensor types and size",
+          (Source(CARRY_GEMMA_Q4_0, "carry", f"{GEMMA_Q4_0_RECIPE} → GGUF (slimkit gguf, weights=auto)"),
+           Source("benchmarks/case_study_mobile_gemma3_q4_0/report.json", "report", "deployment:gguf", ("speed",))),
+          route="c"),
 ]
 
 #: Committed JSONs with matching rows that are deliberately not points, and why (written into the JSON).
