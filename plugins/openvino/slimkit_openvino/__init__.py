@@ -162,10 +162,13 @@ class OpenVinoExporter(Exporter):
                     "kv_shapes": _kv_shapes(model), "carried": carried, **scheme}
         (out_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
         precisions = (f"inference precision {self.config.inference_precision}, KV cache "
-                      f"{self.config.cache_precision} (stateful), activations of compressed MatMuls "
-                      + ("int8 (OpenVINO's dynamic quantization, groups of 32)"
-                         if self.config.dynamic_quantization == "auto" else "float (dynamic quantization off)"))
-        notes = f"{scheme['scheme']}; {precisions}"
+                      f"{self.config.cache_precision} (stateful)")
+        if carried or nncf_compressed:  # OpenVINO's dynamic quantization acts on compressed-weight MatMuls only
+            precisions += ", activations of compressed MatMuls " + (
+                "int8 (OpenVINO's dynamic quantization, groups of 32)" if self.config.dynamic_quantization == "auto"
+                else "float (dynamic quantization off)")
+        notes = f"{scheme['scheme']}; {precisions}" if scheme["weights"] != "fp32" else (
+            f"fp32 weights as slimkit left them; {precisions}")
         if kept:
             notes = f"slimkit's codes not carried for {len(kept)} modules ({summarize_reasons(kept)}); " + notes
         if dequantized:
