@@ -140,6 +140,36 @@ def fp32_tasks(model, tokenizer, tasks: list[str], samples: int, windows) -> dic
     return out
 
 
+def pool(rows: str, reports: list[str], out: str) -> None:
+    """Per-process speed ratios of the rows named in ``rows`` (';'-separated) pooled over several reports, with
+    their medians, written to ``out``: ``--pool "<row>;<row>" a.json b.json ... out.json``."""
+    import statistics
+
+    if Path(out).exists():
+        raise SystemExit(f"{out} exists; results files are never overwritten: choose a new name")
+    result = {"command": "python " + " ".join(sys.argv), "reports": reports, "rows": {}}
+    for label in [r.strip() for r in rows.split(";") if r.strip()]:
+        runs, decode, prefill = [], [], []
+        for path in reports:
+            for row in json.loads(Path(path).read_text())["rows"]:
+                if row["row"] == label:
+                    d = [p["decode_speedup"] for p in row["speed"]["processes"]]
+                    f = [p["prefill_speedup"] for p in row["speed"]["processes"]]
+                    runs.append({"report": path, "decode_median": row["speed"]["decode_speedup"],
+                                 "prefill_median": row["speed"]["prefill_speedup"], "processes": len(d),
+                                 "tasks": row.get("tasks")})
+                    decode += d
+                    prefill += f
+        if not runs:
+            raise SystemExit(f"row {label!r} is in none of the reports")
+        result["rows"][label] = {"runs": runs, "processes": len(decode),
+                                 "decode_median": statistics.median(decode), "prefill_median": statistics.median(prefill),
+                                 "decode_min": min(decode), "prefill_min": min(prefill)}
+        print(label, json.dumps({k: v for k, v in result["rows"][label].items() if k != "runs"}))
+    Path(out).write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
+
+
 def remeasure_memory(report_path: Path, out: str) -> None:
     """Peak RSS (``VmHWM``) of fresh processes for each row of ``report_path`` whose export was kept (``--keep``),
     and of PyTorch fp32, written to ``out``: the correction for reports measured with ``ru_maxrss``."""
@@ -202,6 +232,9 @@ def render(path: str) -> str:
 def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--render":
         print(render(sys.argv[2]))
+        return
+    if len(sys.argv) >= 5 and sys.argv[1] == "--pool":
+        pool(sys.argv[2], sys.argv[3:-1], sys.argv[-1])
         return
     if len(sys.argv) == 4 and sys.argv[1] == "--memory":
         remeasure_memory(Path(sys.argv[2]), sys.argv[3])
