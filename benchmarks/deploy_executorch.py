@@ -43,12 +43,11 @@ def peak_memory_mb(code_args: list[str], code: str) -> float:
     return float(done.stdout.strip().splitlines()[-1])
 
 
-#: the child's own peak RSS (MB): ``VmHWM``, not ``ru_maxrss``, which on Linux keeps the high-water RSS of the
+#: the child's own peak RSS (MB): ``VmHWM`` (``slimkit.core.memory.peak_rss_bytes``), not ``ru_maxrss``, which on Linux keeps the high-water RSS of the
 #: image the child exec()s from (this large process) — the reports committed before this fix were measured that way
-PRINT_PEAK = ("print(next(int(line.split()[1]) for line in open('/proc/self/status') "
-              "if line.startswith('VmHWM:')) / 1024)\n")
+PRINT_PEAK = "from slimkit.core.memory import peak_rss_bytes\nprint(peak_rss_bytes() / 2**20)\n"
 EXPORT_PEAK = (
-    "import json, resource, sys, torch\n"
+    "import json, sys, torch\n"
     "from pathlib import Path\n"
     "from slimkit_executorch import ExecuTorchExporter\n"
     "torch.set_num_threads(1)\n"
@@ -57,7 +56,7 @@ EXPORT_PEAK = (
     "s.logits(ids); s.generate(ids, int(sys.argv[3]))\n"
     + PRINT_PEAK)
 TORCH_PEAK = (
-    "import json, resource, sys, torch\n"
+    "import json, sys, torch\n"
     "from slimkit.models import load_model\n"
     "from slimkit.deploy.serving import TorchSession\n"
     "torch.set_num_threads(1)\n"

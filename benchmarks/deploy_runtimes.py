@@ -44,16 +44,15 @@ ROOT = Path(__file__).resolve().parent
 
 #: The child's own peak RSS in MB. Not ``ru_maxrss``: Linux carries the high-water RSS of the image a process
 #: exec()s from into it, so a child of this (large) process would report at least this process's size — the
-#: reports written before this fix (up to deploy_runtimes_smollm2_openvino_carried.json) did. ``VmHWM`` is the
-#: high-water mark of the child's own address space.
-PRINT_PEAK = ("print(next(int(line.split()[1]) for line in open('/proc/self/status') "
-              "if line.startswith('VmHWM:')) / 1024)\n")
+#: reports written before this fix (up to deploy_runtimes_smollm2_openvino_carried.json) did.
+#: ``slimkit.core.memory.peak_rss_bytes`` reads ``VmHWM``, the high-water mark of the child's own address space.
+PRINT_PEAK = "from slimkit.core.memory import peak_rss_bytes\nprint(peak_rss_bytes() / 2**20)\n"
 
 
 def peak_memory_mb(exporter: str, folder: Path, prompt: list[int], decode_tokens: int) -> float:
     """Peak RSS (MB) of a fresh process that opens the export, runs one prefill and one greedy decode."""
     code = (
-        "import json, resource, sys, torch\n"
+        "import json, sys, torch\n"
         "from pathlib import Path\n"
         "from slimkit.core.plugin import Kind\n"
         "from slimkit.core.registry import default_registry\n"
@@ -72,7 +71,7 @@ def peak_memory_mb(exporter: str, folder: Path, prompt: list[int], decode_tokens
 
 def torch_peak_memory_mb(model_name: str, prompt: list[int], decode_tokens: int) -> float:
     code = (
-        "import json, resource, sys, torch\n"
+        "import json, sys, torch\n"
         "from slimkit.models import load_model\n"
         "from slimkit.deploy.serving import TorchSession\n"
         "torch.set_num_threads(1)\n"
@@ -140,6 +139,11 @@ def fp32_tasks(model, tokenizer, tasks: list[str], samples: int, windows) -> dic
     return out
 
 
+def folder_name(label: str) -> str:
+    """The folder under ``--keep`` that holds a row's export."""
+    return label.replace(" ", "_").replace("(", "").replace(")", "")
+
+
 def pool(rows: str, reports: list[str], out: str) -> None:
     """Per-process speed ratios of the rows named in ``rows`` (';'-separated) pooled over several reports, with
     their medians, written to ``out``: ``--pool "<row>;<row>" a.json b.json ... out.json``."""
@@ -148,10 +152,11 @@ def pool(rows: str, reports: list[str], out: str) -> None:
     if Path(out).exists():
         raise SystemExit(f"{out} exists; results files are never overwritten: choose a new name")
     result = {"command": "python " + " ".join(sys.argv), "reports": reports, "rows": {}}
+    loaded = {path: json.loads(Path(path).read_text())["rows"] for path in reports}
     for label in [r.strip() for r in rows.split(";") if r.strip()]:
         runs, decode, prefill = [], [], []
-        for path in reports:
-            for row in json.loads(Path(path).read_text())["rows"]:
+        for path, report_rows in loaded.items():
+            for row in report_rows:
                 if row["row"] == label:
                     d = [p["decode_speedup"] for p in row["speed"]["processes"]]
                     f = [p["prefill_speedup"] for p in row["speed"]["processes"]]
@@ -187,7 +192,7 @@ def remeasure_memory(report_path: Path, out: str) -> None:
     del loaded
     rows = []
     for row in report["rows"]:
-        folder = keep / row["row"].replace(" ", "_").replace("(", "").replace(")", "")
+        folder = keep / folder_name(row["row"])
         rows.append({"row": row["row"], "folder": str(folder), "reported_ru_maxrss_mb": row["peak_memory_mb"],
                      "peak_memory_mb": peak_memory_mb(row["exporter"], folder, prompt, timing["decode_tokens"])})
         print(json.dumps(rows[-1]), flush=True)
@@ -340,7 +345,7 @@ def main() -> None:
     results = []
     for label in chosen:
         exporter_name, how = rows[label]
-        folder = keep / label.replace(" ", "_").replace("(", "").replace(")", "")
+        folder = keep / folder_name(label)
         if folder.exists():
             shutil.rmtree(folder)
         folder.mkdir(parents=True)

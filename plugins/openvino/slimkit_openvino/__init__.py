@@ -216,8 +216,7 @@ class OpenVinoExporter(Exporter):
             parts.append("every other weight fp32")
         if not parts:
             return {"weights": "fp32", "scheme": "fp32"}
-        weights = "+".join(sorted(widths)) or "fp32"
-        return {"weights": weights, **facts, "scheme": "; ".join(parts)}
+        return {"weights": "+".join(sorted(widths)), **facts, "scheme": "; ".join(parts)}
 
     @classmethod
     def open(cls, out_dir: Path, threads: int = 1) -> OpenVinoSession:

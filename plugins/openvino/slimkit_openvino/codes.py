@@ -34,19 +34,19 @@ def _digest(array: np.ndarray) -> str:
 def weight_constants(ov_model, model: torch.nn.Module, names: set[str]) -> dict[str, Any]:
     """``{module name: the f32 Constant node holding its weight}`` for the modules ``names`` of ``model``, matched
     by value (shape [out, in] and every bit equal). A module missing from the result was not found as one constant."""
-    wanted: dict[str, list[str]] = {}
+    wanted: dict[tuple, list[str]] = {}
     for name in names:
         weight = model.get_submodule(name).weight.detach()
-        wanted.setdefault(f"{tuple(weight.shape)}:{_digest(weight.float().numpy())}", []).append(name)
+        wanted.setdefault((tuple(weight.shape), _digest(weight.float().numpy())), []).append(name)
+    shapes = {shape for shape, _ in wanted}
     found: dict[str, Any] = {}
     for op in ov_model.get_ops():
         if op.get_type_name() != "Constant" or op.get_element_type().get_type_name() != "f32":
             continue
         shape = tuple(op.get_output_shape(0))
-        if len(shape) != 2:
+        if shape not in shapes:  # hash only constants that could be one of the weights
             continue
-        key = f"{shape}:{_digest(op.get_data())}"
-        for name in wanted.get(key, ()):
+        for name in wanted.get((shape, _digest(op.get_data())), ()):
             found.setdefault(name, op)
     return found
 
