@@ -58,3 +58,23 @@ def test_q4_0_variants_compose_with_llama_cpp_q4_0_tensor_types():
             if preset == "case_study_mobile_openvino":  # 4x the steps; codes carried (weights=auto) at bf16
                 assert kd.max_steps == 96 and plans[0].exporter.config.weights == "auto"
                 assert plans[0].exporter.config.inference_precision == "bf16"
+
+
+def test_q4_0_calibrated_carries_calibrated_codes_into_gguf_on_the_tiny_model(tmp_path):
+    """`experiment=q4_0_calibrated`: AutoRound's optimized RTN (calibrated, no training) on llama.cpp Q4_0's grid,
+    the codes written into GGUF as they are."""
+    pytest.importorskip("gguf")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    overrides = ["experiment=q4_0_calibrated", "model=tiny", "data=tiny", "eval=fast", "eval.tasks=[]",
+                 f"hydra.run.dir={tmp_path}"]
+    run = subprocess.run([sys.executable, "-m", "slimkit", *overrides], capture_output=True, text=True, env=env,
+                         timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    (stage,) = report["stages"]
+    assert (stage["kind"], stage["backend"]) == ("quantizer", "autoround")
+    assert (stage["config"]["method"], stage["config"]["optimized_rtn"], stage["config"]["group_size"],
+            stage["config"]["sym"], stage["config"]["embedding"]) == ("rtn", True, 32, True, "int8")
+    (entry,) = report["deployments"]
+    assert entry["exporter"] == "gguf" and entry["requantized"] is False and entry["requantized_tensors"] == 0
+    assert entry["carried_tensors"] == 4 * 7 + 1  # every decoder Linear at Q4_0, the tied table at Q8_0

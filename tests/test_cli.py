@@ -47,6 +47,13 @@ def test_out_of_range_value_is_a_clean_error(tmp_path):
     assert not (tmp_path / "model").exists()
 
 
+def test_a_stage_set_to_null_says_how_to_drop_it(tmp_path):
+    result = slimkit("experiment=tiny", "pruner=null", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2
+    assert "pruner=None is not allowed" in result.stderr and "write ~pruner instead of pruner=null" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "model").exists()
+
+
 def test_third_party_plugin_selected_by_config_runs(tmp_path):
     result = slimkit("experiment=tiny", "pruner=random", "pruner.sparsity=0.2", "~quantizer", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-2000:]

@@ -11,7 +11,7 @@ import dataclasses
 import re
 from typing import Any, List, Mapping, Optional, Sequence
 
-from slimkit.core.errors import SlimkitError
+from slimkit.core.errors import ConfigError, SlimkitError
 from slimkit.core.plugin import Kind, Stage, StageConfig, plugin_config
 from slimkit.core.registry import Registry, default_registry
 
@@ -202,6 +202,11 @@ def explain_compose_error(exc: BaseException, overrides: Sequence[str], registry
     return ConfigError(key or "config", value, "a configuration that composes", first)
 
 
+#: the config groups a run chooses by name; the stage groups among them can be dropped with ``~group``
+STAGE_GROUPS = tuple(kind.value for kind in Kind)
+GROUPS = ("model", "data", "eval", "experiment", "sweep") + STAGE_GROUPS
+
+
 def check_composes(overrides: Sequence[str], registry: Registry | None = None) -> dict[str, Any]:
     """Compose the run's config as Hydra will (without Hydra's own settings) and return it as a plain
     dict; a composition error becomes a slimkit :class:`ConfigError` (see :func:`explain_compose_error`)."""
@@ -211,6 +216,14 @@ def check_composes(overrides: Sequence[str], registry: Registry | None = None) -
     from omegaconf.errors import OmegaConfBaseException
 
     task = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
+    for override in task:  # Hydra's own message for these is a bare ValueError with no key
+        group, _, value = override.partition("=")
+        if value.strip().lower() in ("null", "none", "~") and group in GROUPS:
+            if group not in STAGE_GROUPS:
+                raise ConfigError(group, None, f"the name of a {group} config")
+            article = "an" if group[0] in "aeiou" else "a"
+            raise ConfigError(group, None, f"{article} {group} backend name, or ~{group} to drop the stage",
+                              f"write ~{group} instead of {override}")
     try:
         with initialize_config_module(config_module="slimkit.conf", version_base="1.3"):
             cfg = compose(config_name="config", overrides=task)
