@@ -257,6 +257,10 @@ def main() -> None:
     parser.add_argument("--keep", default=None, help="folder to keep the exports in (default: a temporary one)")
     parser.add_argument("--artifact", action="append", default=[], metavar="LABEL=DIR",
                         help="a slimkit artifact to export with its codes carried (rows '<LABEL> → openvino ...')")
+    parser.add_argument("--artifact-runtimes", default="openvino",
+                        help="where each --artifact goes, separated by ',': openvino (rows '<LABEL> → openvino carried "
+                             "bf16 (c)' and '... dq-off (c)'), onnx (row '<LABEL> → onnx carried (c)': weights=auto, "
+                             "the codes MatMulNBits holds carried, the rest quantized by the builder)")
     parser.add_argument("--tasks", default="sentiment", help="tasks separated by ',' (the first is the headline)")
     parser.add_argument("--baseline-from", default=None,
                         help="reuse the fp32 PyTorch baseline of an earlier report (same model, data and task samples)")
@@ -334,10 +338,18 @@ def main() -> None:
         import slimkit
 
         artifact = slimkit.load(folder)
-        for suffix, values in (("bf16", {}), ("bf16 dq-off", {"dynamic_quantization": "off"})):
-            label = f"{name} → openvino carried {suffix} (c)"
-            rows[label] = ("openvino", OpenVinoExporter(OpenVinoConfig(weights="auto", inference_precision="bf16",
-                                                                       **values)))
+        runtimes = [r.strip() for r in args.artifact_runtimes.split(",") if r.strip()]
+        if not set(runtimes) <= {"openvino", "onnx"}:
+            parser.error(f"--artifact-runtimes {args.artifact_runtimes!r}: expected openvino and/or onnx")
+        if "openvino" in runtimes:
+            for suffix, values in (("bf16", {}), ("bf16 dq-off", {"dynamic_quantization": "off"})):
+                label = f"{name} → openvino carried {suffix} (c)"
+                rows[label] = ("openvino", OpenVinoExporter(OpenVinoConfig(weights="auto", inference_precision="bf16",
+                                                                           **values)))
+                sources[label] = (artifact, folder)
+        if "onnx" in runtimes:
+            label = f"{name} → onnx carried (c)"
+            rows[label] = ("onnx", OnnxExporter(OnnxConfig(weights="auto")))
             sources[label] = (artifact, folder)
     chosen = list(rows) if args.rows == "all" else [r.strip() for r in args.rows.split(";") if r.strip()]
     chosen += [label for label in sources if label not in chosen]

@@ -95,6 +95,12 @@ def _num(value: Any, fmt: str) -> str:
     return "–" if value is None else fmt.format(value)
 
 
+def _runtime_cell(deployment: dict) -> str:
+    """``runtime version``, without repeating a name the version string already starts with."""
+    runtime, version = str(deployment.get("runtime")), str(deployment.get("runtime_version", ""))
+    return version if version.startswith(runtime) else f"{runtime} {version}".strip()
+
+
 def deployments_table(deployments: list[Mapping[str, Any]], baseline: Mapping[str, Any]) -> list[str]:
     """Markdown lines: one row per export, measured inside its runtime."""
     tasks = sorted({t for d in deployments for t in (d.get("tasks") or {})})
@@ -103,7 +109,7 @@ def deployments_table(deployments: list[Mapping[str, Any]], baseline: Mapping[st
              + "".join(f"{t} acc (retained) | " for t in tasks) + "prefill × fp32 | decode × fp32 | processes |",
              "|" + "---|" * (8 + len(tasks))]
     for d in deployments:
-        cells = [d["exporter"], f"{d.get('runtime')} {d.get('runtime_version', '')}".strip(), str(d.get("format")),
+        cells = [d["exporter"], _runtime_cell(d), str(d.get("format")),
                  f"{d['size_bytes'] / 1e6:.1f} ({_num(d.get('size_ratio'), '{:.1f}×')})",
                  f"{_num(d.get('perplexity'), '{:.2f}')} ({_num(d.get('perplexity_ratio'), '×{:.3f}')})"]
         for t in tasks:
