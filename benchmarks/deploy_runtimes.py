@@ -259,7 +259,8 @@ def main() -> None:
                         help="a slimkit artifact to export with its codes carried (rows '<LABEL> → openvino ...')")
     parser.add_argument("--artifact-runtimes", default="openvino",
                         help="where each --artifact goes, separated by ',': openvino (rows '<LABEL> → openvino carried "
-                             "bf16 (c)' and '... dq-off (c)'), onnx (row '<LABEL> → onnx carried (c)': weights=auto, "
+                             "bf16 (c)' and '... dq-off (c)'), openvino-u8kv ('... bf16 u8-kv (c)': OpenVINO's default "
+                             "u8 KV cache), onnx (row '<LABEL> → onnx carried (c)': weights=auto, "
                              "the codes MatMulNBits holds carried, the rest quantized by the builder)")
     parser.add_argument("--tasks", default="sentiment", help="tasks separated by ',' (the first is the headline)")
     parser.add_argument("--baseline-from", default=None,
@@ -339,8 +340,13 @@ def main() -> None:
 
         artifact = slimkit.load(folder)
         runtimes = [r.strip() for r in args.artifact_runtimes.split(",") if r.strip()]
-        if not set(runtimes) <= {"openvino", "onnx"}:
-            parser.error(f"--artifact-runtimes {args.artifact_runtimes!r}: expected openvino and/or onnx")
+        if not set(runtimes) <= {"openvino", "openvino-u8kv", "onnx"}:
+            parser.error(f"--artifact-runtimes {args.artifact_runtimes!r}: expected openvino, openvino-u8kv and/or onnx")
+        if "openvino-u8kv" in runtimes:  # OpenVINO's own default KV cache (what its (a) rows run with)
+            label = f"{name} → openvino carried bf16 u8-kv (c)"
+            rows[label] = ("openvino", OpenVinoExporter(OpenVinoConfig(weights="auto", inference_precision="bf16",
+                                                                       kv_cache_precision="u8")))
+            sources[label] = (artifact, folder)
         if "openvino" in runtimes:
             for suffix, values in (("bf16", {}), ("bf16 dq-off", {"dynamic_quantization": "off"})):
                 label = f"{name} → openvino carried {suffix} (c)"
