@@ -139,6 +139,19 @@ def fp32_tasks(model, tokenizer, tasks: list[str], samples: int, windows) -> dic
     return out
 
 
+#: --artifact-runtimes: the rows each one adds per artifact, as (label suffix, exporter, config besides weights=auto)
+ARTIFACT_ROWS = {
+    "openvino": [("openvino carried bf16", "openvino", {"inference_precision": "bf16"}),
+                 ("openvino carried bf16 dq-off", "openvino", {"inference_precision": "bf16",
+                                                              "dynamic_quantization": "off"})],
+    # OpenVINO's own default KV cache (what its (a) rows run with)
+    "openvino-u8kv": [("openvino carried bf16 u8-kv", "openvino", {"inference_precision": "bf16",
+                                                                   "kv_cache_precision": "u8"})],
+    # the codes MatMulNBits holds carried, the rest quantized by the builder
+    "onnx": [("onnx carried", "onnx", {})],
+}
+
+
 def folder_name(label: str) -> str:
     """The folder under ``--keep`` that holds a row's export."""
     return label.replace(" ", "_").replace("(", "").replace(")", "")
@@ -268,6 +281,9 @@ def main() -> None:
     args = parser.parse_args()
     if Path(args.out).exists():
         parser.error(f"{args.out} exists; results files are never overwritten: choose a new name")
+    runtimes = [r.strip() for r in args.artifact_runtimes.split(",") if r.strip()]
+    if not set(runtimes) <= set(ARTIFACT_ROWS):
+        parser.error(f"--artifact-runtimes {args.artifact_runtimes!r}: expected some of {', '.join(ARTIFACT_ROWS)}")
 
     from slimkit_onnx import OnnxConfig, OnnxExporter
     from slimkit_openvino import OpenVinoConfig, OpenVinoExporter
@@ -339,24 +355,13 @@ def main() -> None:
         import slimkit
 
         artifact = slimkit.load(folder)
-        runtimes = [r.strip() for r in args.artifact_runtimes.split(",") if r.strip()]
-        if not set(runtimes) <= {"openvino", "openvino-u8kv", "onnx"}:
-            parser.error(f"--artifact-runtimes {args.artifact_runtimes!r}: expected openvino, openvino-u8kv and/or onnx")
-        if "openvino-u8kv" in runtimes:  # OpenVINO's own default KV cache (what its (a) rows run with)
-            label = f"{name} → openvino carried bf16 u8-kv (c)"
-            rows[label] = ("openvino", OpenVinoExporter(OpenVinoConfig(weights="auto", inference_precision="bf16",
-                                                                       kv_cache_precision="u8")))
-            sources[label] = (artifact, folder)
-        if "openvino" in runtimes:
-            for suffix, values in (("bf16", {}), ("bf16 dq-off", {"dynamic_quantization": "off"})):
-                label = f"{name} → openvino carried {suffix} (c)"
-                rows[label] = ("openvino", OpenVinoExporter(OpenVinoConfig(weights="auto", inference_precision="bf16",
-                                                                           **values)))
+        for runtime in runtimes:
+            for suffix, exporter_name, settings in ARTIFACT_ROWS[runtime]:
+                label = f"{name} → {suffix} (c)"
+                exporter_cls, config_cls = (OnnxExporter, OnnxConfig) if exporter_name == "onnx" else (
+                    OpenVinoExporter, OpenVinoConfig)
+                rows[label] = (exporter_name, exporter_cls(config_cls(weights="auto", **settings)))
                 sources[label] = (artifact, folder)
-        if "onnx" in runtimes:
-            label = f"{name} → onnx carried (c)"
-            rows[label] = ("onnx", OnnxExporter(OnnxConfig(weights="auto")))
-            sources[label] = (artifact, folder)
     chosen = list(rows) if args.rows == "all" else [r.strip() for r in args.rows.split(";") if r.strip()]
     chosen += [label for label in sources if label not in chosen]
     keep = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="deploy-runtimes-"))
