@@ -30,12 +30,10 @@ def never_scored(seed: int = 0) -> tuple[list[tuple[str, int]], list[str]]:
     """(the task's demonstrations, review sentences its test rows can never contain)."""
     from slimkit.evaluation import tasks
 
-    rows = tasks.review_snippets()
-    balanced = [s for score, s in rows if abs(score) >= 1.0 and len(s) < 300]
-    scorable = set(balanced[tasks.DEMO_POOL:])       # sentiment_rows draws every test row from these
+    scorable = {s for s, _ in tasks.labelled_snippets()[tasks.DEMO_POOL:]}  # every test row comes from these
     demos, _ = tasks.sentiment_examples(200, 2, seed)
     excluded = scorable | {s for s, _ in demos}
-    return demos, [s for _, s in rows if s not in excluded]
+    return demos, [s for _, s in tasks.review_snippets() if s not in excluded]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -68,9 +68,15 @@ def review_snippets() -> list[tuple[float, str]]:
     return rows
 
 
+def labelled_snippets() -> list[tuple[str, int]]:
+    """(sentence, label) of the snippets with a clear sentiment (mean score at least 1 away from 0) and under 300
+    characters, in file order: the first ``DEMO_POOL`` are the demonstration pool, every test row comes from the rest."""
+    return [(s, int(score > 0)) for score, s in review_snippets() if abs(score) >= 1.0 and len(s) < 300]
+
+
 def sentiment_examples(samples: int = 200, shots: int = 2, seed: int = 0) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
     """(demonstrations, balanced evaluation examples) as (sentence, label) pairs, disjoint."""
-    rows = [(s, int(score > 0)) for score, s in review_snippets() if abs(score) >= 1.0 and len(s) < 300]
+    rows = labelled_snippets()
     pool, rest = rows[:DEMO_POOL], rows[DEMO_POOL:]
     rng = random.Random(seed)
     demos = [rng.choice([r for r in pool if r[1] == label]) for label in (1, 0)][:shots] if shots <= 2 else \
@@ -156,7 +162,7 @@ def sentiment_rows(seed: int = 0) -> tuple[list[dict[str, Any]], list[dict[str, 
     then the rest of the balanced pool alternating negative/positive (every longer prefix stays balanced)."""
     demos, first = sentiment_examples(200, 2, seed)
     used = {s for s, _ in first}
-    rows = [(s, int(score > 0)) for score, s in review_snippets() if abs(score) >= 1.0 and len(s) < 300]
+    rows = labelled_snippets()
     rest = {label: [r for r in rows[DEMO_POOL:] if r[1] == label and r[0] not in used] for label in (0, 1)}
     rng = random.Random(seed + 1)
     for group in rest.values():
