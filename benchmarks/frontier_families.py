@@ -265,7 +265,6 @@ SMOLLM2_POINTS = [
           "case_study_mobile at 458c77d artifact (int4 sym g64, table int4) → OpenVINO compressed weights, codes "
           "carried; bf16, dynamic int8 activations",
           (Source(OV_CARRIED, "runtimes", "qatgrid recipe → openvino carried bf16 (c)"),), route="c"),
-    # ---- slimkit → runtime, route (c): slimkit's compressed artifact, its integer codes carried
     Point("slimkit_runtime", "mobile → llama.cpp", SMOLLM2,
           "case_study_mobile (QAT-KD → autoround int4 sym g64, table int4) → GGUF Q4_0, codes carried",
           (Source("benchmarks/case_study_mobile_smollm2/report.json", "report", "deployment:gguf"),),
@@ -344,9 +343,6 @@ GEMMA3_POINTS = [
           "slimkit openvino exporter weights=int8, bf16 inference (stateful)",
           (Source("benchmarks/deploy_runtimes_gemma3_openvino_stateful.json", "runtimes",
                   "slimkit openvino int8 bf16 (b)"),), route="b"),
-]
-
-GEMMA3_POINTS += [
     Point("runtime", "llama.cpp Q4_0", GEMMA3,
           "llama.cpp's own Q4_0 of the fp32 model (llama_model_quantize; table Q8_0)",
           (Source(CARRY_GEMMA_Q4_0, "carry", "fp32 → llama.cpp Q4_0 (llama_model_quantize, from slimkit's F16 GGUF)"),),
