@@ -11,6 +11,7 @@ Sample config (``conf`` group ``quantizer``)::
     quantizer.method: signround        # signround (AutoRound's tuned rounding) | awq (AWQ scaling + RTN) | rtn
     quantizer.iters: 50                # SignRound steps per decoder block (AutoRound's default 200 is ~4x slower)
     quantizer.embedding: float         # the input embedding table (tied lm_head shares it): float | int8 | int4
+    quantizer.embedding_group_size: null  # the table's columns per scale: null = group_size, -1 = one per row
     quantizer.exclude: [lm_head]
     quantizer.overrides: {"model.layers.0.*": 8}
     # or quantizer.budget_bits=4.5: per-module widths from a round-to-nearest sensitivity scan on the same grid
@@ -21,8 +22,9 @@ runs with ``amp=False``: this CPU's bf16 is emulated and slower), with float16 s
 round-to-nearest on the same grid unless ``optimized_rtn=true`` (AutoRound's activation-weighted scale search).
 
 A tied ``lm_head`` is the embedding table: AutoRound cannot tune it, so ``embedding=int8|int4`` quantizes that
-table by round-to-nearest (symmetric, ``group_size`` columns per float16 scale) and the output projection uses
-the same codes. The integer codes, scales and group size of every quantized module stay readable from the
+table by round-to-nearest (symmetric, one float16 scale per ``embedding_group_size`` columns — by default
+``group_size``; ``-1`` is one scale per row, i.e. per token, as NNCF stores its int8 table) and the output
+projection uses the same codes. The integer codes, scales and group size of every quantized module stay readable from the
 artifact: see :mod:`slimkit_autoround.layout` (``read_int_weights``).
 """
 
@@ -77,6 +79,9 @@ class AutoRoundConfig(MixedPrecisionConfig):
     optimized_rtn: bool = False
     #: the input embedding table (shared with a tied lm_head): 'float', 'int8' or 'int4' (round-to-nearest)
     embedding: str = choice("float", EMBEDDING_MODES)
+    #: columns of the embedding table per float16 scale: null (the default) = ``group_size``, -1 = one scale per
+    #: row (per token); otherwise must divide the table's width
+    embedding_group_size: Optional[int] = None
     #: let AutoRound torch.compile its tuning step (off: compiling costs minutes per block on a busy CPU)
     compile: bool = False
 
@@ -87,6 +92,10 @@ class AutoRoundConfig(MixedPrecisionConfig):
         if self.method == "signround" and self.iters == 0:
             raise ConfigError("quantizer.iters", self.iters, "at least 1 with quantizer.method=signround "
                               "(for round-to-nearest set quantizer.method=rtn)")
+        size = self.embedding_group_size
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or (size < 1 and size != -1)):
+            raise ConfigError("quantizer.embedding_group_size", size, "null (= quantizer.group_size), -1 (one scale "
+                              "per row) or a positive integer dividing the embedding table's width")
 
     @property
     def needs_calibration(self) -> bool:
@@ -97,6 +106,11 @@ class AutoRoundConfig(MixedPrecisionConfig):
     @property
     def embedding_bits(self) -> Optional[int]:
         return None if self.embedding == "float" else int(self.embedding[3:])
+
+    def table_group_size(self, width: int) -> int:
+        """Columns per scale in an embedding table ``width`` columns wide."""
+        size = self.embedding_group_size
+        return self.group_size if size is None else width if size == -1 else size
 
 
 def working_group_sizes(widths: list[int], limit: int = 256) -> list[int]:
@@ -183,10 +197,17 @@ class AutoRoundQuantizer(Stage):
         modules = dict(model.named_modules())
         chosen = {n: modules[n] for n, b in plan.items() if b is not None}
         embedding = _embedding_name(model)
-        if cfg.embedding_bits is not None and embedding is not None:
-            chosen[embedding] = modules[embedding]
-        if not chosen:
+        table = embedding if cfg.embedding_bits is not None and embedding is not None else None
+        if not chosen and table is None:
             raise ConfigError("quantizer.include", list(cfg.include), "globs selecting at least one Linear module")
+        if table is not None:
+            width = _input_width(modules[table])
+            if cfg.embedding_group_size is None:
+                chosen[table] = modules[table]  # on the Linear grid: checked under quantizer.group_size
+            elif width % cfg.table_group_size(width):
+                raise ConfigError("quantizer.embedding_group_size", cfg.embedding_group_size,
+                                  "-1 (one scale per row) or one of " + ", ".join(map(str, working_group_sizes([width], width))),
+                                  f"it does not divide the width {width} of the embedding table {table}")
         check_group_size(chosen, cfg.group_size)
         return plan
 
@@ -214,7 +235,9 @@ class AutoRoundQuantizer(Stage):
         embedding = _embedding_name(model)
         if cfg.embedding_bits is not None and embedding is not None:
             output = _output_name(model)
-            table = ([embedding] + ([output] if _tied(model) and output is not None else []), cfg.embedding_bits)
+            names = [embedding] + ([output] if _tied(model) and output is not None else [])
+            width = _input_width(model.get_submodule(embedding))
+            table = (names, cfg.embedding_bits, cfg.table_group_size(width))
         return simulate_grid(model, plan, cfg.group_size, cfg.sym, table)
 
     def apply(self, state) -> dict[str, Any]:
@@ -241,8 +264,10 @@ class AutoRoundQuantizer(Stage):
             spec = _spec_from_autoround(m)
             spec.codes = _codes_checked(n, m, spec)
             setattr(m, ATTRIBUTE, spec)
-        if cfg.embedding_bits is not None:
-            quantize_embedding(model, cfg.embedding_bits, cfg.group_size)
+        embedding = _embedding_name(model)
+        if cfg.embedding_bits is not None and embedding is not None:
+            width = _input_width(model.get_submodule(embedding))
+            quantize_embedding(model, cfg.embedding_bits, cfg.table_group_size(width))
         metrics.update(self._summary(model))
         state.artifact_writer = self
         return metrics
@@ -289,7 +314,7 @@ class AutoRoundQuantizer(Stage):
     def _summary(self, model: torch.nn.Module) -> dict:
         return {"stored_bits_per_weight": stored_bits_per_weight(model), "stored_bits_scope": STORED_BITS_SCOPE,
                 "group_size": self.config.group_size, "sym": self.config.sym, "method": self.config.method,
-                "embedding": self.config.embedding}
+                "embedding": self.config.embedding, "embedding_group_size": self.config.embedding_group_size}
 
     # --- artifact -------------------------------------------------------------------------------
     def save(self, model: torch.nn.Module, directory: Path) -> None:

@@ -72,10 +72,10 @@ class LinearGrid(torch.nn.Module):
 
 
 def simulate_grid(model: torch.nn.Module, plan: dict[str, Optional[int]], group_size: int, sym: bool,
-                  table: Optional[tuple[list[str], int]]) -> Callable[[], int]:
+                  table: Optional[tuple[list[str], int, int]]) -> Callable[[], int]:
     """Parametrize the planned Linear weights (``{name: bits or None}``) and the embedding table's modules
-    (``(names, bits)``: the input embedding and a tied output projection) with their grids; returns the undo
-    function, which returns how many modules it restored."""
+    (``(names, bits, group size)``: the input embedding and a tied output projection) with their grids; returns
+    the undo function, which returns how many modules it restored."""
     touched: list[torch.nn.Module] = []
     for name, bits in plan.items():
         if bits is None or bits >= 16:
@@ -84,8 +84,8 @@ def simulate_grid(model: torch.nn.Module, plan: dict[str, Optional[int]], group_
         parametrize.register_parametrization(module, "weight", LinearGrid(bits, group_size, sym), unsafe=True)
         touched.append(module)
     if table is not None:
-        names, bits = table
-        grid = TableGrid(bits, group_size)
+        names, bits, table_group = table
+        grid = TableGrid(bits, table_group)
         for name in dict.fromkeys(names):
             module = model.get_submodule(name)
             parametrize.register_parametrization(module, "weight", grid, unsafe=True)

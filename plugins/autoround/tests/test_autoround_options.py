@@ -80,6 +80,17 @@ def test_group_size_is_checked_before_the_model_loads():
         AutoRoundQuantizer(AutoRoundConfig(group_size=48)).check_before_load(SETTINGS)
 
 
+def test_embedding_group_size_that_does_not_divide_the_table_names_it_before_load():
+    # tiny model: the table is 64 wide; the Linear grid (group_size=32) is fine on its own
+    stage = AutoRoundQuantizer(AutoRoundConfig(group_size=32, embedding="int8", embedding_group_size=48))
+    with pytest.raises(ConfigError) as info:
+        stage.check_before_load(SETTINGS)
+    assert info.value.key == "quantizer.embedding_group_size" and info.value.value == 48
+    assert "model.embed_tokens" in str(info.value) and "width 64" in str(info.value) and "-1" in str(info.value)
+    # an embedding group size frees the table from quantizer.group_size: 40 does not divide 64, only the table sees it
+    AutoRoundQuantizer(AutoRoundConfig(group_size=32, embedding="int8", embedding_group_size=-1)).check_before_load(SETTINGS)
+
+
 def test_working_group_sizes():
     assert working_group_sizes([576, 1536]) == [8, 16, 24, 32, 48, 64, 96, 192]  # SmolLM2: no 128
     assert 128 in working_group_sizes([640, 2048, 1024])  # Gemma-3-270M
@@ -93,6 +104,9 @@ def test_tied_lm_head_cannot_be_selected_as_a_linear():
 @pytest.mark.parametrize("values,key", [({"method": "gptq"}, "quantizer.method"), ({"bits": 5}, "quantizer.bits"),
                                         ({"group_size": 0}, "quantizer.group_size"),
                                         ({"embedding": "int2"}, "quantizer.embedding"),
+                                        ({"embedding_group_size": 0}, "quantizer.embedding_group_size"),
+                                        ({"embedding_group_size": -2}, "quantizer.embedding_group_size"),
+                                        ({"embedding_group_size": "row"}, "quantizer.embedding_group_size"),
                                         ({"method": "signround", "iters": 0}, "quantizer.iters"),
                                         ({"overrides": {"lm_head": 6}}, "quantizer.overrides['lm_head']")])
 def test_bad_config_values(values, key):
@@ -146,6 +160,27 @@ def test_int4_embedding_is_shared_with_the_tied_lm_head():
     assert torch.equal(spec.dequantize(), table.weight.detach())
     expected = round_to_nearest(spec.dequantize(), 4, 64)
     assert torch.equal(expected.codes, spec.codes)
+
+
+@pytest.mark.parametrize("size,groups", [(-1, 1), (16, 4)])
+def test_embedding_group_size_sets_the_table_scales_only(tmp_path, size, groups):
+    """-1: one float16 scale per row of the table (per token); a number: that many columns per scale. The Linear
+    layers keep quantizer.group_size, the stored-bits figure counts the table's fewer scales, and the artifact
+    reloads to the same codes."""
+    state, _, metrics = quantized(method="rtn", group_size=32, embedding="int8", embedding_group_size=size)
+    spec = getattr(state.model.model.embed_tokens, ATTRIBUTE)
+    assert spec.group_size == 64 // groups and spec.scale.shape == (state.model.config.vocab_size, groups)
+    assert torch.equal(spec.codes, round_to_nearest(state.model.model.embed_tokens.weight, 8, 64 // groups).codes)
+    assert getattr(state.model.model.layers[0].mlp.up_proj, ATTRIBUTE).group_size == 32
+    assert metrics["embedding_group_size"] == size
+    default, _, default_metrics = quantized(method="rtn", group_size=32, embedding="int8")
+    assert getattr(default.model.model.embed_tokens, ATTRIBUTE).group_size == 32
+    assert (metrics["stored_bits_per_weight"] < default_metrics["stored_bits_per_weight"]) == (64 // groups > 32)
+    target = tmp_path / "model"
+    save_artifact(state, target, overwrite=False, records=[], model_info={"name": "tiny"})
+    stored = read_int_weights(target)["model.embed_tokens"]
+    assert stored.group_size == spec.group_size and torch.equal(stored.codes, spec.codes)
+    assert torch.equal(stored.scale, spec.scale)
 
 
 def test_default_artifact_reloads_with_plain_from_pretrained(tmp_path):

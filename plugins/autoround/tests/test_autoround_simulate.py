@@ -13,6 +13,7 @@ from slimkit_autoround import AutoRoundConfig, AutoRoundQuantizer  # noqa: E402
 
 
 @pytest.mark.parametrize("values", [dict(method="rtn", group_size=32, sym=True, embedding="int4"),
+                                    dict(method="rtn", group_size=32, sym=True, embedding="int8", embedding_group_size=-1),
                                     dict(method="rtn", group_size=16, sym=False, bits=4),
                                     dict(method="rtn", group_size=32, sym=True, overrides={"*.mlp.down_proj": 8})])
 def test_simulated_forward_is_the_quantized_model(values):
@@ -30,7 +31,7 @@ def test_simulated_forward_is_the_quantized_model(values):
     assert restored > 0
     for n, p in model.named_parameters():  # the simulation changed nothing it leaves behind
         assert torch.equal(p, before[n]), n
-    if values.get("embedding") == "int4":
+    if values.get("embedding") in ("int4", "int8"):
         assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
 
     stage.apply(state)

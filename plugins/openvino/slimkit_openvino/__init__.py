@@ -191,8 +191,9 @@ class OpenVinoExporter(Exporter):
         grids: dict[str, int] = {}
         for name in carried:
             spec = codes[name]
-            grid = (f"int{spec.bits} {'symmetric' if spec.zero_point is None else 'asymmetric'}, groups of "
-                    f"{spec.group_size}, float16 scales")
+            scales = ("one float16 scale per row" if spec.group_size == spec.codes.shape[1]
+                      else f"groups of {spec.group_size}, float16 scales")
+            grid = f"int{spec.bits} {'symmetric' if spec.zero_point is None else 'asymmetric'}, {scales}"
             grids[grid] = grids.get(grid, 0) + 1
             widths.add(f"int{8 if spec.bits > 4 else 4}")
         if grids:

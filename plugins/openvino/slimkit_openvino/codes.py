@@ -6,6 +6,9 @@ OpenVINO runs a weight-compressed LLM from a decompression subgraph in front of 
     Constant(i4 | u4 | i8 | u8, [out, in / g, g]) -> Convert(f16) [-> Subtract(zero point)]
         -> Multiply(f16 scale [out, in / g, 1]) -> Reshape([out, in]) -> Convert(f32) -> MatMul / Gather
 
+(one scale per row — ``g`` = ``in`` — is NNCF's per-channel layout: codes ``[out, in]``, scales ``[out, 1]``, no
+Reshape).
+
 A module that carries slimkit codes (``weight = (codes - zero_point) * scale`` per group of ``g`` input
 features, :class:`slimkit.deploy.holdings.IntCodes`) is written in exactly that layout from its own codes
 and float16 scales: symmetric codes as signed constants (as NNCF writes its ``INT4_SYM``/``INT8_SYM``),
@@ -73,20 +76,24 @@ def decompressed(spec: Any, shape: tuple[int, int], name: str):
     from openvino import Type, opset13
 
     out, columns = shape
-    grouped = (out, columns // spec.group_size, spec.group_size)
+    groups = columns // spec.group_size
+    # one scale per row: NNCF's per-channel layout ([out, in] codes, [out, 1] scales, no reshape)
+    stored_shape, scale_shape = ((out, columns), (out, 1)) if groups == 1 else \
+        ((out, groups, spec.group_size), (out, groups, 1))
     codes = spec.codes.to(torch.int16)
     symmetric = spec.zero_point is None
     offset = 0 if symmetric else 1 << (spec.bits - 1)  # asymmetric: unsigned codes and zero points, as NNCF writes
-    stored = (codes + offset).reshape(grouped).numpy().astype(np.int8 if symmetric else np.uint8)
+    stored = (codes + offset).reshape(stored_shape).numpy().astype(np.int8 if symmetric else np.uint8)
     weight = opset13.convert(opset13.constant(stored, dtype=_element_type(spec.bits, symmetric), name=name), Type.f16)
     if not symmetric:
-        zero = (spec.zero_point.to(torch.int16) + offset).reshape(grouped[0], grouped[1], 1).numpy().astype(np.uint8)
+        zero = (spec.zero_point.to(torch.int16) + offset).reshape(scale_shape).numpy().astype(np.uint8)
         zero_node = opset13.constant(zero, dtype=_element_type(spec.bits, False), name=f"{name}/zero_point")
         weight = opset13.subtract(weight, opset13.convert(zero_node, Type.f16), name=f"{name}/zero_point/subtract")
-    scale = spec.scale.to(torch.float16).reshape(grouped[0], grouped[1], 1).numpy()
+    scale = spec.scale.to(torch.float16).reshape(scale_shape).numpy()
     weight = opset13.multiply(weight, opset13.constant(scale, dtype=Type.f16, name=f"{name}/scale"),
                               name=f"{name}/fq_weights")
-    weight = opset13.reshape(weight, opset13.constant(np.array(shape, np.int64)), special_zero=False)
+    if groups > 1:
+        weight = opset13.reshape(weight, opset13.constant(np.array(shape, np.int64)), special_zero=False)
     return opset13.convert(weight, Type.f32, name=f"{name}/fq_weights/convert")
 
 

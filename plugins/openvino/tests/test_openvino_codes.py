@@ -36,7 +36,7 @@ def _export(tmp_path, state, **config):
 
 
 def _stored_types(out):
-    """{element type: count} of the IR's integer weight constants."""
+    """{element type: count} of the IR's integer weight constants (grouped [out, in / g, g] or per row [out, in])."""
     import openvino
 
     counts = {}
@@ -44,7 +44,7 @@ def _stored_types(out):
         if op.get_type_name() != "Constant":
             continue
         kind = op.get_element_type().get_type_name()
-        grouped = kind in ("i4", "u4", "i8", "u8") and len(op.get_output_shape(0)) == 3
+        grouped = kind in ("i4", "u4", "i8", "u8") and len(op.get_output_shape(0)) in (2, 3)  # 2: one group a row
         if grouped and not op.get_friendly_name().endswith("zero_point"):
             counts[kind] = counts.get(kind, 0) + 1
     return counts
@@ -53,6 +53,7 @@ def _stored_types(out):
 @pytest.mark.parametrize("values,types", [
     ({"group_size": 32, "embedding": "int8"}, {"i4": 28, "i8": 1}),   # llama.cpp Q4_0's layout: the table int8
     ({"group_size": 64, "embedding": "int4"}, {"i4": 29}),
+    ({"group_size": 32, "embedding": "int8", "embedding_group_size": -1}, {"i4": 28, "i8": 1}),  # NNCF's per-row table
     ({"group_size": 32, "sym": False}, {"u4": 28}),                    # asymmetric: unsigned codes and zero points
     ({"bits": 8, "group_size": 64}, {"i8": 28}),
 ])
@@ -67,6 +68,8 @@ def test_codes_are_carried_exactly(tmp_path, values, types):
     assert facts["carried_tensors"] == len(codes) == sum(types.values())
     assert "not re-quantized" in facts["scheme"] and f"groups of {values['group_size']}" in facts["scheme"]
     assert _stored_types(out) == types
+    table_per_row = "1 weight int8 symmetric, one float16 scale per row" in facts["scheme"]
+    assert table_per_row == (values.get("embedding_group_size") == -1)
     probe = state.data.eval[:2, :32]
     diff = (session.logits(probe) - model_logits(state.model, probe)).abs().max().item()
     assert diff < 1e-5, diff
@@ -83,7 +86,7 @@ def test_float_weights_stay_fp32_under_auto_and_nncf_takes_them_under_int8(tmp_p
     assert (session.logits(probe) - model_logits(state.model, probe)).abs().max().item() < 1e-5
     facts, session, out = _export(tmp_path / "int8", state, weights="int8", dynamic_quantization="off")
     assert facts["requantized"] is True and facts["carried_tensors"] == 28 and facts["requantized_tensors"] == 1
-    assert _stored_types(out) == {"i4": 28} and facts["format"] == "openvino-ir-int4+int8"
+    assert _stored_types(out) == {"i4": 28, "u8": 1} and facts["format"] == "openvino-ir-int4+int8"  # NNCF's table
     assert "NNCF int8" in facts["scheme"] and "the other weights" in facts["scheme"]
 
 
