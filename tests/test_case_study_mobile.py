@@ -78,3 +78,25 @@ def test_q4_0_calibrated_carries_calibrated_codes_into_gguf_on_the_tiny_model(tm
     (entry,) = report["deployments"]
     assert entry["exporter"] == "gguf" and entry["requantized"] is False and entry["requantized_tensors"] == 0
     assert entry["carried_tensors"] == 4 * 7 + 1  # every decoder Linear at Q4_0, the tied table at Q8_0
+
+
+def test_int4_calibrated_openvino_carries_codes_and_a_per_row_table_on_the_tiny_model(tmp_path):
+    """`experiment=int4_calibrated_openvino`: optimized RTN in symmetric groups of 64, the tied table int8 with one
+    scale per row, every code carried into OpenVINO (bf16 inference, u8 KV cache)."""
+    pytest.importorskip("openvino")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    overrides = ["experiment=int4_calibrated_openvino", "model=tiny", "data=tiny", "eval=fast", "eval.tasks=[]",
+                 f"hydra.run.dir={tmp_path}"]
+    run = subprocess.run([sys.executable, "-m", "slimkit", *overrides], capture_output=True, text=True, env=env,
+                         timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    (stage,) = report["stages"]
+    config = stage["config"]
+    assert (config["method"], config["optimized_rtn"], config["group_size"], config["sym"], config["embedding"],
+            config["embedding_group_size"]) == ("rtn", True, 64, True, "int8", -1)
+    (entry,) = report["deployments"]
+    assert entry["exporter"] == "openvino" and entry["requantized"] is False and entry["requantized_tensors"] == 0
+    assert entry["carried_tensors"] == 4 * 7 + 1  # every decoder Linear and the tied table
+    assert "1 weight int8 symmetric, one float16 scale per row" in entry["scheme"]
+    assert (entry["inference_precision"], entry["kv_cache_precision"]) == ("bf16", "u8")
