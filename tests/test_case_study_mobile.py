@@ -14,14 +14,19 @@ pytest.importorskip("auto_round")
 pytest.importorskip("onnxruntime_genai")
 
 
-def test_case_study_mobile_chain_runs_on_the_tiny_model(tmp_path):
+def run_tiny(tmp_path, *overrides: str) -> dict:
+    """Run ``slimkit <overrides>`` on the tiny model and data (1 thread) into ``tmp_path``; its report.json."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    overrides = ["experiment=case_study_mobile", "model=tiny", "data=tiny", "eval=fast", "distiller.max_steps=2",
-                 "distiller.eval_every=1", "distiller.checkpoint_every=1", f"hydra.run.dir={tmp_path}"]
+    overrides = ("model=tiny", "data=tiny", "eval=fast", *overrides, f"hydra.run.dir={tmp_path}")
     run = subprocess.run([sys.executable, "-m", "slimkit", *overrides], capture_output=True, text=True, env=env,
                          timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
-    report = json.loads((tmp_path / "report.json").read_text())
+    return json.loads((tmp_path / "report.json").read_text())
+
+
+def test_case_study_mobile_chain_runs_on_the_tiny_model(tmp_path):
+    report = run_tiny(tmp_path, "experiment=case_study_mobile", "distiller.max_steps=2", "distiller.eval_every=1",
+                      "distiller.checkpoint_every=1")
     assert [(s["kind"], s["backend"]) for s in report["stages"]] == [("distiller", "kd"), ("quantizer", "autoround")]
     qat = report["stages"][0]["metrics"]
     assert qat["qat_bits"] == 4 and qat["qat_grid"] == "quantizer"  # trained on AutoRound's own grid, table included
@@ -64,13 +69,7 @@ def test_q4_0_calibrated_carries_calibrated_codes_into_gguf_on_the_tiny_model(tm
     """`experiment=q4_0_calibrated`: AutoRound's optimized RTN (calibrated, no training) on llama.cpp Q4_0's grid,
     the codes written into GGUF as they are."""
     pytest.importorskip("gguf")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    overrides = ["experiment=q4_0_calibrated", "model=tiny", "data=tiny", "eval=fast", "eval.tasks=[]",
-                 f"hydra.run.dir={tmp_path}"]
-    run = subprocess.run([sys.executable, "-m", "slimkit", *overrides], capture_output=True, text=True, env=env,
-                         timeout=900)
-    assert run.returncode == 0, run.stderr[-3000:]
-    report = json.loads((tmp_path / "report.json").read_text())
+    report = run_tiny(tmp_path, "experiment=q4_0_calibrated", "eval.tasks=[]")
     (stage,) = report["stages"]
     assert (stage["kind"], stage["backend"]) == ("quantizer", "autoround")
     assert (stage["config"]["method"], stage["config"]["optimized_rtn"], stage["config"]["group_size"],
@@ -84,13 +83,7 @@ def test_int4_calibrated_openvino_carries_codes_and_a_per_row_table_on_the_tiny_
     """`experiment=int4_calibrated_openvino`: optimized RTN in symmetric groups of 64, the tied table int8 with one
     scale per row, every code carried into OpenVINO (bf16 inference, u8 KV cache)."""
     pytest.importorskip("openvino")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    overrides = ["experiment=int4_calibrated_openvino", "model=tiny", "data=tiny", "eval=fast", "eval.tasks=[]",
-                 f"hydra.run.dir={tmp_path}"]
-    run = subprocess.run([sys.executable, "-m", "slimkit", *overrides], capture_output=True, text=True, env=env,
-                         timeout=900)
-    assert run.returncode == 0, run.stderr[-3000:]
-    report = json.loads((tmp_path / "report.json").read_text())
+    report = run_tiny(tmp_path, "experiment=int4_calibrated_openvino", "eval.tasks=[]")
     (stage,) = report["stages"]
     config = stage["config"]
     assert (config["method"], config["optimized_rtn"], config["group_size"], config["sym"], config["embedding"],

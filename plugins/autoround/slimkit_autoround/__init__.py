@@ -196,20 +196,27 @@ class AutoRoundQuantizer(Stage):
                               "the input embedding; quantize both with quantizer.embedding=int8 or int4)")
         modules = dict(model.named_modules())
         chosen = {n: modules[n] for n, b in plan.items() if b is not None}
-        embedding = _embedding_name(model)
-        table = embedding if cfg.embedding_bits is not None and embedding is not None else None
+        table = self._table(model)
         if not chosen and table is None:
             raise ConfigError("quantizer.include", list(cfg.include), "globs selecting at least one Linear module")
         if table is not None:
-            width = _input_width(modules[table])
+            name, size = table
+            width = _input_width(modules[name])
             if cfg.embedding_group_size is None:
-                chosen[table] = modules[table]  # on the Linear grid: checked under quantizer.group_size
-            elif width % cfg.table_group_size(width):
+                chosen[name] = modules[name]  # on the Linear grid: checked under quantizer.group_size
+            elif width % size:
                 raise ConfigError("quantizer.embedding_group_size", cfg.embedding_group_size,
                                   "-1 (one scale per row) or one of " + ", ".join(map(str, working_group_sizes([width], width))),
-                                  f"it does not divide the width {width} of the embedding table {table}")
+                                  f"it does not divide the width {width} of the embedding table {name}")
         check_group_size(chosen, cfg.group_size)
         return plan
+
+    def _table(self, model: torch.nn.Module) -> Optional[tuple[str, int]]:
+        """(the input embedding's name, its columns per scale) when ``quantizer.embedding`` quantizes it, else None."""
+        name = _embedding_name(model)
+        if self.config.embedding_bits is None or name is None:
+            return None
+        return name, self.config.table_group_size(_input_width(model.get_submodule(name)))
 
     # --- the stage ------------------------------------------------------------------------------
     def make_quantized(self, name: str, linear: torch.nn.Module, bits: int) -> torch.nn.Module:
@@ -231,14 +238,12 @@ class AutoRoundQuantizer(Stage):
                               "quantizer's grid (distiller.qat_grid=quantizer)", "the per-module widths come from "
                               "a sensitivity scan after training; fix them with quantizer.overrides instead")
         plan = self._check_model(model)
-        table = None
-        embedding = _embedding_name(model)
-        if cfg.embedding_bits is not None and embedding is not None:
+        table, grid = self._table(model), None
+        if table is not None:
+            name, size = table
             output = _output_name(model)
-            names = [embedding] + ([output] if _tied(model) and output is not None else [])
-            width = _input_width(model.get_submodule(embedding))
-            table = (names, cfg.embedding_bits, cfg.table_group_size(width))
-        return simulate_grid(model, plan, cfg.group_size, cfg.sym, table)
+            grid = ([name] + ([output] if _tied(model) and output is not None else []), cfg.embedding_bits, size)
+        return simulate_grid(model, plan, cfg.group_size, cfg.sym, grid)
 
     def apply(self, state) -> dict[str, Any]:
         cfg = self.config
@@ -264,10 +269,9 @@ class AutoRoundQuantizer(Stage):
             spec = _spec_from_autoround(m)
             spec.codes = _codes_checked(n, m, spec)
             setattr(m, ATTRIBUTE, spec)
-        embedding = _embedding_name(model)
-        if cfg.embedding_bits is not None and embedding is not None:
-            width = _input_width(model.get_submodule(embedding))
-            quantize_embedding(model, cfg.embedding_bits, cfg.table_group_size(width))
+        table = self._table(model)
+        if table is not None:
+            quantize_embedding(model, cfg.embedding_bits, table[1])
         metrics.update(self._summary(model))
         state.artifact_writer = self
         return metrics
