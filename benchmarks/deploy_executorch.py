@@ -3,7 +3,8 @@
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/deploy_executorch.py --out benchmarks/deploy_executorch_smollm2.json
     python benchmarks/deploy_executorch.py --render benchmarks/deploy_executorch_smollm2.json
 
-Each row is the ``executorch`` exporter plugin (``slimkit_executorch``) on the model slimkit loaded: the ``.pte``
+Each row is the ``executorch`` exporter plugin (``slimkit_executorch``) on the model slimkit loaded (or, for
+``--artifact LABEL=DIR``, on a slimkit artifact loaded with ``slimkit.load``: route (c)): the ``.pte``
 is loaded back in ExecuTorch's runtime and measured there — perplexity on the eval windows and 2-shot sentiment on
 ``--task-samples`` sentences (``slimkit.deploy.evaluate.quality``, on the runtime's logits), size on disk (the
 ``.pte``; the tokenizer files are not counted), prefill/decode speed against PyTorch fp32 from
@@ -32,7 +33,14 @@ ROWS = {
     "executorch 8da4w g32 + int8 embedding": {"weights": "8da4w", "group_size": 32, "embedding": "int8"},
     "executorch 8da8w + int8 embedding": {"weights": "8da8w", "embedding": "int8"},
     "executorch 8da4w g32": {"weights": "8da4w", "group_size": 32},
+    # (a) at the size of a recipe whose tied table is int8 per row (stored as the embedding and as the lm_head)
+    "executorch 8da4w g32 + int8 embedding + 8da8w lm_head": {"weights": "8da4w", "group_size": 32, "embedding": "int8",
+                                                              "lm_head": "8da8w"},
 }
+
+#: --artifact rows: a slimkit artifact exported with weights=8da4w: its codes carried where XNNPACK holds them
+#: (the int8 table: positive scales), the rest re-quantized by torchao on its own int4 grid
+ARTIFACT_ROW = {"weights": "8da4w", "group_size": 32}
 
 
 def peak_memory_mb(code_args: list[str], code: str) -> float:
@@ -70,18 +78,24 @@ def render(path: str) -> str:
     """The report as a markdown table (what benchmarks/deploy_executorch.md shows)."""
     report = json.loads(Path(path).read_text())
     base = report["baseline_fp32_pytorch"]
-    lines = [f"PyTorch fp32: perplexity {base['perplexity']:.2f}, sentiment {base['tasks']['sentiment']['acc']}, "
-             f"{base['size_bytes'] / 1e6:.1f} MB, peak RSS {base['peak_memory_mb']:.0f} MB", "",
-             "| row | scheme | ppl (×fp32) | sentiment | MB (×smaller) | prefill × | decode × | peak RSS MB | "
-             "export s (lower) | load avg |", "|---|---|---|---|---|---|---|---|---|---|"]
+    tasks = list(base["tasks"])
+    lines = [f"PyTorch fp32: perplexity {base['perplexity']:.2f}, "
+             + ", ".join(f"{name} {next(iter(base['tasks'][name].values()))}" for name in tasks)
+             + f", {base['size_bytes'] / 1e6:.1f} MB, peak RSS {base['peak_memory_mb']:.0f} MB", "",
+             "| row | scheme | ppl (×fp32) | " + " | ".join(tasks) + " | MB (×smaller) | prefill × | decode × | "
+             "peak RSS MB | export s (lower) | load avg |", "|---" * (9 + len(tasks)) + "|"]
     for row in report["rows"]:
         facts, speed = row["facts"], row["speed"]
-        task = (row.get("tasks") or {}).get("sentiment", {}).get("final")
+        scores = []
+        for name in tasks:
+            result = (row.get("tasks") or {}).get(name, {})
+            scores.append("–" if result.get("final") is None else
+                          f"{result['final']:.3f}" + (f" ({result['retained']:.1%})" if result.get("retained") else ""))
         phases = facts.get("export_phase_seconds", {})
         decode = speed["decode_speedup"]
         lines.append(
             f"| {row['row']} | {facts['scheme']} | {row['perplexity']:.2f} (×{row['perplexity'] / base['perplexity']:.3f}) | "
-            f"{task if task is None else f'{task:.3f}'} | {row['size_bytes'] / 1e6:.1f} "
+            + " | ".join(scores) + f" | {row['size_bytes'] / 1e6:.1f} "
             f"(×{base['size_bytes'] / row['size_bytes']:.1f}) | {speed['prefill_speedup']:.2f} | "
             f"{'–' if decode is None else f'{decode:.2f}'} | {row['peak_memory_mb']:.0f} | {row['export_seconds']:.0f} "
             f"({phases.get('to_edge_transform_and_lower', 0):.0f}) | "
@@ -106,6 +120,10 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--max-seq-len", type=int, default=512)
     parser.add_argument("--keep", default=None, help="folder to keep the exports in (default: a temporary one)")
+    parser.add_argument("--artifact", action="append", default=[], metavar="LABEL=DIR",
+                        help="a slimkit artifact exported with " + json.dumps(ARTIFACT_ROW) + " (row '<LABEL> → "
+                             "executorch 8da4w (c)': codes carried where XNNPACK holds them, the rest re-quantized)")
+    parser.add_argument("--tasks", default="sentiment", help="tasks separated by ',' (the first is the headline)")
     args = parser.parse_args()
     if Path(args.out).exists():
         parser.error(f"{args.out} exists; results files are never overwritten: choose a new name")
@@ -126,7 +144,7 @@ def main() -> None:
     prompt = data.eval[:1, :args.prompt_tokens]
     eval_cfg = {"threads": 1, "latency_processes": args.processes, "repeats": args.repeats,
                 "decode_tokens": args.decode_tokens}
-    tasks = ["sentiment"] if args.task_samples else []
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.task_samples else []
 
     # the fp32 baseline through the same quality() code as the exports, on PyTorch's logits
     measured = quality(TorchSession(model), data.eval, tokenizer, tasks, args.task_samples, {}, label="fp32")
@@ -139,7 +157,18 @@ def main() -> None:
                                                 TORCH_PEAK)
     print(json.dumps({"baseline": baseline}), flush=True)
 
-    chosen = list(ROWS) if args.rows == "all" else [r.strip() for r in args.rows.split(";")]
+    chosen = list(ROWS) if args.rows == "all" else [r.strip() for r in args.rows.split(";") if r.strip()]
+    sources = {}  # row label -> (the artifact it exports, its folder)
+    for spec in args.artifact:
+        name, _, artifact_dir = spec.partition("=")
+        if not artifact_dir or not Path(artifact_dir).is_dir():
+            parser.error(f"--artifact {spec!r}: expected LABEL=DIR with an existing artifact folder")
+        import slimkit
+
+        label = f"{name} → executorch 8da4w (c)"
+        ROWS[label] = ARTIFACT_ROW
+        sources[label] = (slimkit.load(artifact_dir), artifact_dir)
+        chosen.append(label)
     keep = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="deploy-executorch-"))
     results = []
     for label in chosen:
@@ -149,12 +178,14 @@ def main() -> None:
         folder.mkdir(parents=True)
         print(f"== {label}", flush=True)
         exporter = ExecuTorchExporter(ExecuTorchConfig(max_seq_len=args.max_seq_len, **ROWS[label]))
-        exporter.check_model(model.config, None)
+        source, source_dir = sources.get(label, (model, loaded.path))
+        exporter.check_model(source.config, None)
         start = time.perf_counter()
-        facts = exporter.export(Path(loaded.path), model, tokenizer, folder)
+        facts = exporter.export(Path(source_dir), source, tokenizer, folder)
         export_s = time.perf_counter() - start
         session = ExecuTorchExporter.open(folder, threads=1)
-        row = {"row": label, "config": ROWS[label], "runtime_version": session.runtime_version, "facts": facts,
+        row = {"row": label, "config": ROWS[label], "artifact": str(source_dir) if label in sources else None,
+               "runtime_version": session.runtime_version, "facts": facts,
                "export_seconds": round(export_s, 1), "load_average_after_export": list(os.getloadavg()),
                "size_bytes": (folder / "model.pte").stat().st_size}
         row.update(quality(session, data.eval, tokenizer, tasks, args.task_samples, baseline, label=label))

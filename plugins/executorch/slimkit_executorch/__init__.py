@@ -3,7 +3,7 @@
 Sample config (``conf`` group ``exporter``)::
 
     exporter: executorch
-    exporter.executorch.weights: 8da4w      # auto (= fp32: slimkit's float weights as they are), fp32, 8da8w, 8da4w
+    exporter.executorch.weights: 8da4w      # auto (slimkit's weights as they are: codes carried, floats fp32), fp32, 8da8w, 8da4w
     exporter.executorch.group_size: 32      # 8da4w: int4 weights in groups of this many input channels
     exporter.executorch.embedding: int8     # the token embedding: float, int8 or int4 (per row)
     exporter.executorch.max_seq_len: 512    # KV cache length = the longest prompt + generation one call serves
@@ -23,10 +23,17 @@ logits[1, T, V]``: prefill is one call with ``T`` prompt tokens, decode is one c
 :meth:`ExecuTorchExporter.open` loads it with ``executorch.runtime`` (the Python bindings of the C++
 runtime), the XNNPACK thread pool pinned to ``threads``.
 
+slimkit's integer codes are carried, not re-quantized (:mod:`slimkit_executorch.codes`): every module of an
+artifact that carries codes (``quantizer=autoround``) whose grid XNNPACK holds — symmetric with positive scales:
+int4 in groups, int8 per output channel, the embedding's int8/int4 rows or groups; not AutoRound's full-range int4,
+whose scales can be negative — gets torchao's quantized tensor built from its own
+codes and float16 scales, under any ``weights`` setting (a tied lm_head gets the table's codes as a linear
+layer); the other modules get the ``weights``/``embedding``/``lm_head`` treatment, and the report says which were
+carried, which were re-quantized by torchao and why.
+
 Model families: Llama (checked on SmolLM2 and the tiny test model); others are refused before any weights
 load. Artifacts whose writer declares runtime-only kernels (``slimkit.deploy.holdings``: bnb, int8) are refused
-(their kernels do not trace); quanto's weights are dequantized exactly first; autoround's integer codes are float
-weights equal to codes × scales, exported as such (torchao re-quantizes them on its own grid if asked).
+(their kernels do not trace); quanto's weights are dequantized exactly first.
 Structured pruning that changes the attention heads per layer is refused at export (the static cache has one
 shape for all layers); MLP pruning exports as the smaller architecture.
 
@@ -54,8 +61,9 @@ import torch
 
 from slimkit import ArtifactError, ConfigError, DataError, check_choice
 from slimkit.core.plugin import Exporter, ExporterConfig
-from slimkit.deploy.holdings import refuse_runtime_kernels
+from slimkit.deploy.holdings import int_weight_modules, refuse_runtime_kernels, summarize_reasons
 from slimkit.toolkit.quantization import float_model
+from slimkit_executorch.codes import carry_codes
 
 __all__ = ["ExecuTorchConfig", "ExecuTorchExporter", "ExecuTorchSession"]
 
@@ -75,8 +83,9 @@ INSTALL = "pip install slimkit-executorch (or: pip install executorch==1.5.1, wh
 class ExecuTorchConfig(ExporterConfig):
     """ExecuTorch export settings."""
 
-    #: auto/fp32 (slimkit's float weights as they are), 8da8w (int8 dynamic activations, int8 weights per output
-    #: channel) or 8da4w (int8 dynamic activations, int4 symmetric weights in groups of ``group_size``)
+    #: auto/fp32 (slimkit's weights as they are: integer codes carried, floats fp32), 8da8w (int8 dynamic
+    #: activations, int8 weights per output channel) or 8da4w (int8 dynamic activations, int4 symmetric weights in
+    #: groups of ``group_size``); carried codes win over both
     weights: str = "auto"
     #: 8da4w: input channels per int4 group (must divide every linear layer's input width)
     group_size: int = 32
@@ -84,8 +93,9 @@ class ExecuTorchConfig(ExporterConfig):
     embedding: str = "float"
     #: KV cache length: the longest prompt + generation (and the longest sequence scored) one call serves
     max_seq_len: int = 512
-    #: the output layer: "same" as the other linear layers, or kept at fp32 / 8da8w under 8da4w (on a small model
-    #: with a large vocabulary the int4 lm_head costs much of 8da4w's quality)
+    #: the output layer: "same" as the other linear layers, or fp32 / 8da8w whatever ``weights`` is (on a small
+    #: model with a large vocabulary the int4 lm_head costs much of 8da4w's quality); a tied head whose table
+    #: carries codes XNNPACK holds takes the table's codes instead
     lm_head: str = "same"
 
     def __post_init__(self) -> None:
@@ -106,7 +116,7 @@ class ExecuTorchConfig(ExporterConfig):
 
     @property
     def head_bits(self) -> str:
-        return self.bits if self.lm_head == "same" or self.bits == "fp32" else self.lm_head
+        return self.bits if self.lm_head == "same" else self.lm_head
 
     @property
     def quantized(self) -> bool:
@@ -147,8 +157,9 @@ class ExecuTorchExporter(Exporter):
         out_dir = Path(out_dir)
         model, dequantized = float_model(model)
         _check_uniform_attention(model)
-        if self.config.quantized:
-            model = copy.deepcopy(model) if not dequantized else model  # never quantize the caller's model
+        if (self.config.quantized or int_weight_modules(model)) and not dequantized:
+            model = copy.deepcopy(model)  # never quantize the caller's model
+        codes = int_weight_modules(model)
         seconds: dict[str, float] = {}
         steps = tqdm(total=5, desc="executorch export", leave=False)
 
@@ -161,61 +172,108 @@ class ExecuTorchExporter(Exporter):
             return result
 
         with _export_ready(model):
-            step("quantize", self._quantize, model)
+            carried, kept, requantized = step("quantize", self._quantize, model, codes)
             exported = step("torch.export", capture, model, self.config.max_seq_len)
             edge = step("to_edge_transform_and_lower", lower, exported)
             program = step("to_executorch", serialize, edge)
         step("write", lambda: ((out_dir / PROGRAM).write_bytes(program.buffer), tokenizer.save_pretrained(out_dir)))
-        scheme = self.scheme()
+        head = model.get_output_embeddings()
+        scheme = self.scheme(carried, requantized, next((n for n, m in model.named_modules() if m is head), None))
         settings = {"exporter": self.name, "max_seq_len": self.config.max_seq_len,
-                    "vocab_size": int(model.config.vocab_size), **scheme}
+                    "vocab_size": int(model.config.vocab_size), "carried": sorted(carried), **scheme}
         (out_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
         steps.close()
         notes = scheme["scheme"] + f"; static KV cache of {self.config.max_seq_len} positions"
+        if kept:
+            notes = f"slimkit's codes not carried for {len(kept)} modules ({summarize_reasons(kept)}); " + notes
         if dequantized:
             notes = (f"{dequantized} quantized weight matrices (quanto) dequantized exactly to fp32 first; "
                      "activation quantization is not carried; " + notes)
-        return {"format": f"executorch-pte-xnnpack-{self.config.bits}" +
-                          ("" if self.config.embedding == "float" else f"-emb{self.config.embedding}"),
-                "requantized": self.config.quantized, "notes": notes, "dequantized_modules": dequantized,
-                "max_seq_len": self.config.max_seq_len, "export_phase_seconds": seconds, **scheme}
+        return {"format": f"executorch-pte-xnnpack-{scheme['weights']}" +
+                          ("" if scheme["embedding"] == "float" else f"-emb{scheme['embedding']}"),
+                "requantized": bool(requantized), "requantized_tensors": len(requantized),
+                "carried_tensors": len(carried), "carried": sorted(carried), "notes": notes,
+                "dequantized_modules": dequantized, "max_seq_len": self.config.max_seq_len,
+                "export_phase_seconds": seconds, **scheme}
 
-    def _quantize(self, model: torch.nn.Module) -> None:
-        """torchao ``quantize_`` in place: the embedding (per row), then every ``nn.Linear``."""
+    def _quantize(self, model: torch.nn.Module, codes=None) -> tuple[dict[str, tuple[str, str]], dict[str, str],
+                                                                dict[str, str]]:
+        """In place: slimkit's codes carried first (:func:`~slimkit_executorch.codes.carry_codes`), then torchao's
+        ``quantize_`` on what the settings quantize and no codes cover — the embedding (per row), then every
+        ``nn.Linear``. Returns ({carried module: (short, description)}, {kept module: why}, {re-quantized module:
+        its scheme})."""
         from torchao.quantization.granularity import PerAxis, PerGroup
         from torchao.quantization.quant_api import (Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig,
                                                     quantize_)
 
         cfg = self.config
+        carried, kept = carry_codes(model, codes) if codes else ({}, {})
+        names = {module: name for name, module in model.named_modules()}
+        done = {module for module, name in names.items() if name in carried}
+        embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
+        requantized: dict[str, str] = {}
+
+        def quantize(config, scheme: str, wanted) -> None:
+            chosen = {module for module in names if module not in done and wanted(module)}
+            requantized.update({names[module]: scheme for module in chosen})
+            if chosen:
+                quantize_(model, config, lambda module, _name: module in chosen)
+
         if cfg.embedding != "float":
             dtype = torch.int8 if cfg.embedding == "int8" else torch.int4
-            quantize_(model, IntxWeightOnlyConfig(weight_dtype=dtype, granularity=PerAxis(0)),
-                      lambda module, _: isinstance(module, torch.nn.Embedding))
+            quantize(IntxWeightOnlyConfig(weight_dtype=dtype, granularity=PerAxis(0)), cfg.embedding,
+                     lambda module: module is embedding)
         schemes = {"8da8w": Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8,
                                                                   weight_granularity=PerAxis(0)),
                    "8da4w": Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,
                                                                   weight_granularity=PerGroup(cfg.group_size))}
-        head = model.get_output_embeddings()
         if cfg.bits in schemes:
-            quantize_(model, schemes[cfg.bits],
-                      lambda module, _: isinstance(module, torch.nn.Linear) and module is not head)
+            quantize(schemes[cfg.bits], cfg.bits,
+                     lambda module: isinstance(module, torch.nn.Linear) and module is not head)
         if cfg.head_bits in schemes:
-            quantize_(model, schemes[cfg.head_bits], lambda module, _: module is head)
+            quantize(schemes[cfg.head_bits], cfg.head_bits, lambda module: module is head)
+        return carried, kept, requantized
 
-    def scheme(self) -> dict[str, Any]:
-        """The weight format, stated fully (for the report)."""
-        cfg = self.config
-        linear = {"fp32": "fp32 weights",
-                  "8da8w": "torchao 8da8w: int8 dynamic per-token activations, int8 symmetric weights per output "
-                           "channel",
-                  "8da4w": f"torchao 8da4w: int8 dynamic per-token activations, int4 symmetric weights in groups of "
-                           f"{cfg.group_size}"}[cfg.bits]
-        # the program keeps the embedding table and the lm_head weight as separate constants, tied or not
-        head = cfg.head_bits
-        embedding = (f"{'float' if cfg.embedding == 'float' else cfg.embedding + ' per-row'} embedding; lm_head "
-                     f"stored separately as a {head} linear layer (a tied weight is written twice)")
-        out: dict[str, Any] = {"weights": cfg.bits, "embedding": cfg.embedding, "scheme": f"{linear}; {embedding}"}
-        if cfg.bits == "8da4w":
+    def scheme(self, carried: dict[str, tuple[str, str]] | None = None, requantized: dict[str, str] | None = None,
+               head_name: str | None = None) -> dict[str, Any]:
+        """The weight format, stated fully (for the report): the codes carried, then what torchao quantized, then
+        what stays float. Without arguments: what the settings alone ask for (no codes)."""
+        cfg, carried = self.config, carried or {}
+        if requantized is None:
+            requantized = {"linear": cfg.bits} if cfg.bits != "fp32" else {}
+            if cfg.embedding != "float":
+                requantized["embedding"] = cfg.embedding
+        torchao = {"8da8w": "torchao 8da8w: int8 dynamic per-token activations, int8 symmetric weights per output "
+                            "channel",
+                   "8da4w": f"torchao 8da4w: int8 dynamic per-token activations, int4 symmetric weights in groups "
+                            f"of {cfg.group_size}",
+                   "int8": "torchao int8 per-row embedding", "int4": "torchao int4 per-row embedding"}
+        parts = []
+        if carried:
+            counts: dict[str, int] = {}
+            for _, description in carried.values():
+                counts[description] = counts.get(description, 0) + 1
+            parts.append("slimkit's codes carried as they are (not re-quantized): " + ", ".join(
+                f"{n}x {description}" for description, n in sorted(counts.items(), key=lambda item: -item[1])))
+        for scheme in dict.fromkeys(requantized.values()):  # in order, once each
+            parts.append(torchao[scheme] + (" (re-quantized from the float weights)" if carried else ""))
+        if not requantized and not carried:
+            parts.append("fp32 weights")
+        head_carried = head_name is not None and head_name in carried
+        if carried and not set(requantized.values()) & {"8da4w", "8da8w"}:
+            parts.append("every other weight fp32")
+        table_carried = any(not short.startswith("8da") for short, _ in carried.values())
+        if not table_carried and cfg.embedding not in requantized.values():
+            parts.append("float embedding")
+        parts.append("lm_head stored separately " + ("with the tied table's codes" if head_carried else
+                     f"as a {cfg.head_bits} linear layer") + " (a tied weight is written twice)")
+        linear = sorted({short for short, _ in carried.values() if short.startswith("8da")}
+                        | {s for s in requantized.values() if s.startswith("8da")})
+        embedding = next((short for short, _ in carried.values() if not short.startswith("8da")),
+                         cfg.embedding if cfg.embedding in requantized.values() else "float")
+        out: dict[str, Any] = {"weights": "+".join(linear) or "fp32", "embedding": embedding,
+                               "scheme": "; ".join(parts)}
+        if "8da4w" in requantized.values():
             out["group_size"] = cfg.group_size
         return out
 
