@@ -234,15 +234,11 @@ class ExecuTorchExporter(Exporter):
             quantize(schemes[cfg.head_bits], cfg.head_bits, lambda module: module is head)
         return carried, kept, requantized
 
-    def scheme(self, carried: dict[str, tuple[str, str]] | None = None, requantized: dict[str, str] | None = None,
-               head_name: str | None = None) -> dict[str, Any]:
-        """The weight format, stated fully (for the report): the codes carried, then what torchao quantized, then
-        what stays float. Without arguments: what the settings alone ask for (no codes)."""
-        cfg, carried = self.config, carried or {}
-        if requantized is None:
-            requantized = {"linear": cfg.bits} if cfg.bits != "fp32" else {}
-            if cfg.embedding != "float":
-                requantized["embedding"] = cfg.embedding
+    def scheme(self, carried: dict[str, tuple[str, str]], requantized: dict[str, str],
+               head_name: str | None) -> dict[str, Any]:
+        """The weight format, stated fully (for the report), from what :meth:`_quantize` did: the codes carried,
+        then what torchao quantized, then what stays float."""
+        cfg = self.config
         torchao = {"8da8w": "torchao 8da8w: int8 dynamic per-token activations, int8 symmetric weights per output "
                             "channel",
                    "8da4w": f"torchao 8da4w: int8 dynamic per-token activations, int4 symmetric weights in groups "

@@ -1,5 +1,6 @@
 """slimkit's integer codes (the autoround quantizer's) handed to torchao as they are and lowered into the ``.pte``."""
 
+import copy
 import json
 
 import pytest
@@ -34,8 +35,6 @@ def _quantized(layers: int | None = None, **values):
 def _positive(state):
     """The same weights with every negative-scale group's sign moved into its codes (-8 → 8 is clamped to 7: the
     weights change a little), so XNNPACK can hold the decoder — an int4 grid with positive scales."""
-    from slimkit.deploy.holdings import int_weight_modules
-
     for name, spec in int_weight_modules(state.model).items():
         rows, groups = spec.scale.shape
         sign = torch.where(spec.scale < 0, -1, 1).to(torch.int16).reshape(rows, groups, 1)
@@ -67,8 +66,6 @@ def test_codes_reach_torchao_as_they_are(values, config, positive, carried, kept
     model = state.model
     codes = int_weight_modules(model)
     before = {name: p.clone() for name, p in model.named_parameters()}
-    import copy
-
     work = copy.deepcopy(model)
     done, left, requantized = ExecuTorchExporter(ExecuTorchConfig(**config))._quantize(work, int_weight_modules(work))
     assert len(done) == carried and not requantized
@@ -90,8 +87,6 @@ def test_codes_reach_torchao_as_they_are(values, config, positive, carried, kept
 def test_modules_without_codes_take_the_settings_and_the_report_says_which(tmp_path):
     """A grouped int8 table under lm_head=8da8w: the table's codes go to the embedding, the tied lm_head (which
     XNNPACK cannot hold in groups) is re-quantized by torchao per output channel, and the scheme names both."""
-    import copy
-
     state = _positive(_quantized(group_size=32, embedding="int8"))
     work = copy.deepcopy(state.model)
     exporter = ExecuTorchExporter(ExecuTorchConfig(lm_head="8da8w"))
