@@ -104,10 +104,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not validate_sweep(argv, registry):  # a multirun: every combination's stage configs, before launch
             overrides = [a for a in argv if "=" in a and not a.startswith("-")]
             if len(overrides) == len([a for a in argv if not a.startswith("-")]):  # plain overrides only
+                from slimkit.deploy import resolve_exporters
                 from slimkit.pipeline import resolve_stages
                 from slimkit.pipeline.config import check_composes
 
-                resolve_stages(check_composes(overrides, registry), registry)  # unknown keys, bad values: now
+                settings = check_composes(overrides, registry)
+                resolve_stages(settings, registry)  # unknown keys, bad values: now, before Hydra makes the run folder
+                resolve_exporters(settings, registry)  # the same for the exporters (as a sweep's check does)
     except SlimkitError as exc:
         print(f"slimkit: error: {exc}", file=sys.stderr)
         return 2

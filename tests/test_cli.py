@@ -47,6 +47,14 @@ def test_out_of_range_value_is_a_clean_error(tmp_path):
     assert not (tmp_path / "model").exists()
 
 
+def test_a_bad_exporter_value_is_refused_before_hydra_makes_the_run_folder(tmp_path):
+    run_dir = tmp_path / "run"
+    result = slimkit("experiment=tiny", "exporter=gguf", "exporter.gguf.weights=q3", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 2
+    assert "exporter.gguf.weights='q3' is not allowed" in result.stderr and "'q4_0'" in result.stderr
+    assert "Traceback" not in result.stderr and not run_dir.exists()
+
+
 def test_a_stage_set_to_null_says_how_to_drop_it(tmp_path):
     result = slimkit("experiment=tiny", "pruner=null", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 2
