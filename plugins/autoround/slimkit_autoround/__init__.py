@@ -8,6 +8,7 @@ Sample config (``conf`` group ``quantizer``)::
     quantizer.bits: 4                  # 2, 3, 4 or 8 (per module through overrides / budget_bits)
     quantizer.group_size: 64           # input features per scale; must divide every selected layer's input width
     quantizer.sym: true                # symmetric codes (no zero points): what GGUF Q4_0 / MatMulNBits hold as is
+    quantizer.sym_grid: full_range     # symmetric grid: full_range (llama.cpp Q4_0's) | gptq (positive scales, for ExecuTorch)
     quantizer.method: signround        # signround (AutoRound's tuned rounding) | awq (AWQ scaling + RTN) | rtn
     quantizer.iters: 50                # SignRound steps per decoder block (AutoRound's default 200 is ~4x slower)
     quantizer.embedding: float         # the input embedding table (tied lm_head shares it): float | int8 | int4
@@ -20,6 +21,13 @@ Calibration uses ``data.calibration_samples`` windows of ``data.seq_len`` tokens
 ``seqlen``); nothing is downloaded. Weights are fake-quantized in float32 during and after the stage (AutoRound
 runs with ``amp=False``: this CPU's bf16 is emulated and slower), with float16 scales. ``method=rtn`` is plain
 round-to-nearest on the same grid unless ``optimized_rtn=true`` (AutoRound's activation-weighted scale search).
+
+Two symmetric grids (``quantizer.sym_grid``), both codes ``[-2**(bits-1), 2**(bits-1) - 1]`` with one float16
+scale per group: ``full_range`` (AutoRound's ``int_sym``, llama.cpp ``Q4_0``'s convention) puts each group's
+largest-magnitude weight at code ``-2**(bits-1)``, so the scale is negative where that weight is positive;
+``gptq`` (AutoRound's ``int_sym_gptq``, GPTQ's symmetric grid) uses ``scale = 2 * absmax / (2**bits - 1) > 0``.
+GGUF, ONNX and OpenVINO hold either as it is; ExecuTorch's XNNPACK kernels take positive scales only, so a recipe
+bound for ``exporter=executorch`` carries its int4 decoder there only with ``sym_grid=gptq``.
 
 A tied ``lm_head`` is the embedding table: AutoRound cannot tune it, so ``embedding=int8|int4`` quantizes that
 table by round-to-nearest (symmetric, one float16 scale per ``embedding_group_size`` columns — by default
@@ -49,6 +57,8 @@ from .layout import (ATTRIBUTE, IntWeights, code_range, codes_of, load_dequantiz
 
 WEIGHT_BITS = (2, 3, 4, 8)
 METHODS = ("signround", "awq", "rtn")
+#: quantizer.sym_grid -> AutoRound's quantize-dequantize function (its registered data type) for symmetric weights
+SYM_GRIDS = {"full_range": "int_sym", "gptq": "int_sym_gptq"}
 EMBEDDING_MODES = ("float", "int8", "int4")
 
 
@@ -62,6 +72,9 @@ class AutoRoundConfig(MixedPrecisionConfig):
     group_size: int = ranged(64, 1)
     #: symmetric codes (no zero point); false stores a zero point per group
     sym: bool = True
+    #: symmetric grid: 'full_range' (a group's largest weight at code -2**(bits-1), scale of either sign: llama.cpp
+    #: Q4_0's convention) or 'gptq' (scale = 2 * absmax / (2**bits - 1) > 0: what ExecuTorch's XNNPACK holds)
+    sym_grid: str = choice("full_range", tuple(SYM_GRIDS))
     #: 'signround' (AutoRound's signed-gradient rounding/clipping tuning), 'awq' (AWQ activation-aware scaling,
     #: then round-to-nearest) or 'rtn' (round-to-nearest)
     method: str = choice("signround", METHODS)
@@ -92,6 +105,12 @@ class AutoRoundConfig(MixedPrecisionConfig):
         if self.method == "signround" and self.iters == 0:
             raise ConfigError("quantizer.iters", self.iters, "at least 1 with quantizer.method=signround "
                               "(for round-to-nearest set quantizer.method=rtn)")
+        if self.sym_grid != "full_range" and not self.sym:
+            raise ConfigError("quantizer.sym_grid", self.sym_grid, "full_range with quantizer.sym=false",
+                              "the grid is for symmetric codes; asymmetric ones store a zero point per group")
+        if self.sym_grid != "full_range" and self.method == "rtn" and self.optimized_rtn:
+            raise ConfigError("quantizer.optimized_rtn", self.optimized_rtn, f"false with quantizer.sym_grid={self.sym_grid}",
+                              "AutoRound's activation-weighted scale search exists for the full_range grid only")
         size = self.embedding_group_size
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or (size < 1 and size != -1)):
             raise ConfigError("quantizer.embedding_group_size", size, "null (= quantizer.group_size), -1 (one scale "
@@ -243,7 +262,7 @@ class AutoRoundQuantizer(Stage):
             name, size = table
             output = _output_name(model)
             grid = ([name] + ([output] if _tied(model) and output is not None else []), cfg.embedding_bits, size)
-        return simulate_grid(model, plan, cfg.group_size, cfg.sym, grid)
+        return simulate_grid(model, plan, cfg.group_size, SYM_GRIDS[cfg.sym_grid] if cfg.sym else "int_asym", grid)
 
     def apply(self, state) -> dict[str, Any]:
         cfg = self.config
@@ -254,8 +273,8 @@ class AutoRoundQuantizer(Stage):
                             "(data.calibration_samples=0); set it to at least 1, or use quantizer.method=rtn")
         self._check_model(model)
         plan, metrics = plan_precision(state, cfg, self.make_quantized, backend=self.name)
-        layer_config = {n: ({"bits": b, "group_size": cfg.group_size, "sym": cfg.sym} if b is not None else {"bits": 16})
-                        for n, b in plan.items()}
+        layer_config = {n: ({"bits": b, "group_size": cfg.group_size, "sym": cfg.sym, "data_type": self._data_type}
+                            if b is not None else {"bits": 16}) for n, b in plan.items()}
         quantized = [n for n, b in plan.items() if b is not None]
         output = _output_name(model)
         start = time.perf_counter()
@@ -267,6 +286,9 @@ class AutoRoundQuantizer(Stage):
         for n in quantized:
             m = modules[n]
             spec = _spec_from_autoround(m)
+            if cfg.sym_grid == "gptq" and not bool((spec.scale > 0).all()):
+                raise RuntimeError(f"{n}: AutoRound returned non-positive scales on the gptq grid; refusing to write "
+                                   "an artifact that says quantizer.sym_grid=gptq")
             spec.codes = _codes_checked(n, m, spec)
             setattr(m, ATTRIBUTE, spec)
         table = self._table(model)
@@ -275,6 +297,11 @@ class AutoRoundQuantizer(Stage):
         metrics.update(self._summary(model))
         state.artifact_writer = self
         return metrics
+
+    @property
+    def _data_type(self) -> str:
+        """AutoRound's ``data_type`` argument for this config's grid ("int" + ``sym`` is its full-range default)."""
+        return "int" if self.config.sym_grid == "full_range" else SYM_GRIDS[self.config.sym_grid]
 
     def _autoround(self, state, layer_config: dict, quant_lm_head: bool) -> torch.nn.Module:
         from auto_round import AutoRound
@@ -287,7 +314,8 @@ class AutoRoundQuantizer(Stage):
         mask = torch.ones(1, seqlen, dtype=torch.long)
         mask[:, -1] = 0
         dataset = [{"input_ids": row[None], "attention_mask": mask} for row in windows]
-        kwargs: dict[str, Any] = dict(bits=cfg.bits, group_size=cfg.group_size, sym=cfg.sym, nsamples=max(n, 1),
+        kwargs: dict[str, Any] = dict(bits=cfg.bits, group_size=cfg.group_size, sym=cfg.sym, data_type=self._data_type,
+                                      nsamples=max(n, 1),
                                       seqlen=seqlen, dataset=dataset, device_map="cpu", amp=False, scale_dtype="fp16",
                                       batch_size=max(1, min(cfg.batch_size, n)), seed=state.seed,
                                       layer_config=layer_config, quant_lm_head=quant_lm_head,
@@ -317,7 +345,8 @@ class AutoRoundQuantizer(Stage):
 
     def _summary(self, model: torch.nn.Module) -> dict:
         return {"stored_bits_per_weight": stored_bits_per_weight(model), "stored_bits_scope": STORED_BITS_SCOPE,
-                "group_size": self.config.group_size, "sym": self.config.sym, "method": self.config.method,
+                "group_size": self.config.group_size, "sym": self.config.sym, "sym_grid": self.config.sym_grid,
+                "method": self.config.method,
                 "embedding": self.config.embedding, "embedding_group_size": self.config.embedding_group_size}
 
     # --- artifact -------------------------------------------------------------------------------

@@ -22,8 +22,8 @@ plain ``AutoModelForCausalLM.from_pretrained`` reads when the ``compressed-tenso
 kept in float. Dequantization: ``w[o, i] = (code[o, i] - zero[o, i // g]) * scale[o, i // g]``
 (``zero = 0`` when symmetric). Symmetric 4-bit codes lie in ``[-8, 7]``: AutoRound maps each group's
 largest-magnitude weight to -8 (``scale`` = that weight / -8, so scales can be negative, exactly llama.cpp
-``Q4_0``'s convention); the embedding table and the budget scan use ``scale = absmax / 7`` (codes in
-``[-7, 7]``). Either way a symmetric group of 32·k
+``Q4_0``'s convention); with ``quantizer.sym_grid=gptq`` it uses GPTQ's ``scale = 2 * absmax / 15 > 0``; the
+embedding table and the budget scan use ``scale = absmax / 7`` (codes in ``[-7, 7]``). Either way a symmetric group of 32·k
 maps onto k GGUF ``Q4_0`` blocks (fp16 ``d`` = the group's scale, ``q = code + 8``) and onto ONNX
 ``MatMulNBits`` (bits 4, block_size = group_size, default zero point 8) without re-quantization.
 

@@ -4,8 +4,8 @@ While a distiller trains, every weight the quantizer stage will quantize is repl
 its quantize-dequantize image (a ``torch.nn.utils.parametrize`` parametrization whose backward is the identity:
 the straight-through estimator, with no gradient to the scales), so the student learns to survive the rounding it will actually get:
 
-- Linear layers in the plan: AutoRound's own ``int_sym``/``int_asym`` quantize-dequantize functions with this
-  config's bits, group size and float16 scales — the functions ``method=rtn`` applies (SignRound and AWQ then
+- Linear layers in the plan: AutoRound's own quantize-dequantize function for the stage's data type
+  (``int_sym``, ``int_sym_gptq`` or ``int_asym``) with this config's bits, group size and float16 scales — the functions ``method=rtn`` applies (SignRound and AWQ then
   move codes within that grid);
 - the input embedding table (and a tied ``lm_head``, which is the same tensor) with ``quantizer.embedding``
   int8/int4: the table's round-to-nearest grid (:func:`slimkit_autoround.layout.round_to_nearest`).
@@ -56,12 +56,12 @@ class TableGrid(torch.nn.Module):
 class LinearGrid(torch.nn.Module):
     """Quantize-dequantize with AutoRound's own per-group integer functions (``v = 0``: round-to-nearest)."""
 
-    def __init__(self, bits: int, group_size: int, sym: bool):
+    def __init__(self, bits: int, group_size: int, data_type: str):
         super().__init__()
-        from auto_round.data_type.int import quant_tensor_asym, quant_tensor_sym
+        from auto_round.data_type import QUANT_FUNC_WITH_DTYPE
 
         self.bits, self.group_size = bits, group_size
-        self._quantize = quant_tensor_sym if sym else quant_tensor_asym
+        self._quantize = QUANT_FUNC_WITH_DTYPE[data_type]
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         return _StraightThrough.apply(weight, self._qdq)
@@ -71,9 +71,10 @@ class LinearGrid(torch.nn.Module):
         return qdq.to(weight.dtype)
 
 
-def simulate_grid(model: torch.nn.Module, plan: dict[str, Optional[int]], group_size: int, sym: bool,
+def simulate_grid(model: torch.nn.Module, plan: dict[str, Optional[int]], group_size: int, data_type: str,
                   table: Optional[tuple[list[str], int, int]]) -> Callable[[], int]:
-    """Parametrize the planned Linear weights (``{name: bits or None}``) and the embedding table's modules
+    """Parametrize the planned Linear weights (``{name: bits or None}``, on AutoRound's ``data_type`` grid:
+    ``int_sym``, ``int_sym_gptq`` or ``int_asym``) and the embedding table's modules
     (``(names, bits, group size)``: the input embedding and a tied output projection) with their grids; returns
     the undo function, which returns how many modules it restored."""
     touched: list[torch.nn.Module] = []
@@ -81,7 +82,7 @@ def simulate_grid(model: torch.nn.Module, plan: dict[str, Optional[int]], group_
         if bits is None or bits >= 16:
             continue
         module = model.get_submodule(name)
-        parametrize.register_parametrization(module, "weight", LinearGrid(bits, group_size, sym), unsafe=True)
+        parametrize.register_parametrization(module, "weight", LinearGrid(bits, group_size, data_type), unsafe=True)
         touched.append(module)
     if table is not None:
         names, bits, table_group = table

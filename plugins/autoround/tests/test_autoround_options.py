@@ -108,6 +108,10 @@ def test_tied_lm_head_cannot_be_selected_as_a_linear():
                                         ({"embedding_group_size": -2}, "quantizer.embedding_group_size"),
                                         ({"embedding_group_size": "row"}, "quantizer.embedding_group_size"),
                                         ({"method": "signround", "iters": 0}, "quantizer.iters"),
+                                        ({"sym_grid": "positive"}, "quantizer.sym_grid"),
+                                        ({"sym_grid": "gptq", "sym": False}, "quantizer.sym_grid"),
+                                        ({"sym_grid": "gptq", "method": "rtn", "optimized_rtn": True},
+                                         "quantizer.optimized_rtn"),
                                         ({"overrides": {"lm_head": 6}}, "quantizer.overrides['lm_head']")])
 def test_bad_config_values(values, key):
     with pytest.raises(ConfigError) as info:
@@ -150,6 +154,26 @@ def test_signround_differs_from_round_to_nearest_on_the_same_grid():
     a = getattr(tuned.model.model.layers[0].self_attn.q_proj, ATTRIBUTE).codes
     b = getattr(plain.model.model.layers[0].self_attn.q_proj, ATTRIBUTE).codes
     assert a.shape == b.shape and not torch.equal(a, b)
+
+
+@pytest.mark.parametrize("method", ["signround", "rtn", "awq"])
+def test_gptq_grid_stores_positive_scales_and_reloads(method, tmp_path):
+    """sym_grid=gptq: every scale > 0 with codes in [-8, 7] (the full-range default puts a group's largest weight at
+    -8, so about half its scales are negative); the artifact reloads to the same logits."""
+    extra = {"iters": 10} if method == "signround" else {}
+    state, _, metrics = quantized(method=method, group_size=32, sym_grid="gptq", **extra)
+    full, _, _ = quantized(method=method, group_size=32, **extra)
+    specs = [getattr(m, ATTRIBUTE) for m in state.model.modules() if hasattr(m, ATTRIBUTE)]
+    assert specs and all(bool((s.scale > 0).all()) and s.codes.min() >= -8 and s.codes.max() <= 7 for s in specs)
+    assert any(bool((getattr(m, ATTRIBUTE).scale < 0).any()) for m in full.model.modules() if hasattr(m, ATTRIBUTE))
+    assert all(torch.equal(s.dequantize(), m.weight.detach()) for m in state.model.modules()
+               for s in [getattr(m, ATTRIBUTE, None)] if s is not None)
+    assert metrics["sym_grid"] == "gptq"
+    target = tmp_path / "model"
+    save_artifact(state, target, overwrite=False, records=[], model_info={"name": "tiny"})
+    probe = state.data.eval[:1, :32]
+    reloaded = AutoRoundQuantizer.load(target, {})
+    assert (model_logits(reloaded, probe) - model_logits(state.model, probe)).abs().max().item() < 1e-4
 
 
 def test_int4_embedding_is_shared_with_the_tied_lm_head():

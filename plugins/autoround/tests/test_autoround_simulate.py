@@ -15,6 +15,7 @@ from slimkit_autoround import AutoRoundConfig, AutoRoundQuantizer  # noqa: E402
 @pytest.mark.parametrize("values", [dict(method="rtn", group_size=32, sym=True, embedding="int4"),
                                     dict(method="rtn", group_size=32, sym=True, embedding="int8", embedding_group_size=-1),
                                     dict(method="rtn", group_size=16, sym=False, bits=4),
+                                    dict(method="rtn", group_size=32, sym_grid="gptq", embedding="int8", embedding_group_size=-1),
                                     dict(method="rtn", group_size=32, sym=True, overrides={"*.mlp.down_proj": 8})])
 def test_simulated_forward_is_the_quantized_model(values):
     state = random_token_state()

@@ -31,7 +31,9 @@ codes and float16 scales, under any ``weights`` setting (a tied lm_head gets the
 layer); the other modules get the ``weights``/``embedding``/``lm_head`` treatment, and the report says which were
 carried, which were re-quantized by torchao and why.
 
-Model families: Llama (checked on SmolLM2 and the tiny test model); others are refused before any weights
+Model families: Llama (checked on SmolLM2 and the tiny test model) and Gemma-3 (``gemma3_text``: sliding-window
+and full attention layers, checked on a tiny Gemma-3 whose window is shorter than the sequence, and on
+Gemma-3-270M in benchmarks/deploy_executorch.md); others are refused before any weights
 load. Artifacts whose writer declares runtime-only kernels (``slimkit.deploy.holdings``: bnb, int8) are refused
 (their kernels do not trace); quanto's weights are dequantized exactly first.
 Structured pruning that changes the attention heads per layer is refused at export (the static cache has one
@@ -73,7 +75,7 @@ WEIGHTS = ("auto", "fp32", "8da8w", "8da4w")
 EMBEDDINGS = ("float", "int8", "int4")
 LM_HEADS = ("same", "fp32", "8da8w")
 #: model types whose export was checked against PyTorch logits (tests and benchmarks/deploy_executorch.py)
-CHECKED_MODEL_TYPES = ("llama",)
+CHECKED_MODEL_TYPES = ("llama", "gemma3_text")
 PROGRAM = "model.pte"
 SETTINGS_FILE = "slimkit_export.json"
 INSTALL = "pip install slimkit-executorch (or: pip install executorch==1.5.1, which brings torchao)"

@@ -14,7 +14,8 @@ linear layer (XNNPACK's per-channel int8) and in any group in the embedding. Not
 int4/int8 weights have no zero point) and negative scales — AutoRound's full-range symmetric int4 (llama.cpp
 ``Q4_0``'s convention) maps each group's largest weight to -8 with a negative scale where that weight is positive,
 and XNNPACK refuses the program at load time ("Failed to define tensor"); flipping the sign would need code +8.
-The tied table (``scale = absmax / 7``) is held. :func:`carry_codes` says why for each module it leaves.
+The autoround quantizer's ``sym_grid=gptq`` (``scale = 2 * absmax / 15 > 0``) and the tied table
+(``scale = absmax / 7``) are held. :func:`carry_codes` says why for each module it leaves.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def why_not_held(spec: Any, module: torch.nn.Module) -> str | None:
         return f"a {type(module).__name__} (only linear layers and the embedding are quantized for XNNPACK)"
     if bool((spec.scale < 0).any()):
         return "negative scales (AutoRound's full-range symmetric int4, llama.cpp Q4_0's convention: a group's " \
-               "largest weight at code -8); XNNPACK takes positive scales only"
+               "largest weight at code -8); XNNPACK takes positive scales only: quantize with quantizer.sym_grid=gptq"
     return None
 
 

@@ -96,6 +96,30 @@ def test_bad_inputs_are_refused_before_any_export():
         exporter.check_model(LlamaConfig(hidden_size=576, intermediate_size=1536), None)
 
 
+def test_gemma3_exports_with_its_sliding_window_and_scaled_embedding(tmp_path):
+    """Gemma-3 (alternating sliding-window and full attention, RoPE per attention type, an embedding scaled by
+    sqrt(hidden)) on a 2-layer tiny model whose window (16) is shorter than the scored sequence (40): the fp32
+    program matches PyTorch's logits and greedy tokens; 8da4w + int8 embedding stays within the 8da4w tolerance."""
+    from slimkit.testing.compat import tiny_family_model
+
+    model = tiny_family_model("Gemma-3")
+    assert model.config.model_type == "gemma3_text" and model.config.sliding_window == 16
+    tokenizer = random_token_state().tokenizer
+    ids = torch.randint(0, model.config.vocab_size, (1, 40), generator=torch.Generator().manual_seed(0))
+    expected = model_logits(model, ids)
+    for i, (settings, tolerance) in enumerate((({"max_seq_len": 64}, 1e-4),
+                                               ({"weights": "8da4w", "group_size": 32, "embedding": "int8",
+                                                 "max_seq_len": 64}, 0.3))):
+        out = tmp_path / f"export-{i}"
+        out.mkdir()
+        ExecuTorchExporter(ExecuTorchConfig(**settings)).export(tmp_path, model, tokenizer, out)
+        session = ExecuTorchExporter.open(out, threads=1)
+        assert (session.logits(ids) - expected).abs().max().item() < tolerance, settings
+        if i == 0:
+            greedy = model.generate(ids[:, :20], max_new_tokens=8, min_new_tokens=8, do_sample=False)[0, 20:]
+            assert session.generate(ids[:, :20], 8) == greedy.tolist()
+
+
 def test_quantization_schemes_reach_the_layers_they_name():
     """What ``weights``/``group_size``/``lm_head``/``embedding`` select, checked on torchao's tensors (no lowering)."""
     from slimkit.models import tiny_model

@@ -32,37 +32,25 @@ def _quantized(layers: int | None = None, **values):
     return state
 
 
-def _positive(state):
-    """The same weights with every negative-scale group's sign moved into its codes (-8 → 8 is clamped to 7: the
-    weights change a little), so XNNPACK can hold the decoder — an int4 grid with positive scales."""
-    for name, spec in int_weight_modules(state.model).items():
-        rows, groups = spec.scale.shape
-        sign = torch.where(spec.scale < 0, -1, 1).to(torch.int16).reshape(rows, groups, 1)
-        limit = 2 ** (spec.bits - 1)
-        codes = (spec.codes.to(torch.int16).reshape(rows, groups, -1) * sign).clamp(-limit, limit - 1)
-        spec.codes, spec.scale = codes.reshape(spec.codes.shape).to(spec.codes.dtype), spec.scale.abs()
-        weight = (codes.float() * spec.scale.float().unsqueeze(-1)).reshape(spec.codes.shape)
-        state.model.get_submodule(name).weight.data.copy_(weight)
-    return state
+GPTQ = {"sym_grid": "gptq"}  # positive scales (2 * absmax / 15), codes in [-8, 7]: what XNNPACK holds
 
 
-@pytest.mark.parametrize("values,config,positive,carried,kept", [
+@pytest.mark.parametrize("values,config,carried,kept", [
     # the mobile recipe's layout, int4 sym g32 decoder + int8 per-row table: the table (positive scales) goes to the
     # embedding and the tied lm_head; AutoRound's full-range int4 has negative scales, which XNNPACK refuses
-    ({"group_size": 32, "embedding": "int8", "embedding_group_size": -1}, {}, False, 2,
+    ({"group_size": 32, "embedding": "int8", "embedding_group_size": -1}, {}, 2,
      {"model.layers.0.mlp.down_proj": "negative scales"}),
-    ({"group_size": 32, "embedding": "int8", "embedding_group_size": -1}, {}, True, 30, {}),
+    # the same on the gptq grid (quantizer.sym_grid=gptq): everything is held
+    ({"group_size": 32, "embedding": "int8", "embedding_group_size": -1, **GPTQ}, {}, 30, {}),
     # a grouped int8 table: the embedding holds it, XNNPACK's int8 linear (the tied lm_head) does not
-    ({"group_size": 32, "embedding": "int8"}, {}, True, 29, {"lm_head": "int8 codes in groups of 32"}),
-    ({"group_size": 16, "embedding": "int4"}, {"weights": "8da4w", "group_size": 32}, True, 30, {}),  # codes win
-    ({"group_size": 32, "sym": False}, {}, False, 0, {"model.layers.0.mlp.down_proj": "asymmetric codes"}),
+    ({"group_size": 32, "embedding": "int8", **GPTQ}, {}, 29, {"lm_head": "int8 codes in groups of 32"}),
+    ({"group_size": 16, "embedding": "int4", **GPTQ}, {"weights": "8da4w", "group_size": 32}, 30, {}),  # codes win
+    ({"group_size": 32, "sym": False}, {}, 0, {"model.layers.0.mlp.down_proj": "asymmetric codes"}),
 ])
-def test_codes_reach_torchao_as_they_are(values, config, positive, carried, kept):
+def test_codes_reach_torchao_as_they_are(values, config, carried, kept):
     """Every module XNNPACK can hold gets torchao's tensor of its own codes and float16 scales (bit-exact, not
     re-rounded); the others are named with the reason; the caller's model is not touched."""
     state = _quantized(**values)
-    if positive:
-        _positive(state)
     model = state.model
     codes = int_weight_modules(model)
     before = {name: p.clone() for name, p in model.named_parameters()}
@@ -87,7 +75,7 @@ def test_codes_reach_torchao_as_they_are(values, config, positive, carried, kept
 def test_modules_without_codes_take_the_settings_and_the_report_says_which(tmp_path):
     """A grouped int8 table under lm_head=8da8w: the table's codes go to the embedding, the tied lm_head (which
     XNNPACK cannot hold in groups) is re-quantized by torchao per output channel, and the scheme names both."""
-    state = _positive(_quantized(group_size=32, embedding="int8"))
+    state = _quantized(group_size=32, embedding="int8", **GPTQ)
     work = copy.deepcopy(state.model)
     exporter = ExecuTorchExporter(ExecuTorchConfig(lm_head="8da8w"))
     done, left, requantized = exporter._quantize(work, int_weight_modules(work))
@@ -100,10 +88,10 @@ def test_modules_without_codes_take_the_settings_and_the_report_says_which(tmp_p
 
 
 def test_carried_codes_lower_and_run_in_executorch(tmp_path):
-    """One lowering (one layer): the program runs the carried codes — nothing re-quantized, logits within the 8da4w
+    """One lowering (one layer) of a gptq-grid artifact: the program runs the carried codes — nothing re-quantized, logits within the 8da4w
     tolerance of the autoround model's (XNNPACK quantizes activations to int8 per token), and a file far smaller
     than the fp32 weights (a tiny model: the int8 table, stored twice, is most of it)."""
-    state = _positive(_quantized(layers=1, group_size=32, embedding="int8", embedding_group_size=-1))
+    state = _quantized(layers=1, group_size=32, embedding="int8", embedding_group_size=-1, **GPTQ)
     out = tmp_path / "export"
     out.mkdir()
     facts = ExecuTorchExporter(ExecuTorchConfig(max_seq_len=64)).export(tmp_path, state.model, state.tokenizer, out)
@@ -133,3 +121,31 @@ def test_full_range_int4_is_requantized_by_torchao_beside_the_carried_table(tmp_
     probe = state.data.eval[:2, :32]
     diff = (ExecuTorchExporter.open(out).logits(probe) - model_logits(state.model, probe)).abs().max().item()
     assert diff < 0.3, diff
+
+
+def test_case_study_mobile_executorch_carries_every_code_on_the_tiny_model(tmp_path):
+    """`experiment=case_study_mobile_executorch` on the tiny model (2 QAT steps): the gptq grid's int4 decoder and
+    the int8 per-row table reach the ``.pte`` as they are (as they reach OpenVINO and GGUF), and it scores like the
+    artifact."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("gguf")
+    import os
+    import subprocess
+    import sys
+
+    overrides = ["experiment=case_study_mobile_executorch", "model=tiny", "data=tiny", "eval=fast", "eval.tasks=[]",
+                 "distiller.max_steps=2", "distiller.eval_every=1",
+                 "distiller.checkpoint_every=1", f"hydra.run.dir={tmp_path}"]
+    run = subprocess.run([sys.executable, "-m", "slimkit", *overrides], capture_output=True, text=True, timeout=900,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["stages"][1]["config"]["sym_grid"] == "gptq"
+    deployed = {d["exporter"]: d for d in report["deployments"]}
+    assert list(deployed) == ["executorch", "openvino", "gguf"]
+    for entry in deployed.values():
+        assert entry["requantized"] is False and entry["requantized_tensors"] == 0, entry
+    entry = deployed["executorch"]
+    assert entry["carried_tensors"] == 4 * 7 + 2  # every decoder Linear, the embedding and the tied lm_head
+    # the program's only approximation is XNNPACK's int8 dynamic activations
+    assert entry["perplexity"] == pytest.approx(report["final"]["perplexity"], rel=0.02)
