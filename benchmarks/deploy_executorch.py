@@ -1,4 +1,4 @@
-"""ExecuTorch (XNNPACK) exports of SmolLM2-135M, measured with the pipeline's deploy metrics.
+"""ExecuTorch (XNNPACK) exports of SmolLM2-135M (or ``--model gemma3-270m``), measured with the pipeline's deploy metrics.
 
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/deploy_executorch.py --out benchmarks/deploy_executorch_smollm2.json
     python benchmarks/deploy_executorch.py --render benchmarks/deploy_executorch_smollm2.json
@@ -39,7 +39,8 @@ ROWS = {
 }
 
 #: --artifact rows: a slimkit artifact exported with weights=8da4w: its codes carried where XNNPACK holds them
-#: (the int8 table: positive scales), the rest re-quantized by torchao on its own int4 grid
+#: (positive scales: the int8 table, and an int4 decoder on quantizer.sym_grid=gptq), the rest re-quantized by
+#: torchao on its own int4 grid
 ARTIFACT_ROW = {"weights": "8da4w", "group_size": 32}
 
 
