@@ -39,7 +39,9 @@ def test_case_study_mobile_chain_runs_on_the_tiny_model(tmp_path):
     assert deployed["gguf"]["tensor_types"].get("Q4_0", 0) == deployed["gguf"]["carried_tensors"]
 
 
-def test_q4_0_variants_compose_with_llama_cpp_q4_0_tensor_types():
+def composed(preset: str):
+    """``experiment=<preset>`` composed and validated, nothing loaded: its (distiller, quantizer) configs and its
+    exporter plans."""
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
@@ -50,44 +52,34 @@ def test_q4_0_variants_compose_with_llama_cpp_q4_0_tensor_types():
 
     register_configs()
     with initialize_config_module("slimkit.conf", version_base="1.3"):
-        for preset, group, table, exporters in (("case_study_mobile", 64, "int4", ["gguf", "onnx"]),
-                                                ("case_study_mobile_q4_0", 32, "int8", ["gguf"]),
-                                                ("case_study_mobile_openvino", 32, "int8", ["openvino", "gguf"])):
-            cfg = OmegaConf.to_container(compose("config", overrides=[f"experiment={preset}"]), resolve=True)
-            stages = resolve_stages(cfg, default_registry())  # configs validated, nothing loaded
-            kd, quantizer = stages[0][0].config, stages[1][0].config
-            assert kd.qat_bits == 4 and kd.qat_grid == "auto"  # trains on the autoround stage's own grid
-            assert (quantizer.group_size, quantizer.embedding, quantizer.sym) == (group, table, True)
-            plans = resolve_exporters(cfg, default_registry())
-            assert [p.name for p in plans] == exporters
-            assert quantizer.sym_grid == "full_range"
-            if preset == "case_study_mobile_openvino":  # 4x the steps; codes carried (weights=auto) at bf16
-                assert kd.max_steps == 96 and plans[0].exporter.config.weights == "auto"
-                assert plans[0].exporter.config.inference_precision == "bf16"
+        cfg = OmegaConf.to_container(compose("config", overrides=[f"experiment={preset}"]), resolve=True)
+    registry = default_registry()
+    stages = resolve_stages(cfg, registry)
+    return stages[0][0].config, stages[1][0].config, resolve_exporters(cfg, registry)
+
+
+def test_q4_0_variants_compose_with_llama_cpp_q4_0_tensor_types():
+    for preset, group, table, exporters in (("case_study_mobile", 64, "int4", ["gguf", "onnx"]),
+                                            ("case_study_mobile_q4_0", 32, "int8", ["gguf"]),
+                                            ("case_study_mobile_openvino", 32, "int8", ["openvino", "gguf"])):
+        kd, quantizer, plans = composed(preset)
+        assert kd.qat_bits == 4 and kd.qat_grid == "auto"  # trains on the autoround stage's own grid
+        assert (quantizer.group_size, quantizer.embedding, quantizer.sym) == (group, table, True)
+        assert [p.name for p in plans] == exporters
+        assert quantizer.sym_grid == "full_range"
+        if preset == "case_study_mobile_openvino":  # 4x the steps; codes carried (weights=auto) at bf16
+            assert kd.max_steps == 96 and plans[0].exporter.config.weights == "auto"
+            assert plans[0].exporter.config.inference_precision == "bf16"
 
 
 def test_case_study_mobile_executorch_composes_on_xnnpacks_grid():
     """`experiment=case_study_mobile_executorch`: the openvino recipe on the gptq grid (positive scales), the table
     per row, every code carried (weights=auto) into ExecuTorch, OpenVINO and GGUF."""
     pytest.importorskip("slimkit_executorch")
-    from hydra import compose, initialize_config_module
-    from omegaconf import OmegaConf
-
-    from slimkit.core.registry import default_registry
-    from slimkit.deploy.plan import resolve_exporters
-    from slimkit.pipeline import resolve_stages
-    from slimkit.pipeline.config import register_configs
-
-    register_configs()
-    with initialize_config_module("slimkit.conf", version_base="1.3"):
-        cfg = OmegaConf.to_container(compose("config", overrides=["experiment=case_study_mobile_executorch"]),
-                                     resolve=True)
-    stages = resolve_stages(cfg, default_registry())
-    kd, quantizer = stages[0][0].config, stages[1][0].config
+    kd, quantizer, plans = composed("case_study_mobile_executorch")
     assert kd.qat_bits == 4 and kd.qat_grid == "auto" and kd.max_steps == 96
     assert (quantizer.group_size, quantizer.sym, quantizer.sym_grid, quantizer.embedding,
             quantizer.embedding_group_size) == (32, True, "gptq", "int8", -1)
-    plans = resolve_exporters(cfg, default_registry())
     assert [p.name for p in plans] == ["executorch", "openvino", "gguf"]
     assert all(p.exporter.config.weights == "auto" for p in plans)
 

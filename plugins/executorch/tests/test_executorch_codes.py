@@ -2,6 +2,9 @@
 
 import copy
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -129,10 +132,6 @@ def test_case_study_mobile_executorch_carries_every_code_on_the_tiny_model(tmp_p
     artifact."""
     pytest.importorskip("openvino")
     pytest.importorskip("gguf")
-    import os
-    import subprocess
-    import sys
-
     overrides = ["experiment=case_study_mobile_executorch", "model=tiny", "data=tiny", "eval=fast", "eval.tasks=[]",
                  "distiller.max_steps=2", "distiller.eval_every=1",
                  "distiller.checkpoint_every=1", f"hydra.run.dir={tmp_path}"]
