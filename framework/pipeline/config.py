@@ -11,7 +11,7 @@ import dataclasses
 import re
 from typing import Any, List, Mapping, Optional, Sequence
 
-from slimkit.core.errors import ConfigError, SlimkitError
+from slimkit.core.errors import ConfigError, SlimkitError, UnknownPluginError
 from slimkit.core.plugin import Kind, Stage, StageConfig, plugin_config
 from slimkit.core.registry import Registry, default_registry
 
@@ -183,6 +183,11 @@ def explain_compose_error(exc: BaseException, overrides: Sequence[str], registry
     override = re.search(r"override '([\w.]+)'", text)
     key = full_key.group(1) if full_key else (override.group(1) if override else None)
     value = _override_values(overrides).get(key or "", None)
+    unloadable = re.search(r"Could not load '(\w+)/(\w+)'", text)  # e.g. an experiment's defaults name a backend
+    if unloadable and unloadable.group(1) in STAGE_GROUPS:  # that this environment does not have
+        kind = Kind(unloadable.group(1))
+        if unloadable.group(2) not in registry.names(kind):
+            return UnknownPluginError(kind.value, unloadable.group(2), registry.names(kind))
     missing = re.search(r"Key '([^']+)' not in '(\w+)'", text)
     if key and missing:
         node_name = missing.group(2)
