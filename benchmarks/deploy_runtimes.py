@@ -375,7 +375,15 @@ def main() -> None:
         print(f"== {label}", flush=True)
         start = time.perf_counter()
         if callable(how):
-            facts = how(folder)
+            try:
+                facts = how(folder)
+            except subprocess.CalledProcessError as failed:  # the runtime's own tool refused this model: a result
+                lines = (failed.stderr or b"").decode(errors="replace").strip().splitlines()
+                results.append({"row": label, "exporter": exporter_name, "failed": True,
+                                "command": " ".join(map(str, failed.cmd[1:])), "exit_code": failed.returncode,
+                                "error": lines[-1] if lines else ""})
+                print(f"   failed: {results[-1]['error']}", flush=True)
+                continue
         else:
             source, source_dir = sources.get(label, (model, hf_dir))
             facts = how.export(Path(source_dir), source, tokenizer, folder)

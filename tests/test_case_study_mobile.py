@@ -84,6 +84,30 @@ def test_case_study_mobile_executorch_composes_on_xnnpacks_grid():
     assert all(p.exporter.config.weights == "auto" for p in plans)
 
 
+def test_case_study_mobile_pruned_shrinks_distils_and_carries_codes_on_the_tiny_model(tmp_path):
+    """`experiment=case_study_mobile_pruned`: 12.5% of the MLP channels removed (the model physically shrinks), QAT
+    distillation of the pruned student from the unpruned original on AutoRound's grid, int4 with the table int4 in
+    the same groups, every code carried into OpenVINO. On the tiny model's MLP (128 channels) a quarter is cut, in
+    multiples of 32 (AutoRound quantizes only Linear sizes that are multiples of 32), with groups of 32."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("torch_pruning")
+    report = run_tiny(tmp_path, "experiment=case_study_mobile_pruned", "pruner.sparsity=0.25", "pruner.round_to=32",
+                      "quantizer.group_size=32",
+                      "exporter=[openvino]", "distiller.max_steps=2", "distiller.eval_every=1",
+                      "distiller.checkpoint_every=1", "eval.tasks=[]")
+    assert [(s["kind"], s["backend"]) for s in report["stages"]] == [
+        ("pruner", "torch_pruning"), ("distiller", "kd"), ("quantizer", "autoround")]
+    pruned = report["stages"][0]
+    assert pruned["metrics"]["mlp_channel_fraction"] == pytest.approx(0.25)
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["intermediate_size"] == 96
+    assert report["stages"][1]["metrics"]["qat_grid"] == "quantizer"
+    config = report["stages"][2]["config"]
+    assert (config["group_size"], config["embedding"], config["embedding_group_size"]) == (32, "int4", None)
+    (entry,) = report["deployments"]
+    assert entry["exporter"] == "openvino" and entry["requantized"] is False and entry["requantized_tensors"] == 0
+    assert entry["carried_tensors"] == 4 * 7 + 1  # every decoder Linear of the pruned model and the tied table
+
+
 def test_q4_0_calibrated_carries_calibrated_codes_into_gguf_on_the_tiny_model(tmp_path):
     """`experiment=q4_0_calibrated`: AutoRound's optimized RTN (calibrated, no training) on llama.cpp Q4_0's grid,
     the codes written into GGUF as they are."""

@@ -149,6 +149,23 @@ def check_group_size(modules: Mapping[str, torch.nn.Module], group_size: int) ->
                               f"it does not divide the input width {width} of {name}")
 
 
+#: under its default ``int`` data type AutoRound keeps every Linear whose output or input size is not a multiple of
+#: this in 16-bit, without saying so (``auto_round.compressors.layer_config_resolver``)
+AUTOROUND_SHAPE_MULTIPLE = 32
+
+
+def check_shapes(modules: Mapping[str, torch.nn.Linear], include: list) -> None:
+    """:class:`ConfigError` naming the first Linear AutoRound would silently leave unquantized."""
+    for name, module in modules.items():
+        rows, cols = module.weight.shape
+        if rows % AUTOROUND_SHAPE_MULTIPLE or cols % AUTOROUND_SHAPE_MULTIPLE:
+            raise ConfigError("quantizer.include", include,
+                              f"globs selecting Linear layers whose output and input sizes are multiples of {AUTOROUND_SHAPE_MULTIPLE} "
+                              "(AutoRound leaves any other unquantized)",
+                              f"{name} is {rows} x {cols}; leave it out with quantizer.exclude, or, after structured "
+                              f"pruning, keep channels in multiples of {AUTOROUND_SHAPE_MULTIPLE} (pruner.round_to)")
+
+
 def _input_width(module: torch.nn.Module) -> int:
     if isinstance(module, torch.nn.Embedding):
         return module.embedding_dim
@@ -228,6 +245,8 @@ class AutoRoundQuantizer(Stage):
                                   "-1 (one scale per row) or one of " + ", ".join(map(str, working_group_sizes([width], width))),
                                   f"it does not divide the width {width} of the embedding table {name}")
         check_group_size(chosen, cfg.group_size)
+        if self._data_type == "int":
+            check_shapes({n: m for n, m in chosen.items() if isinstance(m, torch.nn.Linear)}, list(cfg.include))
         return plan
 
     def _table(self, model: torch.nn.Module) -> Optional[tuple[str, int]]:

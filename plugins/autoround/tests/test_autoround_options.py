@@ -75,6 +75,19 @@ def test_group_size_that_does_not_divide_a_layer_names_it_and_the_sizes_that_wor
     assert "8, 16, 24, 32, 40, 48, 56, 64" not in message and "8, 16, 32, 64" in message
 
 
+def test_a_layer_autoround_would_leave_unquantized_is_refused_before_it_runs():
+    """AutoRound keeps, silently, any Linear whose sizes are not multiples of 32 in 16-bit under its default grid
+    (e.g. an MLP pruned to 112 channels); slimkit names the layer before AutoRound runs. The gptq grid has no such
+    limit."""
+    model = tiny_model(intermediate_size=112)
+    with pytest.raises(ConfigError) as info:
+        AutoRoundQuantizer(AutoRoundConfig(group_size=16))._check_model(model)
+    assert info.value.key == "quantizer.include"
+    assert "model.layers.0.mlp.gate_proj is 112 x 64" in str(info.value) and "pruner.round_to" in str(info.value)
+    AutoRoundQuantizer(AutoRoundConfig(group_size=16, exclude=["lm_head", "*.mlp.*"]))._check_model(model)
+    AutoRoundQuantizer(AutoRoundConfig(group_size=16, sym_grid="gptq"))._check_model(model)
+
+
 def test_group_size_is_checked_before_the_model_loads():
     with pytest.raises(ConfigError, match="quantizer.group_size=48"):
         AutoRoundQuantizer(AutoRoundConfig(group_size=48)).check_before_load(SETTINGS)

@@ -17,7 +17,9 @@ full-sequence logits (an empty cache), onnxruntime-genai for greedy generation w
 pinned to ``intra_op_num_threads``.
 
 Model families: what the builder converts (``BUILDER_ARCHITECTURES``; checked here on Llama: SmolLM2 and the
-tiny test model); a structurally pruned model with the same sizes in every layer exports as its smaller
+tiny test model, and Gemma-3: a tiny sliding-window model and Gemma-3-270M). The builder runs through
+:mod:`slimkit_onnx.build`, which hands it Gemma-3's per-attention-type RoPE (transformers 5) in the flat form it
+reads; other per-type RoPE settings are refused before any stage. A structurally pruned model with the same sizes in every layer exports as its smaller
 architecture; per-layer sizes and artifacts of weights only their own backend runs (bnb, the int8 quantizer's
 W8A8; asked of the writer, ``slimkit.deploy.holdings``) are refused before any weights load, naming the
 alternatives; quanto's weights are dequantized exactly to fp32 first.
@@ -53,6 +55,7 @@ from slimkit import ArtifactError, ConfigError, check_choice
 from slimkit.core.plugin import Exporter, ExporterConfig
 from slimkit.deploy.holdings import int_weight_modules, refuse_runtime_kernels, summarize_reasons
 from slimkit.toolkit.quantization import float_model
+from slimkit_onnx.build import flat_rope, per_attention_type
 from slimkit_onnx.codes import carry_codes
 
 __all__ = ["OnnxConfig", "OnnxExporter", "OnnxSession"]
@@ -107,6 +110,13 @@ class OnnxConfig(ExporterConfig):
         return "fp32" if self.weights == "auto" else self.weights
 
 
+def sliding_window(model_config) -> bool:
+    """Whether some attention layers of the model see only a window of the past (Gemma-2/3, Mistral)."""
+    window = getattr(model_config, "sliding_window", None)
+    types = getattr(model_config, "layer_types", None)
+    return bool(window) and (types is None or "sliding_attention" in types)
+
+
 def shares_embedding(cfg: OnnxConfig) -> bool:
     """Whether the builder (0.18) quantizes the tied embedding together with the lm_head: for symmetric int4 only
     (int8 leaves the embedding's Gather in fp32; asymmetric sharing is invalid, so it is switched off)."""
@@ -144,12 +154,14 @@ class OnnxExporter(Exporter):
         if getattr(model_config, NON_UNIFORM_KEY, None):
             raise ConfigError("exporter", "onnx", "a model with the same sizes in every layer", NON_UNIFORM_WHY)
         rope = getattr(model_config, "rope_parameters", None)
-        if isinstance(rope, dict) and rope and "rope_type" not in rope:
-            # transformers 5 nests RoPE per attention type for e.g. Gemma-3 ({'full_attention': {...},
-            # 'sliding_attention': {...}}); onnxruntime-genai's builder reads rope_parameters['rope_type'] and fails
-            raise ConfigError("exporter", "onnx", "a model whose config has one RoPE setting (rope_parameters with a "
-                              "'rope_type')", f"{model_type!r} sets RoPE per attention type ({', '.join(rope)}), which "
-                              "onnxruntime-genai's model builder cannot read; use exporter=gguf or exporter=openvino")
+        if per_attention_type(rope) and flat_rope(rope) is None:
+            # transformers 5 nests RoPE per attention type for e.g. Gemma-3; slimkit_onnx.build hands the builder
+            # the flat form it reads, which can say only default RoPE with one base per attention type
+            raise ConfigError("exporter", "onnx", "a model whose config has one RoPE setting, or default RoPE per "
+                              "attention type (full_attention/sliding_attention with rope_type='default' and a "
+                              "rope_theta each, e.g. Gemma-3-270M)",
+                              f"{model_type!r} sets rope_parameters={dict(rope)!r}, which onnxruntime-genai's model "
+                              "builder cannot read; use exporter=gguf or exporter=openvino")
         refuse_runtime_kernels(
             "onnx", writer, "the ONNX Runtime builder cannot read",
             "quantizer=autoround (its symmetric int4 codes are written into MatMulNBits as they are), drop the "
@@ -166,13 +178,21 @@ class OnnxExporter(Exporter):
             source, cache = Path(tmp) / "hf", Path(tmp) / "cache"
             model.save_pretrained(source, safe_serialization=True)
             tokenizer.save_pretrained(source)
-            command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(source), "-o", str(out_dir),
+            command = [sys.executable, "-m", "slimkit_onnx.build", "-i", str(source), "-o", str(out_dir),
                        "-p", cfg.precision, "-e", "cpu", "-c", str(cache)]
+            extra = []
             if cfg.precision in ("int8", "int4"):
-                command += ["--extra_options", f"block_size={cfg.block_size}",
-                            f"is_symmetric={str(cfg.symmetric).lower()}", f"accuracy_level={cfg.accuracy_level}"]
+                extra += [f"block_size={cfg.block_size}", f"is_symmetric={str(cfg.symmetric).lower()}",
+                          f"accuracy_level={cfg.accuracy_level}"]
                 if not cfg.symmetric:  # asymmetric blocks on the shared embedding write an invalid model (0.18)
-                    command.append("shared_embeddings=false")
+                    extra.append("shared_embeddings=false")
+            if sliding_window(model.config):
+                # the builder's default windowed KV cache makes sliding layers take a past of at least the window's
+                # length, so a prompt cannot be scored from an empty cache; the plain cache masks the window in
+                # GroupQueryAttention (local_window_size) with the same logits, and only costs memory past the window
+                extra.append("windowed_kv_cache=false")
+            if extra:
+                command += ["--extra_options", *extra]
             env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
             done = subprocess.run(command, capture_output=True, text=True, env=env)
         if done.returncode != 0 or not (out_dir / MODEL_FILE).is_file():

@@ -8,6 +8,7 @@ import torch
 pytest.importorskip("onnxruntime_genai")
 
 from slimkit_onnx import OnnxConfig, OnnxExporter, shares_embedding
+from slimkit_onnx.build import flat_rope
 
 from slimkit import ConfigError, MissingDependencyError
 from slimkit.evaluation import model_logits
@@ -131,16 +132,44 @@ def test_bad_inputs_are_refused_before_any_export():
     exporter.check_before_load({"pruner": {"backend": "torch_pruning", "exclude": ["*.self_attn.*"]}})  # uniform
 
 
-def test_rope_set_per_attention_type_is_refused_before_any_stage():
-    """Gemma-3 under transformers 5 nests RoPE per attention type; onnxruntime-genai's builder failed on it with
-    KeyError 'rope_type' after a whole run (case study on Gemma-3): refused from the config instead."""
+def test_rope_set_per_attention_type_is_read_or_refused_before_any_stage():
+    """Gemma-3 under transformers 5 nests RoPE per attention type, which onnxruntime-genai's builder cannot read
+    (KeyError 'rope_type' after a whole run, before slimkit_onnx.build). Default RoPE per type is handed to the
+    builder in its flat form; a setting that form cannot say (scaling on the global layers) is refused from the
+    config."""
     from transformers import Gemma3TextConfig, LlamaConfig
 
     gemma = Gemma3TextConfig(architectures=["Gemma3ForCausalLM"])
     assert isinstance(gemma.rope_parameters, dict) and "rope_type" not in gemma.rope_parameters
-    with pytest.raises(ConfigError, match=r"exporter='onnx'.*'gemma3_text'.*exporter=gguf or exporter=openvino"):
-        OnnxExporter(OnnxConfig()).check_model(gemma, None)
+    OnnxExporter(OnnxConfig()).check_model(gemma, None)
+    assert flat_rope(gemma.rope_parameters) == {"rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0},
+                                                "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0}
+    scaled = Gemma3TextConfig(architectures=["Gemma3ForCausalLM"], rope_parameters={
+        "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}})
+    with pytest.raises(ConfigError, match=r"exporter='onnx'.*'gemma3_text'.*'linear'.*exporter=gguf or exporter=openvino"):
+        OnnxExporter(OnnxConfig()).check_model(scaled, None)
     OnnxExporter(OnnxConfig()).check_model(LlamaConfig(architectures=["LlamaForCausalLM"]), None)  # flat: accepted
+
+
+@pytest.mark.parametrize("settings,tolerance", [({}, 1e-4), ({"weights": "int4", "accuracy_level": 0}, 0.3)])
+def test_gemma3_exports_with_its_sliding_window_and_rope_per_attention_type(tmp_path, settings, tolerance):
+    """Gemma-3 (alternating sliding-window and full attention with their own RoPE bases, an embedding scaled by
+    sqrt(hidden)) on a 2-layer tiny model whose window (16) is shorter than the scored sequence (40): fp32 matches
+    PyTorch's logits and greedy tokens with the runtime's KV cache; int4 stays within its tolerance."""
+    from slimkit.testing.compat import tiny_family_model
+
+    model = tiny_family_model("Gemma-3")
+    assert model.config.sliding_window == 16 and "rope_type" not in model.config.rope_parameters
+    model.config.rope_parameters["sliding_attention"]["rope_theta"] = 100.0  # bases far apart: a swap would show
+    model = type(model)(model.config).eval()
+    model.load_state_dict(tiny_family_model("Gemma-3").state_dict())
+    ids = torch.randint(0, model.config.vocab_size, (1, 40), generator=torch.Generator().manual_seed(0))
+    facts, session, _ = _export(tmp_path, model, random_token_state().tokenizer, **settings)
+    assert (session.logits(ids) - model_logits(model, ids)).abs().max().item() < tolerance
+    if not settings:
+        greedy = model.generate(ids[:, :20], max_new_tokens=8, min_new_tokens=8, do_sample=False)[0, 20:]
+        assert session.generate(ids[:, :20], 8) == greedy.tolist()
 
 
 def test_missing_runtime_names_the_install(monkeypatch):
