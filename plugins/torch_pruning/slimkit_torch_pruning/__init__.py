@@ -47,7 +47,7 @@ from slimkit.models import count_parameters
 from slimkit.toolkit.modules import select_modules
 
 from .structure import (ATTN_ROLES, MLP_ROLES, Arch, LayerDims, UnsupportedArchitectureError, check_config, inspect,
-                        layer_scores, prune_layer, input_energy, query_keep, select_keep, target_keep,
+                        layer_scores, nearest_valid, prune_layer, input_energy, query_keep, select_keep, target_keep,
                         taylor_gradients)
 
 IMPORTANCES = ("l2", "activation", "taylor", "random")
@@ -187,6 +187,13 @@ class StructuredPruner(Stage):
             wanted = original.intermediate * (1 - mlp_fraction)
             keep_mlp = max(step, int(round(wanted / step)) * step) if step > 1 else max(1, int(round(wanted)))
             keep_mlp = min(keep_mlp, original.intermediate)
+            if step > 1 and abs((1 - keep_mlp / original.intermediate) - mlp_fraction) > TOLERANCE:
+                nearest = nearest_valid(mlp_fraction, original.intermediate, step)
+                raise ConfigError("pruner.sparsity", self.config.sparsity,
+                                  f"a value whose MLP channel fraction ({mlp_fraction:.4g}) is realisable in multiples "
+                                  f"of pruner.round_to={step}; nearest MLP channel fractions: "
+                                  + " or ".join(f"{r:g}" for r in nearest),
+                                  f"{original.intermediate} MLP channels per layer")
         heads, kv = self._head_targets(original, current) if "attn" in parts else (current.heads, current.kv_heads)
         return LayerDims(min(keep_mlp, current.intermediate), heads, kv)
 
@@ -242,6 +249,8 @@ class StructuredPruner(Stage):
         plans = {}
         for i, target in targets.items():
             dims = arch.dims[i]
+            if target == dims:  # already at its sizes (e.g. the same fraction applied again): nothing to score
+                continue
             scores = layer_scores(arch, i, cfg.importance, grads, generator, energy[i] if energy else None)
             kv_keep = select_keep(scores["kv"], target.kv_heads)
             q_keep = query_keep(scores["q"], kv_keep, dims.queries_per_kv, target.queries_per_kv)

@@ -122,6 +122,18 @@ def test_fractions_are_of_the_original_and_reapplying_is_a_no_op():
     assert (state.model.config.intermediate_size, state.model.config.num_key_value_heads) == (64, 1)
 
 
+@pytest.mark.parametrize("importance", ["activation", "taylor"])
+def test_reapplying_with_data_driven_importance_is_a_no_op(importance):
+    """Nothing left to cut means nothing to score: the calibration pass is skipped, not read while absent."""
+    state = fresh_state()
+    _prune(state, sparsity=0.25, include=["*.mlp.*"], importance=importance, round_to=32)
+    assert state.model.config.intermediate_size == 96
+    weights = _state_dict_copy(state.model)
+    metrics = _prune(state, sparsity=0.25, include=["*.mlp.*"], importance=importance, round_to=32)
+    assert metrics["parameters_after"] == metrics["parameters_before"]
+    assert all(torch.equal(v, state.model.state_dict()[k]) for k, v in weights.items())
+
+
 @pytest.mark.parametrize("kw, key, nearest", [
     ({"heads_sparsity": 0.3}, "pruner.heads_sparsity", "nearest: 0 or 0.5"),                 # 2 KV heads
     ({"heads_sparsity": 0.3, "heads_structure": "query_heads"}, "pruner.heads_sparsity", "nearest: 0 or 0.5"),
@@ -129,6 +141,9 @@ def test_fractions_are_of_the_original_and_reapplying_is_a_no_op():
     ({"sparsity": 0.6, "heads_sparsity": 0.5, "include": ["*.self_attn.*"]}, "pruner.sparsity", "less than 0.500"),
     ({"sparsity": 0.3, "include": ["*.mlp.gate_proj"]}, "pruner.include", "all of model.layers.0's mlp"),
     ({"sparsity": 0.3, "heads_sparsity": 0.5, "include": ["*.mlp.*"]}, "pruner.heads_sparsity", "0 when no attention"),
+    # 128 MLP channels kept in multiples of 64: 12.5% would round to nothing removed
+    ({"sparsity": 0.125, "include": ["*.mlp.*"], "round_to": 64}, "pruner.sparsity", "round_to=64; nearest MLP "
+     "channel fractions: 0 or 0.5"),
 ])
 def test_unrealisable_ratio_is_a_config_error_and_model_untouched(kw, key, nearest):
     state = fresh_state()
