@@ -275,6 +275,8 @@ def main() -> None:
                              "bf16 (c)' and '... dq-off (c)'), openvino-u8kv ('... bf16 u8-kv (c)': OpenVINO's default "
                              "u8 KV cache), onnx (row '<LABEL> → onnx carried (c)': weights=auto, "
                              "the codes MatMulNBits holds carried, the rest quantized by the builder)")
+    parser.add_argument("--onnx-context-length", type=int, default=None,
+                        help="exporter.onnx.context_length for the --artifact onnx rows (default: the model's own)")
     parser.add_argument("--tasks", default="sentiment", help="tasks separated by ',' (the first is the headline)")
     parser.add_argument("--baseline-from", default=None,
                         help="reuse the fp32 PyTorch baseline of an earlier report (same model, data and task samples)")
@@ -357,6 +359,9 @@ def main() -> None:
         artifact = slimkit.load(folder)
         for runtime in runtimes:
             for suffix, exporter_name, settings in ARTIFACT_ROWS[runtime]:
+                if exporter_name == "onnx" and args.onnx_context_length:
+                    settings = {**settings, "context_length": args.onnx_context_length}
+                    suffix = f"{suffix} context {args.onnx_context_length}"
                 label = f"{name} → {suffix} (c)"
                 exporter_cls, config_cls = (OnnxExporter, OnnxConfig) if exporter_name == "onnx" else (
                     OpenVinoExporter, OpenVinoConfig)

@@ -6,6 +6,7 @@ Sample config (``conf`` group ``exporter``)::
     exporter.onnx.weights: int4        # auto (slimkit's weights as they are: fp32, or int4 codes), fp32, int8, int4
     exporter.onnx.block_size: 32       # int8/int4: weights quantized in blocks of this many input channels
     exporter.onnx.symmetric: true      # int8/int4: symmetric blocks (no zero point)
+    exporter.onnx.context_length: null # longest prompt + generation served (null: the model's own); sizes the RoPE tables
 
 or ``slimkit experiment=tiny exporter=onnx exporter.onnx.weights=int4``.
 
@@ -47,7 +48,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import torch
 
@@ -95,9 +96,17 @@ class OnnxConfig(ExporterConfig):
     #: int8/int4: MatMulNBits compute: 4 = int8 activations (the builder's CPU default, fastest), 0 = as the inputs
     #: (fp32), 1-3 = fp32/fp16/bf16
     accuracy_level: int = 4
+    #: the longest sequence (prompt + generation) the export serves; null = the model's ``max_position_embeddings``.
+    #: The builder writes RoPE cos/sin tables for this many positions into the file (Gemma-3-270M at its 32,768:
+    #: 67 MB), so a shorter context is a smaller file
+    context_length: Optional[int] = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.context_length is not None and (not isinstance(self.context_length, int)
+                                                or isinstance(self.context_length, bool) or self.context_length < 16):
+            raise ConfigError("exporter.onnx.context_length", self.context_length, "null (the model's "
+                              "max_position_embeddings) or an integer >= 16")
         check_choice("exporter.onnx.weights", self.weights, WEIGHTS)
         check_choice("exporter.onnx.block_size", self.block_size, BLOCK_SIZES)
         if not isinstance(self.symmetric, bool):
@@ -137,6 +146,14 @@ class OnnxExporter(Exporter):
     config: OnnxConfig
 
     def check_before_load(self, settings: Mapping[str, Any]) -> None:
+        context = self.config.context_length
+        data, evaluation = settings.get("data") or {}, settings.get("eval") or {}
+        longest = max(int(data.get("seq_len") or 0),
+                      int(evaluation.get("prompt_tokens") or 0) + int(evaluation.get("decode_tokens") or 0))
+        if context is not None and context < longest:
+            raise ConfigError("exporter.onnx.context_length", context, f"at least {longest}",
+                              "the export is evaluated on windows of data.seq_len tokens and timed on "
+                              "eval.prompt_tokens + eval.decode_tokens")
         pruner = settings.get("pruner") or {}
         per_layer = [p for p in pruner.get("exclude") or [] if re.search(r"layers\.\d", str(p))]
         if pruner.get("backend") == "torch_pruning" and per_layer:  # some layers left whole: per-layer sizes
@@ -151,6 +168,10 @@ class OnnxExporter(Exporter):
                               + ", ".join(BUILDER_ARCHITECTURES),
                               f"{architecture or type(model_config).__name__} (model_type={model_type!r}) is not one; "
                               "try exporter=openvino")
+        positions = getattr(model_config, "max_position_embeddings", None)
+        if self.config.context_length is not None and positions and self.config.context_length > positions:
+            raise ConfigError("exporter.onnx.context_length", self.config.context_length,
+                              f"null or at most {positions}", f"{model_type!r} has max_position_embeddings={positions}")
         if getattr(model_config, NON_UNIFORM_KEY, None):
             raise ConfigError("exporter", "onnx", "a model with the same sizes in every layer", NON_UNIFORM_WHY)
         rope = getattr(model_config, "rope_parameters", None)
@@ -180,6 +201,8 @@ class OnnxExporter(Exporter):
             tokenizer.save_pretrained(source)
             command = [sys.executable, "-m", "slimkit_onnx.build", "-i", str(source), "-o", str(out_dir),
                        "-p", cfg.precision, "-e", "cpu", "-c", str(cache)]
+            if cfg.context_length is not None:
+                command += ["--context_length", str(cfg.context_length)]
             extra = []
             if cfg.precision in ("int8", "int4"):
                 extra += [f"block_size={cfg.block_size}", f"is_symmetric={str(cfg.symmetric).lower()}",
@@ -219,7 +242,9 @@ class OnnxExporter(Exporter):
         if dequantized:
             notes = (f"{dequantized} quantized weight matrices (quanto) dequantized exactly to fp32 first; "
                      "activation quantization is not carried; " + notes)
+        context = json.loads((out_dir / "genai_config.json").read_text())["model"].get("context_length")
         return {"format": f"onnx-{cfg.precision}", "requantized": quantized and bool(kept or not carried),
+                "context_length": context,
                 "notes": notes, "dequantized_modules": dequantized, "carried_tensors": len(carried),
                 "requantized_tensors": len(kept) if carried else None, **scheme}
 

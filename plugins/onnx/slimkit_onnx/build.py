@@ -8,7 +8,8 @@ sets RoPE per attention type (Gemma-3 under transformers 5: ``rope_parameters = 
 setting as ``rope_parameters``/``rope_theta`` and the sliding layers' base as ``rope_local_base_freq``,
 the names transformers 4 used and the builder's Gemma-3 code still expects. Only default (unscaled) RoPE
 in both attention types is flattened (:func:`flat_rope`); anything else is refused by the exporter
-before any stage runs.
+before any stage runs. ``--context_length N`` (slimkit's, taken off the command line before the builder reads
+it) sets the longest sequence the export serves: the builder's RoPE tables and onnxruntime-genai's context.
 """
 
 from __future__ import annotations
@@ -38,8 +39,15 @@ def per_attention_type(rope: Any) -> bool:
 
 
 def main() -> None:
+    import argparse
+    import sys
+
     from onnxruntime_genai.models import builder
 
+    own = argparse.ArgumentParser(add_help=False)
+    own.add_argument("--context_length", type=int, default=None)
+    mine, rest = own.parse_known_args(sys.argv[1:])
+    sys.argv = [sys.argv[0], *rest]  # the rest is the builder's own command line
     args = builder.get_args()
     options = builder.parse_extra_options(
         args.model_name, args.input, args.output, args.precision, args.execution_provider, args.cache_dir,
@@ -54,6 +62,10 @@ def main() -> None:
             raise SystemExit(f"slimkit_onnx.build: rope_parameters={dict(rope)!r} cannot be given to the builder")
         for key, value in flat.items():
             setattr(config, key, value)
+    if mine.context_length is not None:  # the builder sizes its RoPE tables and genai's context from this
+        config.max_position_embeddings = mine.context_length
+        if hasattr(config, "seq_length"):
+            config.seq_length = mine.context_length
     builder.create_model(args.model_name, args.input, args.output, args.precision, args.execution_provider,
                          args.cache_dir, **options)
 

@@ -172,6 +172,36 @@ def test_gemma3_exports_with_its_sliding_window_and_rope_per_attention_type(tmp_
         assert session.generate(ids[:, :20], 8) == greedy.tolist()
 
 
+def test_context_length_sizes_the_rope_tables_and_keeps_the_logits(tmp_path):
+    """exporter.onnx.context_length: the builder's RoPE cos/sin tables (and onnxruntime-genai's context) cover that
+    many positions instead of max_position_embeddings (1024 on the tiny model); shorter inputs score the same."""
+    import onnx
+
+    state = random_token_state()
+    facts, session, out = _export(tmp_path, state.model, state.tokenizer, context_length=64)
+    assert facts["context_length"] == 64
+    assert json.loads((out / "genai_config.json").read_text())["model"]["context_length"] == 64
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+    caches = {t.name: list(t.dims) for t in graph.initializer if t.name.startswith(("cos_cache", "sin_cache"))}
+    assert caches and all(dims[0] == 64 for dims in caches.values())
+    probe = state.data.eval[:2, :48]
+    assert (session.logits(probe) - model_logits(state.model, probe)).abs().max().item() < 1e-4
+
+
+def test_context_length_is_checked_against_the_model_and_the_run():
+    from transformers import LlamaConfig
+
+    with pytest.raises(ConfigError, match="exporter.onnx.context_length"):
+        OnnxConfig(context_length=8)
+    exporter = OnnxExporter(OnnxConfig(context_length=4096))
+    with pytest.raises(ConfigError, match=r"context_length=4096.*at most 1024"):
+        exporter.check_model(LlamaConfig(architectures=["LlamaForCausalLM"], max_position_embeddings=1024), None)
+    short = OnnxExporter(OnnxConfig(context_length=128))
+    with pytest.raises(ConfigError, match=r"context_length=128.*at least 160"):
+        short.check_before_load({"data": {"seq_len": 128}, "eval": {"prompt_tokens": 128, "decode_tokens": 32}})
+    short.check_before_load({"data": {"seq_len": 128}, "eval": {"prompt_tokens": 96, "decode_tokens": 32}})
+
+
 def test_missing_runtime_names_the_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime_genai", None)  # import now raises ImportError
     with pytest.raises(MissingDependencyError, match="pip install onnxruntime-genai"):
