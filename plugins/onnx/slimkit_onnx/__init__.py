@@ -20,8 +20,8 @@ pinned to ``intra_op_num_threads``.
 Model families: what the builder converts (``BUILDER_ARCHITECTURES``; checked here on Llama: SmolLM2 and the
 tiny test model, and Gemma-3: a tiny sliding-window model and Gemma-3-270M). The builder runs through
 :mod:`slimkit_onnx.build`, which hands it Gemma-3's per-attention-type RoPE (transformers 5) in the flat form it
-reads; other per-type RoPE settings are refused before any stage. A structurally pruned model with the same sizes in every layer exports as its smaller
-architecture; per-layer sizes and artifacts of weights only their own backend runs (bnb, the int8 quantizer's
+reads; other per-type RoPE settings are refused before any stage. A structurally pruned model with the same
+sizes in every layer exports as its smaller architecture; per-layer sizes and artifacts of weights only their own backend runs (bnb, the int8 quantizer's
 W8A8; asked of the writer, ``slimkit.deploy.holdings``) are refused before any weights load, naming the
 alternatives; quanto's weights are dequantized exactly to fp32 first.
 
