@@ -226,6 +226,11 @@ class OnnxExporter(Exporter):
             tied = bool(getattr(model.config, "tie_word_embeddings", False))
             carried, kept = carry_codes(out_dir, MODEL_FILE, codes, tied, cfg.block_size)
         scheme = self.scheme(cfg)
+        if carried:  # the file holds slimkit's codes, not the builder's rounding, wherever they were carried
+            scheme["scheme"] = (f"{len(carried)} MatMulNBits weights slimkit's int4 codes as they are (symmetric, "
+                                f"blocks of {cfg.block_size}, their float16 scales stored as fp32)"
+                                + (f", {len(kept)} quantized by the builder (round-to-nearest)" if kept else "")
+                                + "; " + scheme["scheme"].split(", fp32 scales, ", 1)[-1])
         settings = {"exporter": self.name, **scheme, "carried": carried}
         (out_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
         quantized = cfg.precision != "fp32"

@@ -57,6 +57,8 @@ def test_int4_codes_are_written_into_matmulnbits_without_requantization(tmp_path
     facts = _export(state, tmp_path / "onnx", accuracy_level=0)  # weights=auto: int4 with the codes' grid
     assert facts["format"] == "onnx-int4" and facts["block_size"] == 64
     assert facts["requantized"] is False and facts["carried_tensors"] == 4 * 5 + 1 and facts["requantized_tensors"] == 0
+    assert facts["scheme"].startswith("21 MatMulNBits weights slimkit's int4 codes as they are") \
+        and "round-to-nearest" not in facts["scheme"] and "accuracy_level=" in facts["scheme"]
     assert "not re-quantized" in facts["notes"]
     modules = dict(state.model.named_modules())
     for prefix, weight in _stored_weights(tmp_path / "onnx").items():
