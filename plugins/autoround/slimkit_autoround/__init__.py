@@ -159,9 +159,9 @@ def check_shapes(modules: Mapping[str, torch.nn.Linear], include: list) -> None:
     for name, module in modules.items():
         rows, cols = module.weight.shape
         if rows % AUTOROUND_SHAPE_MULTIPLE or cols % AUTOROUND_SHAPE_MULTIPLE:
-            raise ConfigError("quantizer.include", include,
-                              f"globs selecting Linear layers whose output and input sizes are multiples of {AUTOROUND_SHAPE_MULTIPLE} "
-                              "(AutoRound leaves any other unquantized)",
+            raise ConfigError("quantizer.include", include, "globs selecting Linear layers whose output and input "
+                              f"sizes are multiples of {AUTOROUND_SHAPE_MULTIPLE} (AutoRound leaves any other "
+                              "unquantized)",
                               f"{name} is {rows} x {cols}; leave it out with quantizer.exclude, or, after structured "
                               f"pruning, keep channels in multiples of {AUTOROUND_SHAPE_MULTIPLE} (pruner.round_to)")
 

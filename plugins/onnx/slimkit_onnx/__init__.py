@@ -147,13 +147,14 @@ class OnnxExporter(Exporter):
 
     def check_before_load(self, settings: Mapping[str, Any]) -> None:
         context = self.config.context_length
-        data, evaluation = settings.get("data") or {}, settings.get("eval") or {}
-        longest = max(int(data.get("seq_len") or 0),
-                      int(evaluation.get("prompt_tokens") or 0) + int(evaluation.get("decode_tokens") or 0))
-        if context is not None and context < longest:
-            raise ConfigError("exporter.onnx.context_length", context, f"at least {longest}",
-                              "the export is evaluated on windows of data.seq_len tokens and timed on "
-                              "eval.prompt_tokens + eval.decode_tokens")
+        if context is not None:
+            data, evaluation = settings.get("data") or {}, settings.get("eval") or {}
+            longest = max(int(data.get("seq_len") or 0),
+                          int(evaluation.get("prompt_tokens") or 0) + int(evaluation.get("decode_tokens") or 0))
+            if context < longest:
+                raise ConfigError("exporter.onnx.context_length", context, f"at least {longest}",
+                                  "the export is evaluated on windows of data.seq_len tokens and timed on "
+                                  "eval.prompt_tokens + eval.decode_tokens")
         pruner = settings.get("pruner") or {}
         per_layer = [p for p in pruner.get("exclude") or [] if re.search(r"layers\.\d", str(p))]
         if pruner.get("backend") == "torch_pruning" and per_layer:  # some layers left whole: per-layer sizes
@@ -225,12 +226,7 @@ class OnnxExporter(Exporter):
         if codes and cfg.precision == "int4" and cfg.symmetric:
             tied = bool(getattr(model.config, "tie_word_embeddings", False))
             carried, kept = carry_codes(out_dir, MODEL_FILE, codes, tied, cfg.block_size)
-        scheme = self.scheme(cfg)
-        if carried:  # the file holds slimkit's codes, not the builder's rounding, wherever they were carried
-            scheme["scheme"] = (f"{len(carried)} MatMulNBits weights slimkit's int4 codes as they are (symmetric, "
-                                f"blocks of {cfg.block_size}, their float16 scales stored as fp32)"
-                                + (f", {len(kept)} quantized by the builder (round-to-nearest)" if kept else "")
-                                + "; " + scheme["scheme"].split(", fp32 scales, ", 1)[-1])
+        scheme = self.scheme(cfg, len(carried), len(kept))
         settings = {"exporter": self.name, **scheme, "carried": carried}
         (out_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
         quantized = cfg.precision != "fp32"
@@ -266,8 +262,9 @@ class OnnxExporter(Exporter):
             return cfg
         return dataclasses.replace(cfg, weights="int4", block_size=max(blocks), symmetric=True)
 
-    def scheme(self, cfg: OnnxConfig | None = None) -> dict[str, Any]:
-        """The weight format, stated fully (for the report)."""
+    def scheme(self, cfg: OnnxConfig | None = None, carried: int = 0, kept: int = 0) -> dict[str, Any]:
+        """The weight format, stated fully (for the report): with ``carried`` MatMulNBits weights written from
+        slimkit's codes, the file holds those codes, and the builder's rounding only in the ``kept`` others."""
         cfg = cfg or self.config
         if cfg.precision == "fp32":
             return {"weights": "fp32", "scheme": "fp32"}
@@ -275,10 +272,14 @@ class OnnxExporter(Exporter):
                      "lm_head quantized, the input embedding kept fp32")
         kind = "symmetric" if cfg.symmetric else "asymmetric (zero point per block)"
         compute = "int8 activations" if cfg.accuracy_level == 4 else "float activations"
+        weights = f"{cfg.precision} {kind}, blocks of {cfg.block_size}, round-to-nearest, fp32 scales"
+        if carried:
+            weights = (f"{carried} MatMulNBits weights slimkit's int4 codes as they are (symmetric, blocks of "
+                       f"{cfg.block_size}, their float16 scales stored as fp32)"
+                       + (f", {kept} quantized by the builder (round-to-nearest)" if kept else ""))
         return {"weights": cfg.precision, "block_size": cfg.block_size, "symmetric": cfg.symmetric,
                 "accuracy_level": cfg.accuracy_level,
-                "scheme": f"{cfg.precision} {kind}, blocks of {cfg.block_size}, round-to-nearest, fp32 scales, "
-                          f"accuracy_level={cfg.accuracy_level} ({compute} in MatMulNBits); {embedding}"}
+                "scheme": f"{weights}; accuracy_level={cfg.accuracy_level} ({compute} in MatMulNBits); {embedding}"}
 
     @classmethod
     def open(cls, out_dir: Path, threads: int = 1) -> "OnnxSession":
