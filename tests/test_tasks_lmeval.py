@@ -15,7 +15,8 @@ import torch
 import slimkit
 from slimkit import ConfigError, DataError
 from slimkit.data import build_splits
-from slimkit.evaluation.tasks import TaskSet, _prompt, cloze_passages, sentiment_examples
+from slimkit.evaluation.tasks import (TaskSet, _prompt, analogy_rows, analogy_sections, cloze_passages,
+                                     sentiment_examples)
 from slimkit.models import tiny_model, tiny_tokenizer
 
 CHOICES = ["red", "green", "blue"]
@@ -94,6 +95,42 @@ def test_sentiment_yaml_asks_the_built_in_scorers_questions():
         assert sample["doc"] == {"sentence": sentence, "label": label}
         assert [a[0] for a in sample["arguments"]] == [_prompt(demos, sentence)] * 2
         assert [a[1] for a in sample["arguments"]] == [" negative", " positive"]
+
+
+def test_analogy_rows_are_real_analogies_with_distinct_choices_every_section_in_each_prefix():
+    sections = analogy_sections()
+    assert len(sections) == 14 and sum(map(len, sections.values())) == 19544  # the Google analogy test set
+    rows = analogy_rows()
+    assert rows == analogy_rows()  # deterministic
+    assert len(rows) == 14 * 150
+    assert {r["section"] for r in rows[:14]} == set(sections)
+    for row in rows:
+        answer = row["choices"][row["label"]]
+        assert (row["a"], row["b"], row["c"], answer) in set(sections[row["section"]])
+        assert len(set(row["choices"])) == 4 and not {row["a"], row["b"], row["c"]} & set(row["choices"])
+        others = {d for *_, d in sections[row["section"]]}
+        assert set(row["choices"]) <= others  # distractors are answers of the same section
+    assert 0.15 < sum(r["label"] == 0 for r in rows) / len(rows) < 0.35  # the answer's position is shuffled
+
+
+def test_analogy_yaml_asks_the_analogy_and_scores_what_a_direct_computation_gives():
+    from lm_eval.evaluator import evaluate
+
+    from slimkit.evaluation.harness import lm_eval_model, offline
+
+    tasks = TaskSet(["analogy"])
+    assert tasks.info()["analogy"]["metric"] == "acc" and tasks.info()["analogy"]["source"] == "built-in"
+    model, tok = tiny_model(seed=5), tiny_tokenizer()
+    with offline():
+        out = evaluate(lm_eval_model(model, tok), tasks.task_dict, limit=14, log_samples=True)
+    rows = analogy_rows()[:14]
+    samples = sorted(out["samples"]["analogy"], key=lambda s: s["doc_id"])
+    for sample, row in zip(samples, rows):
+        assert [a[0] for a in sample["arguments"]] == [f"{row['a']} is to {row['b']} as {row['c']} is to"] * 4
+        assert [a[1] for a in sample["arguments"]] == [" " + c for c in row["choices"]]
+    by_hand = [{"prompt": f"{r['a']} is to {r['b']} as {r['c']} is to", "choices": r["choices"], "gold": r["label"]}
+               for r in rows]
+    assert out["results"]["analogy"]["acc,none"] == pytest.approx(direct_accuracy(model, tok, by_hand))
 
 
 def test_cloze_passages_end_in_a_word_and_come_from_held_out_text():

@@ -15,6 +15,11 @@ Built-in tasks (their YAML in ``slimkit/evaluation/lm_eval_tasks/``, their data 
   :func:`sentiment_accuracy` is the same measurement without lm-eval (the benchmarks' reference).
 - ``cloze``: LAMBADA-style last-word prediction on passages cut from the run's evaluation token range
   (held-out text, never the calibration/training windows).
+- ``analogy``: word analogies ("Athens is to Greece as Baghdad is to" → Iraq) from the Google analogy test set
+  (Mikolov et al. 2013) shipped in gensim's test data, 4 choices each (the answer and 3 other answers of the same
+  section), the 14 sections interleaved so every prefix covers all of them. World knowledge (capitals, currencies,
+  US states) and morphology (plurals, tenses, comparatives): a task a small base model is above chance on when it
+  is at chance on 2-shot sentiment (Gemma-3-270M).
 
 A user task is an lm-eval YAML; relative paths in its ``dataset_kwargs.data_files`` are resolved
 against the YAML's folder (see README, "Your own model, data and task").
@@ -27,6 +32,7 @@ import functools
 import hashlib
 import importlib.resources
 import io
+import itertools
 import json
 import logging
 import random
@@ -124,10 +130,10 @@ def sentiment_accuracy(model: torch.nn.Module, tokenizer, samples: int = 200, sh
 # --- built-in tasks as lm-eval YAML + local jsonl ---------------------------------------------------
 
 #: slimkit's own tasks; every other eval.tasks entry is an lm-eval YAML path or task name
-BUILTIN = ("sentiment", "cloze")
+BUILTIN = ("sentiment", "cloze", "analogy")
 #: ``datasets`` builders that read local files (a task using another dataset_path needs the Hub)
 LOCAL_BUILDERS = {"json", "csv", "parquet", "text", "arrow", "pandas"}
-TASKS_ALLOWED = ("slimkit's built-in tasks (sentiment, cloze), the path of an lm-eval task YAML file, or an "
+TASKS_ALLOWED = ("slimkit's built-in tasks (sentiment, cloze, analogy), the path of an lm-eval task YAML file, or an "
                  "lm-eval task name whose data is available offline")
 
 
@@ -181,6 +187,52 @@ def sentiment_task_yaml() -> Path:
         return folder / "sentiment.yaml"
     test, demos = sentiment_rows()
     return _materialize(folder, "sentiment", {"test.jsonl": test, "demos.jsonl": demos})
+
+
+ANALOGY_FILE = "test/test_data/questions-words.txt"
+#: analogies per section in the task's test set (14 sections: 2,100 rows, 150 of every kind)
+ANALOGIES_PER_SECTION = 150
+
+
+def analogy_sections() -> dict[str, list[tuple[str, str, str, str]]]:
+    """The Google analogy test set from gensim's test data: ``{section: [(a, b, c, d), ...]}`` (a : b :: c : d)."""
+    text = (importlib.resources.files("gensim") / ANALOGY_FILE).read_text()
+    sections: dict[str, list[tuple[str, str, str, str]]] = {}
+    current = None
+    for line in text.splitlines():
+        if line.startswith(":"):
+            current = line[1:].strip()
+            sections[current] = []
+        elif line.strip() and current is not None:
+            words = line.split()
+            if len(words) == 4:
+                sections[current].append(tuple(words))
+    return sections
+
+
+def analogy_rows(per_section: int = ANALOGIES_PER_SECTION, choices: int = 4, seed: int = 0) -> list[dict[str, Any]]:
+    """Test rows of the analogy task: per section ``per_section`` analogies drawn at random, each with the answer and
+    ``choices - 1`` other answers of its section (none of the three prompt words) in random order; sections
+    interleaved round-robin, so the first ``k * 14`` rows hold ``k`` of every section."""
+    rng = random.Random(seed)
+    drawn = []
+    for name, items in analogy_sections().items():
+        answers = sorted({d for *_, d in items})
+        rows = []
+        for a, b, c, d in rng.sample(items, min(per_section, len(items))):
+            others = rng.sample([w for w in answers if w not in (a, b, c, d)], choices - 1)
+            options = others + [d]
+            rng.shuffle(options)
+            rows.append({"section": name, "a": a, "b": b, "c": c, "choices": options, "label": options.index(d)})
+        drawn.append(rows)
+    return [row for group in itertools.zip_longest(*drawn) for row in group if row is not None]
+
+
+def analogy_task_yaml() -> Path:
+    """The analogy task's YAML in the cache (written with its data at first use)."""
+    from slimkit.core.paths import cache_dir
+
+    return _materialize(cache_dir() / "tasks" / "analogy", "analogy", {"test.jsonl": analogy_rows()})
 
 
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s|$)")
@@ -323,6 +375,8 @@ class TaskSet:
                     continue
                 if spec == "sentiment":
                     self._add(spec, task_yaml_config(sentiment_task_yaml()), "built-in")
+                elif spec == "analogy":
+                    self._add(spec, task_yaml_config(analogy_task_yaml()), "built-in")
                 elif _is_yaml(spec):
                     if not Path(spec).expanduser().is_file():
                         raise ConfigError("eval.tasks", spec, TASKS_ALLOWED, "no such YAML file")

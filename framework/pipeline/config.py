@@ -63,7 +63,7 @@ class EvalConfig:
 
     perplexity: bool = True
     #: tasks scored through lm-evaluation-harness on the original and the final model: built-in
-    #: (sentiment, cloze), lm-eval task YAML paths, or lm-eval task names (see slimkit.evaluation.tasks)
+    #: (sentiment, cloze, analogy), lm-eval task YAML paths, or lm-eval task names (see slimkit.evaluation.tasks)
     tasks: List[str] = dataclasses.field(default_factory=lambda: ["sentiment"])
     #: examples per task: the first N of its evaluation split (lm-eval's limit); null: all
     task_samples: Optional[int] = 200

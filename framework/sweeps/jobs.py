@@ -36,6 +36,8 @@ def quality_task(sweep: Mapping[str, Any] | None) -> str | None:
 def _task_names(tasks: Iterable[str]) -> tuple[set[str], bool]:
     """Names ``eval.tasks`` entries give their tasks (YAML: file stem and its ``task:``), and whether an
     lm-eval task/group name is among them (its leaf names are known only once it loads)."""
+    from slimkit.evaluation.tasks import BUILTIN
+
     names, opaque = set(), False
     for spec in tasks:
         spec = str(spec)
@@ -49,7 +51,7 @@ def _task_names(tasks: Iterable[str]) -> tuple[set[str], bool]:
                 names.update([task] if isinstance(task, str) else [])
             except Exception:  # an unreadable YAML is reported by the run itself
                 pass
-        elif spec not in ("sentiment", "cloze"):
+        elif spec not in BUILTIN:
             opaque = True
     return names, opaque
 

@@ -106,9 +106,13 @@ class KDConfig(DistillerConfig):
     qat_exclude: List[str] = dataclasses.field(default_factory=lambda: ["lm_head"])
     #: train on the CPU (true) or on the accelerator (false); null: where the model is (model.device)
     cpu: Optional[bool] = None
+    #: learning rate of the recovery steps pruners call (:meth:`KDDistiller.recover`, float, no QAT); null: lr
+    recovery_lr: Optional[float] = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.recovery_lr is not None:
+            check_range("distiller.recovery_lr", self.recovery_lr, 0.0, low_open=True)
         check_range("distiller.hidden_weight", self.hidden_weight, 0.0)
         check_range("distiller.weight_decay", self.weight_decay, 0.0)
         check_range("distiller.warmup_steps", self.warmup_steps, 0)
@@ -401,17 +405,18 @@ class KDDistiller(Stage):
 
     def recover(self, state, steps: int) -> dict[str, Any]:
         """Recovery step for pruning schedules: ``steps`` distillation steps of ``state.model`` from
-        the teacher (no dropped layers, QAT, checkpoints or validation)."""
+        the teacher at ``recovery_lr`` (no dropped layers, QAT, checkpoints or validation)."""
         if steps <= 0:
             return {"steps": 0}
         cfg = self.config
         cpu, device = self._placement(state)
         teacher = self.teacher(state).to(device)
         state.model.requires_grad_(True)
-        settings = LoopSettings(max_steps=steps, lr=cfg.lr, batch_size=cfg.batch_size,
+        lr = cfg.lr if cfg.recovery_lr is None else cfg.recovery_lr
+        settings = LoopSettings(max_steps=steps, lr=lr, batch_size=cfg.batch_size,
                                 seed=state.seed if cfg.seed is None else cfg.seed, weight_decay=cfg.weight_decay,
                                 warmup_steps=cfg.warmup_steps, grad_clip=cfg.grad_clip, cpu=cpu,
                                 keep_zeros=state.zero_masks, desc="recovery distillation", key="distiller")
         metrics = train_loop(state.model, self._loss_fn(teacher, None), state.data.train, settings)
         state.model.eval()
-        return {"method": "kd", **metrics}
+        return {"method": "kd", "lr": lr, **metrics}

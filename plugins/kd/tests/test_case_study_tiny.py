@@ -15,7 +15,8 @@ import slimkit
 def test_case_study_tiny_runs_through_the_cli(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # the slimkit command of this interpreter's environment (not whatever `slimkit` is first on PATH)
-    run = subprocess.run([sys.executable, "-m", "slimkit", "experiment=case_study_tiny", f"hydra.run.dir={tmp_path}"],
+    run = subprocess.run([sys.executable, "-m", "slimkit", "experiment=case_study_tiny", "pruner.recovery_steps=2",
+                          "distiller.recovery_lr=3e-4", f"hydra.run.dir={tmp_path}"],
                          capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
@@ -23,6 +24,8 @@ def test_case_study_tiny_runs_through_the_cli(tmp_path):
     assert kinds == [("pruner", "torch_pruning"), ("distiller", "kd"), ("quantizer", "int8")]
     pruner, kd, _ = (s["metrics"] for s in report["stages"])
     assert pruner["intermediate_size"] == 80 and pruner["uniform"]       # 37.5% of 128 MLP channels removed
+    # float distillation from the original right after the cut, at the distiller's recovery_lr
+    assert (pruner["recovery"]["method"], pruner["recovery"]["steps"], pruner["recovery"]["lr"]) == ("kd", 2, 3e-4)
     assert "kept_layers" not in kd and kd["steps"] == 6                   # same depth: recovery, not layer dropping
     assert kd["student_parameters"] == pruner["parameters_after"] < kd["teacher_parameters"]
     assert (tmp_path / "checkpoints" / "step-0000006" / "model.safetensors").is_file()

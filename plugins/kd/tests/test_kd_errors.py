@@ -14,7 +14,8 @@ from slimkit.models import tiny_model
 @pytest.mark.parametrize("key,value", [("temperature", 0.0), ("temperature", -1.0), ("alpha", 1.5), ("alpha", -0.1),
                                        ("student_layers", "every_third"), ("student_layers", [2, 1]),
                                        ("student_layers", []), ("layer_map", [[0]]), ("qat_bits", 3),
-                                       ("student_from", "nowhere"), ("max_steps", -1), ("hidden_weight", -1.0)])
+                                       ("student_from", "nowhere"), ("max_steps", -1), ("hidden_weight", -1.0),
+                                       ("recovery_lr", 0.0), ("recovery_lr", -1e-4)])
 def test_bad_config_values(key, value):
     with pytest.raises(ConfigError) as info:
         KDConfig(**{key: value})

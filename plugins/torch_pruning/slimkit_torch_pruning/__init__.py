@@ -9,6 +9,7 @@ Sample config (``conf`` group ``pruner``)::
     pruner.heads_structure: kv_groups # kv_groups: a KV head and its query heads; query_heads: query heads per KV head
     pruner.importance: l2             # l2 (weights), activation (weights x calibration inputs), taylor (|w * grad|), random
     pruner.round_to: 1                # kept MLP channels are a multiple of this
+    pruner.recovery_steps: 0          # training steps right after the cut (kd distiller: float KD from the original)
 
 or ``slimkit pruner=torch_pruning pruner.sparsity=0.3 pruner.heads_sparsity=0.3333``.
 
@@ -75,6 +76,9 @@ class StructuredPruningConfig(PrunerConfig):
     importance: str = "l2"
     #: kept MLP channels are a multiple of this (e.g. 64 for friendlier matmul shapes)
     round_to: int = 1
+    #: training steps right after the cut, through the run's recovery step: float distillation from the original
+    #: when a kd distiller is configured (its ``recovery_lr``), plain fine-tuning otherwise; 0 = none
+    recovery_steps: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -86,6 +90,8 @@ class StructuredPruningConfig(PrunerConfig):
         check_choice("pruner.importance", self.importance, IMPORTANCES)
         if not isinstance(self.round_to, int) or self.round_to < 1:
             raise ConfigError("pruner.round_to", self.round_to, "an integer >= 1")
+        if not isinstance(self.recovery_steps, int) or self.recovery_steps < 0:
+            raise ConfigError("pruner.recovery_steps", self.recovery_steps, "an integer >= 0")
 
 
 class StructuredPruner(Stage):
@@ -269,11 +275,13 @@ class StructuredPruner(Stage):
         elif isinstance(state.artifact_writer, StructuredPruner):
             state.artifact_writer = None                        # an earlier non-uniform step is now uniform
 
+        recovery = self._recover(state) if plans and cfg.recovery_steps else None
         params_after = count_parameters(model)
         per_layer = {f"{arch.family.layers}.{i}": dataclasses.asdict(d) for i, d in enumerate(arch.dims)}
         selected_after = other + self._selected_weights(arch.dims, parts, hidden, arch)
         family, config = arch.family, model.config
         return {
+            **({"recovery": recovery} if recovery is not None else {}),
             "achieved_sparsity": 1 - selected_after / selected_original if selected_original else 0.0,
             "mlp_channel_fraction": fraction,
             "parameters_before": params_before,
@@ -290,6 +298,14 @@ class StructuredPruner(Stage):
             "per_layer": per_layer,
             "heads_kept": heads_kept,
         }
+
+    def _recover(self, state) -> dict[str, Any]:
+        """``recovery_steps`` of the run's recovery step (the distiller's, else plain fine-tuning) on the cut model."""
+        recover = state.recover
+        if recover is None:
+            from slimkit.toolkit.training import finetune as recover
+        metrics = recover(state, self.config.recovery_steps) or {}
+        return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
 
     @staticmethod
     def _patch_config(model: torch.nn.Module, arch: Arch) -> bool:

@@ -134,6 +134,32 @@ def test_reapplying_with_data_driven_importance_is_a_no_op(importance):
     assert all(torch.equal(v, state.model.state_dict()[k]) for k, v in weights.items())
 
 
+def test_recovery_steps_train_the_cut_model_through_the_runs_recovery_step():
+    """recovery_steps: the run's recovery step (kd's float distillation in a pipeline) sees the cut model; none when
+    nothing was cut; plain fine-tuning of the cut model when the run has no recovery step."""
+    state = fresh_state()
+    calls = []
+
+    def recover(s, steps):
+        calls.append((steps, s.model.config.intermediate_size))
+        return {"method": "fake", "steps": steps, "history": [1, 2]}
+
+    state.recover = recover
+    metrics = _prune(state, sparsity=0.25, include=["*.mlp.*"], recovery_steps=3)
+    assert calls == [(3, 96)] and metrics["recovery"] == {"method": "fake", "steps": 3}
+    assert "recovery" not in _prune(state, sparsity=0.25, include=["*.mlp.*"], recovery_steps=3) and len(calls) == 1
+    state = fresh_state()
+    state.recover = None
+    _prune(state, sparsity=0.25, include=["*.mlp.*"])
+    cut = _state_dict_copy(state.model)
+    state = fresh_state()
+    state.recover = None
+    metrics = _prune(state, sparsity=0.25, include=["*.mlp.*"], recovery_steps=2)
+    assert metrics["recovery"]["steps"] == 2
+    assert state.model.config.intermediate_size == 96
+    assert any(not torch.equal(v, state.model.state_dict()[k]) for k, v in cut.items())  # trained after the cut
+
+
 @pytest.mark.parametrize("kw, key, nearest", [
     ({"heads_sparsity": 0.3}, "pruner.heads_sparsity", "nearest: 0 or 0.5"),                 # 2 KV heads
     ({"heads_sparsity": 0.3, "heads_structure": "query_heads"}, "pruner.heads_sparsity", "nearest: 0 or 0.5"),
@@ -157,6 +183,7 @@ def test_unrealisable_ratio_is_a_config_error_and_model_untouched(kw, key, neare
 
 @pytest.mark.parametrize("kw, key", [({"sparsity": 1.0}, "pruner.sparsity"), ({"importance": "l1"}, "pruner.importance"),
                                      ({"round_to": 0}, "pruner.round_to"),
+                                     ({"recovery_steps": -1}, "pruner.recovery_steps"),
                                      ({"heads_structure": "heads"}, "pruner.heads_structure")])
 def test_bad_config_values(kw, key):
     with pytest.raises(ConfigError) as info:
