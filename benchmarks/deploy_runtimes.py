@@ -220,17 +220,35 @@ def remeasure_memory(report_path: Path, out: str) -> None:
 
 
 def render(path: str) -> str:
-    """The report as a markdown table (what benchmarks/deploy_runtimes.md shows)."""
+    """The report as a markdown table (what benchmarks/deploy_runtimes.md shows): the sentiment column when the
+    report scored sentiment (as every report before session 14 did), otherwise one column per task."""
     report = json.loads(Path(path).read_text())
     base = report["baseline_fp32_pytorch"]
-    sentiment = base.get("sentiment_accuracy")
-    lines = [f"fp32 PyTorch: perplexity {base['perplexity']:.2f}, sentiment {sentiment}, "
+    base_tasks = base.get("tasks") or {}
+    names = ["sentiment"] if "sentiment" in base_tasks or not base_tasks else list(base_tasks)
+    if names == ["sentiment"]:
+        head = f"sentiment {base.get('sentiment_accuracy')}"
+    else:
+        head = ", ".join(f"{n} {_task_score(base_tasks[n]):.3f}" for n in names)
+    lines = [f"fp32 PyTorch: perplexity {base['perplexity']:.2f}, {head}, "
              f"{base['size_bytes'] / 1e6:.0f} MB, peak RSS {base['peak_memory_mb']:.0f} MB", "",
-             "| row | weights (scheme) | ppl (×fp32) | sentiment | MB (×smaller) | prefill × | decode × | peak RSS MB | load avg |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"| row | weights (scheme) | ppl (×fp32) | {' | '.join(names)} | MB (×smaller) | prefill × | decode × | "
+             "peak RSS MB | load avg |",
+             "|---|---|---|" + "---|" * len(names) + "---|---|---|---|---|"]
     for row in report["rows"]:
+        if row.get("failed"):  # the runtime's own tool did not produce a model
+            lines.append(f"| {row['row']} | failed (exit {row.get('exit_code')}): {row.get('error')} | – | "
+                         + "– | " * len(names) + "– | – | – | – | – |")
+            continue
         facts, speed = row["facts"], row["speed"]
-        task = (row.get("tasks") or {}).get("sentiment", {}).get("final")
+        cells = []
+        for name in names:
+            task = (row.get("tasks") or {}).get(name, {})
+            final, retained = task.get("final"), task.get("retained")
+            if names == ["sentiment"]:
+                cells.append(f"{final if final is None else f'{final:.3f}'}")
+            else:
+                cells.append("–" if final is None else f"{final:.3f}" + (f" ({retained:.1%})" if retained else ""))
         precision = facts.get("inference_precision")
         scheme = facts.get("scheme", "") + (f"; inference {precision}" if precision else "")
         if facts.get("kv_cache_precision"):
@@ -240,11 +258,16 @@ def render(path: str) -> str:
             label = label.replace("bf16", "**ran at f32**")
         lines.append(
             f"| {label} | {scheme} | {row['perplexity']:.2f} (×{row['perplexity'] / base['perplexity']:.3f}) | "
-            f"{task if task is None else f'{task:.3f}'} | {row['size_bytes'] / 1e6:.0f} "
+            f"{' | '.join(cells)} | {row['size_bytes'] / 1e6:.0f} "
             f"(×{base['size_bytes'] / row['size_bytes']:.1f}) | {speed['prefill_speedup']:.2f} | "
             f"{speed['decode_speedup']:.2f} | {row['peak_memory_mb']:.0f} | "
             f"{', '.join(f'{x:.1f}' for x in speed['load_average'])} |")
     return "\n".join(lines)
+
+
+def _task_score(scores: dict) -> float:
+    """A baseline task's primary score (acc where the task has it, else its first metric)."""
+    return scores["acc"] if "acc" in scores else next(iter(scores.values()))
 
 
 def main() -> None:
