@@ -39,7 +39,7 @@ import random
 import re
 import tarfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from tqdm.auto import tqdm
@@ -147,20 +147,25 @@ def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def _materialize(folder: Path, name: str, files: dict[str, list[dict[str, Any]]]) -> Path:
-    """A task folder (YAML + jsonl files) written atomically into the cache once; its YAML path."""
+def _materialize(folder: Path, name: str, make_files: Callable[[], dict[str, list[dict[str, Any]]]]) -> Path:
+    """A task folder (YAML + the jsonl files ``make_files()`` returns) written atomically into the cache once; its
+    YAML path. ``make_files`` runs only when the folder is not there yet."""
     from filelock import FileLock
 
     from slimkit.core.artifact import atomic_directory
 
+    yaml = folder / f"{name}.yaml"
+    if yaml.is_file():
+        return yaml
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):  # parallel sweep jobs: one writes, the others wait and read
-        if not (folder / f"{name}.yaml").is_file():
+        if not yaml.is_file():
+            files = make_files()
             with atomic_directory(folder, overwrite=True) as tmp:
                 for filename, rows in files.items():
                     _write_jsonl(tmp / filename, rows)
                 (tmp / f"{name}.yaml").write_text(_template(name))
-    return folder / f"{name}.yaml"
+    return yaml
 
 
 def sentiment_rows(seed: int = 0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -182,11 +187,11 @@ def sentiment_task_yaml() -> Path:
     """The sentiment task's YAML in the cache (written with its data at first use)."""
     from slimkit.core.paths import cache_dir
 
-    folder = cache_dir() / "tasks" / "sentiment"
-    if (folder / "sentiment.yaml").is_file():
-        return folder / "sentiment.yaml"
-    test, demos = sentiment_rows()
-    return _materialize(folder, "sentiment", {"test.jsonl": test, "demos.jsonl": demos})
+    def files() -> dict[str, list[dict[str, Any]]]:
+        test, demos = sentiment_rows()
+        return {"test.jsonl": test, "demos.jsonl": demos}
+
+    return _materialize(cache_dir() / "tasks" / "sentiment", "sentiment", files)
 
 
 ANALOGY_FILE = "test/test_data/questions-words.txt"
@@ -232,7 +237,7 @@ def analogy_task_yaml() -> Path:
     """The analogy task's YAML in the cache (written with its data at first use)."""
     from slimkit.core.paths import cache_dir
 
-    return _materialize(cache_dir() / "tasks" / "analogy", "analogy", {"test.jsonl": analogy_rows()})
+    return _materialize(cache_dir() / "tasks" / "analogy", "analogy", lambda: {"test.jsonl": analogy_rows()})
 
 
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s|$)")
@@ -271,7 +276,7 @@ def cloze_task_yaml(data: Any, tokenizer: Any, min_words: int = 30) -> Path:
         raise DataError(f"eval.tasks contains 'cloze' but the evaluation text ({data.eval.numel()} tokens) holds no "
                         f"passage of {min_words}+ words ending in a sentence; raise data.eval_tokens")
     digest = hashlib.sha256(json.dumps(passages).encode()).hexdigest()[:12]
-    return _materialize(cache_dir() / "tasks" / f"cloze-{digest}", "cloze", {"test.jsonl": passages})
+    return _materialize(cache_dir() / "tasks" / f"cloze-{digest}", "cloze", lambda: {"test.jsonl": passages})
 
 
 # --- user YAML files ----------------------------------------------------------------------------------
