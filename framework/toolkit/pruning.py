@@ -42,8 +42,8 @@ _PATTERN = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 _BLOCK = re.compile(r"^(.*?\.(?:layers|h)\.\d+)\.")  # model.layers.3 (Llama, OPT, GPT-NeoX), transformer.h.3 (GPT-2)
 
 __all__ = ["PruningConfig", "ScheduleConfig", "SensitivityConfig", "UnstructuredPruner", "compute_masks",
-           "parse_pattern", "ramp_fractions", "run_schedule", "sensitivity_scan", "sensitivity_allocation",
-           "sparsity_report", "calibration_loss"]
+           "parse_pattern", "ramp_fractions", "recovery_step", "run_schedule", "sensitivity_scan",
+           "sensitivity_allocation", "sparsity_report", "calibration_loss"]
 
 
 # --- config ----------------------------------------------------------------------------------------
@@ -273,6 +273,16 @@ def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def recovery_step(state, steps: int) -> dict[str, Any]:
+    """``steps`` of the run's recovery step on ``state.model`` (``state.recover``: a distiller's, e.g. kd's
+    distillation from the original; plain next-token fine-tuning when the run has none); its scalar metrics."""
+    recover = state.recover
+    if recover is None:
+        from slimkit.toolkit.training import finetune as recover
+    metrics = recover(state, steps) or {}
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
+
+
 def run_schedule(state, prune_to: Callable[[float], Mapping[str, Any]], schedule: ScheduleConfig,
                  desc: str = "pruning schedule") -> dict[str, Any]:
     """Reach the target sparsity in ``schedule.steps`` steps; any pruner can be driven by it.
@@ -288,9 +298,6 @@ def run_schedule(state, prune_to: Callable[[float], Mapping[str, Any]], schedule
 
     fractions = ramp_fractions(schedule.steps, schedule.ramp)
     bound = schedule.max_perplexity_ratio
-    recover = state.recover
-    if schedule.recovery_steps and recover is None:
-        from slimkit.toolkit.training import finetune as recover
     history: list[dict[str, Any]] = []
     result: dict[str, Any] = {"planned_steps": schedule.steps, "ramp": schedule.ramp,
                               "recovery_steps": schedule.recovery_steps, "max_perplexity_ratio": bound}
@@ -307,8 +314,7 @@ def run_schedule(state, prune_to: Callable[[float], Mapping[str, Any]], schedule
             metrics = dict(prune_to(fraction))
             entry["sparsity"] = metrics.get("sparsity")
             if schedule.recovery_steps:
-                rec = recover(state, schedule.recovery_steps) or {}
-                entry["recovery"] = {k: v for k, v in rec.items() if isinstance(v, (int, float, str))}
+                entry["recovery"] = recovery_step(state, schedule.recovery_steps)
             if bound:
                 ppl = perplexity(state.model, validation, desc=f"validation perplexity [step {step}]")
                 entry["validation_perplexity"] = ppl

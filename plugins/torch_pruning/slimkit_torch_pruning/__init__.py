@@ -46,6 +46,7 @@ from slimkit.core.plugin import ranged
 from slimkit.core.errors import ArtifactError, ConfigError
 from slimkit.models import count_parameters
 from slimkit.toolkit.modules import select_modules
+from slimkit.toolkit.pruning import recovery_step
 
 from .structure import (ATTN_ROLES, MLP_ROLES, Arch, LayerDims, UnsupportedArchitectureError, check_config, inspect,
                         layer_scores, nearest_valid, prune_layer, input_energy, query_keep, select_keep, target_keep,
@@ -275,7 +276,7 @@ class StructuredPruner(Stage):
         elif isinstance(state.artifact_writer, StructuredPruner):
             state.artifact_writer = None                        # an earlier non-uniform step is now uniform
 
-        recovery = self._recover(state) if plans and cfg.recovery_steps else None
+        recovery = recovery_step(state, cfg.recovery_steps) if plans and cfg.recovery_steps else None
         params_after = count_parameters(model)
         per_layer = {f"{arch.family.layers}.{i}": dataclasses.asdict(d) for i, d in enumerate(arch.dims)}
         selected_after = other + self._selected_weights(arch.dims, parts, hidden, arch)
@@ -298,14 +299,6 @@ class StructuredPruner(Stage):
             "per_layer": per_layer,
             "heads_kept": heads_kept,
         }
-
-    def _recover(self, state) -> dict[str, Any]:
-        """``recovery_steps`` of the run's recovery step (the distiller's, else plain fine-tuning) on the cut model."""
-        recover = state.recover
-        if recover is None:
-            from slimkit.toolkit.training import finetune as recover
-        metrics = recover(state, self.config.recovery_steps) or {}
-        return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
 
     @staticmethod
     def _patch_config(model: torch.nn.Module, arch: Arch) -> bool:
