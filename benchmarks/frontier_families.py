@@ -16,7 +16,10 @@ accuracy; size reduction = that JSON's fp32 bytes / the point's bytes; perplexit
 decode speedups are the ratios that JSON measured against fp32 (its timing condition is recorded with them).
 A listed file, row or field that is missing stops the script with an error naming it (no silent skipping).
 
-    python benchmarks/frontier_families.py            # writes frontier_families.json / .png / _gemma3.png
+    python benchmarks/frontier_families.py --out benchmarks/frontier_families_session15.json \
+        --png benchmarks/frontier_families_session15.png --png-gemma3 benchmarks/frontier_families_session15_gemma3.png
+
+Files that already exist are refused (documents cite them): each new drawing gets new paths.
 """
 
 from __future__ import annotations
@@ -86,6 +89,7 @@ class Point:
     sources: tuple
     route: str = ""  # "a", "b", "c" for runtime points
     note: str = ""
+    task: str = "sentiment"  # the task whose accuracy "retained" is (a built-in slimkit task the JSONs scored)
 
 
 # --------------------------------------------------------------------------------------------- the points
@@ -101,6 +105,16 @@ CARRY_GEMMA_Q4_0 = "benchmarks/deploy_carry_gemma3_q4_0_recipe_w32.json"
 GEMMA_Q4_0_RECIPE = ("experiment=case_study_mobile_q4_0 model=gemma3 (QAT-KD on the grid → autoround RTN int4 sym g32, "
                      "table int8)")
 GEMMA3 = "gemma3-270m"
+MOBILE = "benchmarks/case_study_mobile_smollm2"
+TASKMIX_RECIPE = ("experiment=case_study_mobile_openvino data.path=runs/sentiment_mix.jsonl (96 QAT-KD steps on the "
+                  "task-prompt mix → autoround RTN int4 sym g32)")
+PRUNED_RECIPE = ("experiment=case_study_mobile_pruned data.path=runs/sentiment_mix.jsonl (12.5% of the MLP channels "
+                 "pruned → 192 QAT-KD steps → autoround RTN int4 sym g64, table int4 g64)")
+OV_TASKMIX = "benchmarks/deploy_runtimes_smollm2_openvino_taskmix.json"
+OV_ROWTABLE = "benchmarks/deploy_runtimes_smollm2_openvino_rowtable.json"
+OV_INT4TABLE = "benchmarks/deploy_runtimes_smollm2_openvino_int4table.json"
+ORT_CARRIED = "benchmarks/deploy_runtimes_smollm2_onnx_carried.json"
+ET_CARRIED = "benchmarks/deploy_executorch_smollm2_carried.json"
 
 SMOLLM2_POINTS = [
     # ---- PyTorch: slimkit's in-process backends
@@ -299,6 +313,67 @@ SMOLLM2_POINTS = [
           "autoround RTN int4 sym g64, table int8 → GGUF Q4_0 + Q8_0, codes carried",
           (Source("benchmarks/deploy_carry_smollm2_emb8.json", "carry",
                   "autoround codes carried → GGUF (slimkit gguf, weights=auto)"),), route="c"),
+
+    # ---- sessions 9-15 (case_study_mobile.md): distillation on the task-prompt mix, the int4 table, and 12.5% of
+    # the MLP channels pruned for 8x. PyTorch points are the pipeline artifacts (serving timing); route (c) points
+    # the same artifacts carried into a runtime, from the pipeline's deployments or a deploy benchmark's JSON.
+    Point("pytorch", "task-mix recipe (n=200)", SMOLLM2, f"{TASKMIX_RECIPE}, table int8 per 32",
+          (Source(f"{MOBILE}_taskmix/report.json", "report", "final"),)),
+    Point("slimkit_runtime", "task-mix recipe → llama.cpp (n=200)", SMOLLM2,
+          f"{TASKMIX_RECIPE}, table int8 → GGUF Q4_0 + Q8_0, codes carried",
+          (Source(f"{MOBILE}_taskmix/report.json", "report", "deployment:gguf"),), route="c"),
+    Point("slimkit_runtime", "task-mix recipe → OpenVINO (n=1000)", SMOLLM2,
+          f"{TASKMIX_RECIPE}, table int8 → OpenVINO compressed weights, codes carried; bf16, dynamic int8 activations",
+          (Source(OV_TASKMIX, "runtimes", "q4_0 recipe, 96 QAT steps, sentiment-prompt mix → openvino carried bf16 (c)"),),
+          route="c"),
+    Point("runtime", "ORT int4 (n=1000)", SMOLLM2, "onnxruntime-genai builder int4: sym blocks of 32, accuracy_level 4",
+          (Source(ORT_CARRIED, "runtimes", "ort-builder-int4 (a)"),), route="a"),
+    Point("slimkit_runtime", "task-mix recipe → ORT (n=1000)", SMOLLM2,
+          f"{TASKMIX_RECIPE}, table int8 → ONNX MatMulNBits, codes carried",
+          (Source(ORT_CARRIED, "runtimes", "q4_0 recipe, 96 QAT steps, sentiment-prompt mix → onnx carried (c)"),),
+          route="c"),
+    Point("runtime", "OpenVINO int4 asym g64 (rowtable run, n=1000)", SMOLLM2,
+          "nncf.compress_weights default INT4_ASYM g64 on the fp32 model, bf16 / u8 KV cache",
+          (Source(OV_ROWTABLE, "runtimes", "ov-nncf-int4 bf16 (a)"),), route="a"),
+    Point("slimkit_runtime", "task-mix, table per row → OpenVINO (n=1000)", SMOLLM2,
+          f"{TASKMIX_RECIPE}, table int8 one scale per row → OpenVINO, codes carried; bf16, u8 KV cache",
+          (Source(OV_ROWTABLE, "runtimes", "q4_0 recipe, 96 QAT steps, sentiment-prompt mix, table scale per row → "
+                                           "openvino carried bf16 u8-kv (c)"),), route="c"),
+    Point("pytorch", "task-mix, int4 table (n=200)", SMOLLM2, f"{TASKMIX_RECIPE}, table int4 g32 (4.63 bits)",
+          (Source(f"{MOBILE}_taskmix_int4table/report.json", "report", "final"),)),
+    Point("slimkit_runtime", "task-mix, int4 table → llama.cpp (n=200)", SMOLLM2,
+          f"{TASKMIX_RECIPE}, table int4 → GGUF, every tensor Q4_0, codes carried",
+          (Source(f"{MOBILE}_taskmix_int4table/report.json", "report", "deployment:gguf"),), route="c"),
+    Point("slimkit_runtime", "task-mix, int4 table → OpenVINO (n=1000)", SMOLLM2,
+          f"{TASKMIX_RECIPE}, table int4 → OpenVINO, codes carried; bf16, u8 KV cache",
+          (Source(OV_INT4TABLE, "runtimes", "q4_0 recipe, 96 QAT steps, sentiment-prompt mix, int4 table → openvino "
+                                            "carried bf16 u8-kv (c)"),), route="c"),
+    Point("slimkit_runtime", "executorch 8da4w (n=1000)", SMOLLM2,
+          "slimkit executorch exporter: torchao 8da4w g32, int8 embedding, from fp32",
+          (Source(ET_CARRIED, "runtimes", "executorch 8da4w g32 + int8 embedding"),), route="b"),
+    Point("slimkit_runtime", "task-mix, gptq grid → ExecuTorch (n=1000)", SMOLLM2,
+          "experiment=case_study_mobile_executorch (96 QAT steps on the task-prompt mix → int4 sym g32 on the gptq "
+          "grid, table int8 per row) → .pte, XNNPACK 8da4w, every code carried",
+          (Source("benchmarks/deploy_executorch_smollm2_gptq.json", "runtimes",
+                  "slimkit task-mix recipe on the gptq grid (case_study_mobile_executorch) → executorch 8da4w (c)"),),
+          route="c"),
+    Point("pytorch", "pruned 12.5% MLP (n=200)", SMOLLM2, PRUNED_RECIPE,
+          (Source(f"{MOBILE}_pruned/report.json", "report", "final"),)),
+    Point("slimkit_runtime", "pruned 12.5% MLP → OpenVINO (n=200)", SMOLLM2,
+          f"{PRUNED_RECIPE} → OpenVINO, codes carried; bf16, u8 KV cache",
+          (Source(f"{MOBILE}_pruned/report.json", "report", "deployment:openvino"),), route="c"),
+    Point("slimkit_runtime", "pruned + 192 recovery steps → OpenVINO (n=200)", SMOLLM2,
+          f"{PRUNED_RECIPE}, pruner.recovery_steps=192 distiller.recovery_lr=1e-4 → OpenVINO, codes carried",
+          (Source(f"{MOBILE}_pruned_recovered/report.json", "report", "deployment:openvino"),), route="c"),
+    Point("pytorch", "pruned + recovery + QAT (n=200)", SMOLLM2,
+          f"{PRUNED_RECIPE} with 192 float recovery steps first (pruner.recovery_steps=192 distiller.recovery_lr=1e-4)",
+          (Source(f"{MOBILE}_pruned_recovered/report.json", "report", "final"),)),
+    Point("pytorch", "pruned + recovery, no QAT (n=200)", SMOLLM2,
+          ("experiment=case_study_mobile_pruned data.path=runs/sentiment_mix.jsonl pruner.recovery_steps=192 "
+           "distiller.recovery_lr=1e-4 distiller.max_steps=0 (12.5% of the MLP channels pruned → 192 float "
+           "recovery KD steps → autoround RTN int4 sym g64, table int4 g64; no QAT)"),
+          (Source(f"{MOBILE}_pruned_recovered_noqat/report.json", "report", "final", ("quality",)),),
+          note="quality only: the run was timed under the test suite's load (case_study_mobile.md, session 14)"),
 ]
 
 GEMMA3_POINTS = [
@@ -355,6 +430,70 @@ GEMMA3_POINTS = [
           route="c"),
 ]
 
+#: Gemma-3-270M on the analogy task (deploy_gemma3_tasks.md, session 14): quality from the session-14 JSONs (700
+#: analogies, one timing process at load 2-4, so their speed is not used), speed from the earlier quiet timings of
+#: the same recipes (sessions 9-13; those artifacts reproduce the session-14 perplexity to the printed digit).
+OV_GEMMA_ANALOGY = "benchmarks/deploy_runtimes_gemma3_analogy_openvino.json"
+ORT_GEMMA_ANALOGY = "benchmarks/deploy_runtimes_gemma3_analogy_onnx.json"
+ET_GEMMA_ANALOGY = "benchmarks/deploy_executorch_gemma3_analogy.json"
+CARRY_GEMMA_ANALOGY = "benchmarks/deploy_carry_gemma3_analogy.json"
+OV_GEMMA_G64ROW = "benchmarks/deploy_runtimes_gemma3_openvino_g64row.json"
+OV_GEMMA_C = "calibrated opt-RTN int4 sym g64, table scale per row → openvino carried bf16 u8-kv (c)"
+ORT_GEMMA_C = "calibrated opt-RTN int4 sym g32, table int4 → onnx carried (c)"
+ET_GEMMA_A = "executorch 8da4w g32 + int8 embedding + 8da8w lm_head"
+ET_GEMMA_C = "calibrated AWQ int4 g32 on the gptq grid, table per row → executorch 8da4w (c)"
+Q4_0_CALIBRATED = "experiment=q4_0_calibrated model=gemma3 (calibrated opt-RTN int4 sym g32, table int8)"
+GEMMA3_ANALOGY_POINTS = [
+    Point("pytorch", "int4 RTN g32, table int8", GEMMA3, "autoround RTN int4 sym g32, tied table int8",
+          (Source(CARRY_GEMMA_ANALOGY, "carry", "autoround RTN int4 sym g32, embedding int8 (PyTorch)"),),
+          task="analogy"),
+    Point("pytorch", "q4_0_calibrated", GEMMA3, Q4_0_CALIBRATED,
+          (Source(CARRY_GEMMA_ANALOGY, "carry", f"{Q4_0_CALIBRATED} (PyTorch)"),), task="analogy"),
+    Point("pytorch", "int4_calibrated_openvino", GEMMA3,
+          "experiment=int4_calibrated_openvino model=gemma3 (calibrated opt-RTN int4 sym g64, table int8 per row)",
+          (Source("benchmarks/q4_0_calibrated_gemma3_g64row_analogy/report.json", "report", "final", ("quality",)),),
+          task="analogy", note="quality only: timed in the run's process under load"),
+    Point("pytorch", "AWQ, gptq grid", GEMMA3,
+          "autoround AWQ int4 g32 on the gptq grid, table int8 per row (the ExecuTorch recipe)",
+          (Source("benchmarks/q4_0_calibrated_gemma3_awq_gptq_analogy/report.json", "report", "final", ("quality",)),),
+          task="analogy", note="quality only: timed in the run's process under load"),
+    Point("runtime", "llama.cpp Q4_0", GEMMA3, "llama_model_quantize Q4_0 of the fp32 model (table Q8_0)",
+          (Source(CARRY_GEMMA_ANALOGY, "carry",
+                  "fp32 → llama.cpp Q4_0 (llama_model_quantize, from slimkit's F16 GGUF)"),), route="a",
+          task="analogy", note="no timing: the same tensor types, so the same kernels, as the (c) file"),
+    Point("slimkit_runtime", "q4_0_calibrated → llama.cpp", GEMMA3, f"{Q4_0_CALIBRATED} → GGUF, codes carried",
+          (Source(CARRY_GEMMA_ANALOGY, "carry", f"{Q4_0_CALIBRATED} → GGUF (slimkit gguf, weights=auto)"),
+           Source("benchmarks/q4_0_calibrated_gemma3/report.json", "report", "deployment:gguf", ("speed",))),
+          route="c", task="analogy"),
+    Point("runtime", "OpenVINO int4 asym g64", GEMMA3, "nncf.compress_weights INT4_ASYM g64 of the fp32 model",
+          (Source(OV_GEMMA_ANALOGY, "runtimes", "ov-nncf-int4 bf16 (a)", ("quality",)),
+           Source(OV_GEMMA_G64ROW, "runtimes", "ov-nncf-int4 bf16 (a)", ("speed",))), route="a", task="analogy"),
+    Point("slimkit_runtime", "int4_calibrated_openvino → OpenVINO", GEMMA3,
+          "experiment=int4_calibrated_openvino model=gemma3 → OpenVINO compressed weights, codes carried",
+          (Source(OV_GEMMA_ANALOGY, "runtimes", OV_GEMMA_C, ("quality",)),
+           Source(OV_GEMMA_G64ROW, "runtimes", OV_GEMMA_C, ("speed",))), route="c", task="analogy"),
+    Point("slimkit_runtime", "onnx int4 (builder)", GEMMA3,
+          "slimkit onnx exporter, the builder's int4 of fp32 (its CLI fails on Gemma-3: KeyError 'rope_type')",
+          (Source(ORT_GEMMA_ANALOGY, "runtimes", "slimkit onnx int4 (b)", ("quality",)),
+           Source("benchmarks/deploy_runtimes_gemma3_onnx.json", "runtimes", "slimkit onnx int4 (b)", ("speed",))),
+          route="b", task="analogy"),
+    Point("slimkit_runtime", "q4_0_calibrated + int4 table → ORT", GEMMA3,
+          "calibrated opt-RTN int4 sym g32, table int4 → ONNX MatMulNBits, codes carried",
+          (Source(ORT_GEMMA_ANALOGY, "runtimes", ORT_GEMMA_C, ("quality",)),
+           Source("benchmarks/deploy_runtimes_gemma3_onnx.json", "runtimes", ORT_GEMMA_C, ("speed",))),
+          route="c", task="analogy"),
+    Point("slimkit_runtime", "executorch 8da4w", GEMMA3,
+          "slimkit executorch exporter: torchao 8da4w g32 + int8 embedding + 8da8w lm_head of fp32",
+          (Source(ET_GEMMA_ANALOGY, "runtimes", ET_GEMMA_A, ("quality",)),
+           Source("benchmarks/deploy_executorch_gemma3.json", "runtimes", ET_GEMMA_A, ("speed",))),
+          route="b", task="analogy"),
+    Point("slimkit_runtime", "AWQ, gptq grid → ExecuTorch", GEMMA3,
+          "autoround AWQ int4 g32 on the gptq grid, table per row → .pte, every code carried",
+          (Source(ET_GEMMA_ANALOGY, "runtimes", ET_GEMMA_C, ("quality",)),
+           Source("benchmarks/deploy_executorch_gemma3_gptq.json", "runtimes", ET_GEMMA_C, ("speed",))),
+          route="c", task="analogy"),
+]
+
 #: Committed JSONs with matching rows that are deliberately not points, and why (written into the JSON).
 NOT_DRAWN = [
     (("benchmarks/deploy_runtimes_smollm2_onnx_ov8.json: ov-nncf-int8 (a); deploy_runtimes_smollm2_openvino.json: "
@@ -373,6 +512,13 @@ NOT_DRAWN = [
     ("benchmarks/quantization_files/smollm2.json: 'quanto w4 + int8 blocks 0,29'", ("hand-picked equal-bits "
      "control, within noise of the budget row; left off to keep the figure readable")),
     ("benchmarks/deploy_carry_gemma3.json, qat_*.json, structured_*.json", "no sentiment measured"),
+    (("deployment:gguf of case_study_mobile_smollm2_taskmix_gptq, _pruned, _pruned_mix120, _pruned_recovered, "
+      "_pruned_recovered_noqat"), ("scored by transformers' GGUF loader (llama-cpp-python was not on the run's "
+                                   "path): PyTorch's speed and the PyTorch artifact's quality, not llama.cpp's")),
+    ("deployment:openvino of case_study_mobile_smollm2_pruned_recovered_noqat", ("timed under the test suite's "
+     "load; the same architecture and size as the other pruned OpenVINO points")),
+    ("case_study_mobile_smollm2_pruned_mix120", ("the pruned recipe with 120 prompts in the mix instead of 360: "
+     "the same size and speed as _pruned, sentiment 95-96% (case_study_mobile.md, session 13)")),
 ]
 
 
@@ -402,28 +548,34 @@ def _row(rows, name_key, name, path):
     return matches[0]
 
 
-def _sentiment(tasks, where):
-    sentiment = _need(tasks, "sentiment", where)
+def _task_acc(tasks, task, where):
+    if task is None:  # a source that gives speed only: its task scores are not read
+        return None
+    scores = _need(tasks, task, where)
     for key in ("final", "acc"):
-        if key in sentiment:
-            return sentiment[key]
-    raise SourceError(f"{where}: tasks.sentiment has neither 'final' nor 'acc'")
+        if key in scores:
+            return scores[key]
+    raise SourceError(f"{where}: tasks.{task} has neither 'final' nor 'acc'")
 
 
 def _processes_speed(processes):
     return ([p["prefill_speedup"] for p in processes], [p["decode_speedup"] for p in processes])
 
 
-def read_source(src: Source) -> dict:
-    """The quantities one source gives: measured values with the baseline they are normalised against."""
+def read_source(src: Source, task: str | None = "sentiment") -> dict:
+    """The quantities one source gives: measured values with the baseline they are normalised against.
+
+    ``task`` names the task whose accuracy is read; ``None`` for a source that gives speed only."""
     d = _load(src.path)
     where = f"{src.path} [{src.row}]"
+    if task not in ("sentiment", None) and src.kind in ("int4", "quantization", "speed"):
+        raise SourceError(f"{where}: a {src.kind!r} JSON scores sentiment only, not {task!r}")
     out: dict = {"path": src.path, "row": src.row if isinstance(src.row, str) else json.dumps(src.row)}
     if src.kind == "deploy":  # benchmarks/deploy.py
         base = _row(d["rows"], "route", "reference", src.path)
         r = _row(d["rows"], "label", src.row, src.path)
         out.update(size=_need(r, "size_bytes", where), base_size=base["size_bytes"],
-                   acc=_sentiment(r["tasks"], where), base_acc=_sentiment(base["tasks"], src.path),
+                   acc=_task_acc(r["tasks"], task, where), base_acc=_task_acc(base["tasks"], task, src.path),
                    samples=_need(d, "task_samples", src.path), ppl=r["perplexity"], base_ppl=base["perplexity"],
                    prefill=_need(r, "prefill_speedup", where), decode=_need(r, "decode_speedup", where),
                    per_process=_processes_speed(r["processes"]), load_average=r.get("load_average"),
@@ -433,9 +585,10 @@ def read_source(src: Source) -> dict:
         base = _need(d, "baseline_fp32_pytorch", src.path)
         r = _row(d["rows"], "row", src.row, src.path)
         speed = _need(r, "speed", where)
-        base_acc = base.get("sentiment_accuracy") or _sentiment(base.get("tasks", {}), src.path)
+        base_acc = ((base.get("sentiment_accuracy") if task == "sentiment" else None)
+                    or _task_acc(base.get("tasks", {}), task, src.path))
         out.update(size=_need(r, "size_bytes", where), base_size=base["size_bytes"],
-                   acc=_sentiment(r["tasks"], where), base_acc=base_acc,
+                   acc=_task_acc(r["tasks"], task, where), base_acc=base_acc,
                    samples=_need(d, "task_samples", src.path), ppl=r["perplexity"], base_ppl=base["perplexity"],
                    prefill=_need(speed, "prefill_speedup", where), decode=_need(speed, "decode_speedup", where),
                    per_process=_processes_speed(speed["processes"]), load_average=speed.get("load_average"),
@@ -444,8 +597,8 @@ def read_source(src: Source) -> dict:
     elif src.kind == "carry":  # benchmarks/deploy_carry.py, deploy_carry_onnx.py (no timing)
         base = _row(d["rows"], "label", "PyTorch fp32", src.path)
         r = _row(d["rows"], "label", src.row, src.path)
-        out.update(size=r["size_bytes"], base_size=base["size_bytes"], acc=_sentiment(r["tasks"], where),
-                   base_acc=_sentiment(base["tasks"], src.path), samples=_need(d, "task_samples", src.path),
+        out.update(size=r["size_bytes"], base_size=base["size_bytes"], acc=_task_acc(r["tasks"], task, where),
+                   base_acc=_task_acc(base["tasks"], task, src.path), samples=_need(d, "task_samples", src.path),
                    ppl=r["perplexity"], base_ppl=base["perplexity"],
                    load_average=d.get("load_average_start_end"))
     elif src.kind == "int4":  # benchmarks/int4_calibrated.py
@@ -491,13 +644,15 @@ def read_source(src: Source) -> dict:
                              f"artifact, alternated ({d['repeats']} rounds), medians; 1 thread")
     elif src.kind == "report":  # a pipeline run's report.json
         base = _need(d, "baseline", src.path)
-        base_acc = (base.get("tasks", {}).get("sentiment", {}).get("acc") or base.get("sentiment_accuracy"))
-        samples = (d.get("tasks") or {}).get("sentiment", {}).get("samples") or src.samples
-        if samples is None:
-            raise SourceError(f"{src.path}: no sentiment sample count in the report; declare it with a note")
+        base_acc = (base.get("tasks", {}).get(task, {}).get("acc")
+                    or (base.get("sentiment_accuracy") if task == "sentiment" else None))
+        samples = (d.get("tasks") or {}).get(task, {}).get("samples") or src.samples
+        if samples is None and task is not None:
+            raise SourceError(f"{src.path}: no {task} sample count in the report; declare it with a note")
         if src.row == "final":
             final = _need(d, "final", src.path)
-            acc = final.get("tasks", {}).get("sentiment", {}).get("acc", final.get("sentiment_accuracy"))
+            acc = final.get("tasks", {}).get(task, {}).get(
+                "acc", final.get("sentiment_accuracy") if task == "sentiment" else None)
             out.update(size=final["size_bytes"], base_size=base["size_bytes"], acc=acc, base_acc=base_acc,
                        samples=samples, ppl=final["perplexity"], base_ppl=base["perplexity"])
             timing = d.get("timing")
@@ -512,7 +667,7 @@ def read_source(src: Source) -> dict:
         elif str(src.row).startswith("deployment:"):
             exporter = src.row.split(":", 1)[1]
             dep = _row(_need(d, "deployments", src.path), "exporter", exporter, src.path)
-            out.update(size=dep["size_bytes"], base_size=base["size_bytes"], acc=_sentiment(dep["tasks"], where),
+            out.update(size=dep["size_bytes"], base_size=base["size_bytes"], acc=_task_acc(dep["tasks"], task, where),
                        base_acc=base_acc, samples=samples, ppl=dep["perplexity"], base_ppl=base["perplexity"],
                        prefill=dep["prefill_speedup"], decode=dep["decode_speedup"],
                        per_process=_processes_speed(dep["processes"]), load_average=dep.get("load_average"),
@@ -538,10 +693,11 @@ def build_point(point: Point) -> dict:
     """One point of the frontier: its quantities normalised against each source JSON's own fp32 baseline."""
     taken: dict = {}
     record = {"family": point.family, "family_label": FAMILIES[point.family], "label": point.label,
-              "model": point.model, "scheme": point.scheme, "route": point.route or None, "sources": []}
+              "model": point.model, "task": point.task, "scheme": point.scheme, "route": point.route or None,
+              "sources": []}
     for src in point.sources:
-        data = read_source(src)
         take = src.take or (("quality",) if src.kind in UNTIMED_KINDS else ("quality", "speed"))
+        data = read_source(src, point.task if set(take) & {"quality", "perplexity"} else None)
         for part in take:
             if part in taken:
                 raise SourceError(f"{point.label}: {part} taken from two sources")
@@ -549,7 +705,7 @@ def build_point(point: Point) -> dict:
         record["sources"].append({"path": src.path, "row": data["row"], "kind": src.kind, "takes": list(take)})
     quality = taken.get("quality")
     if quality is None:
-        raise SourceError(f"{point.label}: no source gives size and sentiment")
+        raise SourceError(f"{point.label}: no source gives size and {point.task}")
     for key in ("size", "base_size", "acc", "base_acc", "samples"):
         if quality.get(key) is None:
             raise SourceError(f"{quality['path']} [{quality['row']}]: {key} missing for point {point.label!r}")
@@ -560,17 +716,16 @@ def build_point(point: Point) -> dict:
         source=quality["path"], row=quality["row"],
         size_bytes=quality["size"], fp32_size_bytes=quality["base_size"],
         size_ratio=quality["base_size"] / quality["size"],
-        sentiment_accuracy=acc, fp32_sentiment_accuracy=base_acc, sentiment_samples=n,
-        sentiment_retained=retained,
+        task_accuracy=acc, fp32_task_accuracy=base_acc, task_samples=n, task_retained=retained,
         # one binomial standard error of the point's accuracy, over fp32's accuracy (fp32's own error ignored)
-        sentiment_retained_se=math.sqrt(acc * (1 - acc) / n) / base_acc,
+        task_retained_se=math.sqrt(acc * (1 - acc) / n) / base_acc,
         perplexity=perplexity.get("ppl"), fp32_perplexity=perplexity.get("base_ppl"),
         perplexity_source=perplexity["path"] if perplexity.get("ppl") is not None else None,
         perplexity_ratio=_ratio(perplexity.get("ppl"), perplexity.get("base_ppl")),
         load_average=quality.get("load_average"),
     )
     if quality.get("samples_note"):
-        record["sentiment_samples_note"] = quality["samples_note"]
+        record["task_samples_note"] = quality["samples_note"]
     speed = taken.get("speed")
     if speed is not None:
         for key in ("prefill", "decode"):
@@ -586,7 +741,7 @@ def build_point(point: Point) -> dict:
         "size_ge_8x": record["size_ratio"] >= TARGET_SIZE,
         "decode_ge_8x": None if speed is None else record["decode_speedup"] >= TARGET_DECODE,
         "prefill_ge_3x": None if speed is None else record["prefill_speedup"] >= TARGET_PREFILL,
-        "sentiment_ge_97pct": retained >= TARGET_RETAINED,
+        "task_ge_97pct": retained >= TARGET_RETAINED,
         "perplexity_within_10pct": None if record["perplexity_ratio"] is None else record["perplexity_ratio"] <= 1.10,
     }
     if point.note:
@@ -595,11 +750,11 @@ def build_point(point: Point) -> dict:
 
 
 def pareto_front(points: list[dict], x_key: str) -> list[dict]:
-    """The points no other point of the list beats on both ``x_key`` and sentiment retained (higher is better)."""
+    """The points no other point of the list beats on both ``x_key`` and task accuracy retained (higher is better)."""
     usable = [p for p in points if p.get(x_key) is not None]
     front = [p for p in usable
-             if not any(q[x_key] >= p[x_key] and q["sentiment_retained"] >= p["sentiment_retained"]
-                        and (q[x_key] > p[x_key] or q["sentiment_retained"] > p["sentiment_retained"])
+             if not any(q[x_key] >= p[x_key] and q["task_retained"] >= p["task_retained"]
+                        and (q[x_key] > p[x_key] or q["task_retained"] > p["task_retained"])
                         for q in usable)]
     return sorted(front, key=lambda p: p[x_key])
 
@@ -651,7 +806,7 @@ def _overlap(a, b) -> float:
 
 
 def draw(points: list[dict], fronts: dict, png: Path, title: str) -> None:
-    """Two panels (size, decode speed) × sentiment retained; markers per family, each family's front as steps."""
+    """Three panels (size, decode speed, prefill speed) × task accuracy retained; markers per family, each family's front as steps."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -659,15 +814,17 @@ def draw(points: list[dict], fronts: dict, png: Path, title: str) -> None:
     from matplotlib.lines import Line2D
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    fig, axes = plt.subplots(1, 2, figsize=(17, 8))
+    fig, axes = plt.subplots(1, 3, figsize=(26, 10))
     renderer = fig.canvas.get_renderer()
     panels = [("size_ratio", "size reduction vs fp32 (×, log scale)", TARGET_SIZE),
-              ("decode_speedup", "decode speedup vs fp32 PyTorch, 1 thread (×, log scale)", TARGET_DECODE)]
-    ys = [p["sentiment_retained"] for p in points]
+              ("decode_speedup", "decode speedup vs fp32 PyTorch, 1 thread (×, log scale)", TARGET_DECODE),
+              ("prefill_speedup", "prefill speedup vs fp32 PyTorch, 1 thread (×, log scale)", TARGET_PREFILL)]
+    ys = [p["task_retained"] for p in points]
+    task = points[0]["task"]
     y_lo, y_hi = min(ys) - 0.06, max(1.06, max(ys) + 0.06)
     for ax, (x_key, x_label, target) in zip(axes, panels):
         usable = [p for p in points if p.get(x_key) is not None]
-        x_hi = max(12.0, max(p[x_key] for p in usable) * 1.3)
+        x_hi = max(target * 1.5, max(p[x_key] for p in usable) * 1.3)
         x_lo = min(0.8, min(p[x_key] for p in usable) * 0.8)
         ax.set_xscale("log")
         ax.set_xlim(x_lo, x_hi)
@@ -683,16 +840,16 @@ def draw(points: list[dict], fronts: dict, png: Path, title: str) -> None:
             fam = [p for p in usable if p["family"] == family]
             front = fronts[family][x_key]
             if front:
-                ax.step([p[x_key] for p in front], [p["sentiment_retained"] for p in front], where="pre",
+                ax.step([p[x_key] for p in front], [p["task_retained"] for p in front], where="pre",
                         color=style["color"], lw=1.4, alpha=0.8)
             for p in fam:
-                ax.errorbar(p[x_key], p["sentiment_retained"], yerr=p["sentiment_retained_se"],
+                ax.errorbar(p[x_key], p["task_retained"], yerr=p["task_retained_se"],
                             color=style["color"], alpha=0.3, lw=0.8, capsize=0, zorder=2)
-                ax.plot(p[x_key], p["sentiment_retained"], marker=style["marker"], ls="", ms=7, zorder=3,
+                ax.plot(p[x_key], p["task_retained"], marker=style["marker"], ls="", ms=7, zorder=3,
                         markeredgecolor=style["color"], markeredgewidth=1.4,
                         markerfacecolor="white" if p["route"] == "b" else style["color"])
         ax.set_xlabel(x_label)
-        ax.set_ylabel("sentiment accuracy retained (point / its JSON's fp32), bar = ±1 s.e.")
+        ax.set_ylabel(f"{task} accuracy retained (point / its JSON's fp32), bar = ±1 s.e.")
         ax.grid(True, which="both", alpha=0.25)
         ax.set_xticks([t for t in (0.5, 1, 2, 3, 4, 6, 8, 10) if x_lo <= t <= x_hi])
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
@@ -709,7 +866,7 @@ def draw(points: list[dict], fronts: dict, png: Path, title: str) -> None:
     fig.tight_layout(rect=(0, 0.07, 1, 0.96))
     for ax, (x_key, _, _) in zip(axes, panels):  # labels last: they need the final layout
         items = [("fp32", 1.0, 1.0, "k")] + [
-            (p["label"], p[x_key], p["sentiment_retained"], STYLE[p["family"]]["color"])
+            (p["label"], p[x_key], p["task_retained"], STYLE[p["family"]]["color"])
             for p in points if p.get(x_key) is not None]
         _place_labels(ax, items, renderer)
     fig.savefig(png, dpi=130)
@@ -724,7 +881,7 @@ def build(points_spec: list[Point]) -> tuple[list[dict], dict]:
     fronts = {}
     for family in FAMILIES:
         fam = [p for p in points if p["family"] == family]
-        fronts[family] = {x: pareto_front(fam, x) for x in ("size_ratio", "decode_speedup")}
+        fronts[family] = {x: pareto_front(fam, x) for x in ("size_ratio", "decode_speedup", "prefill_speedup")}
     return points, fronts
 
 
@@ -750,17 +907,22 @@ def table(points: list[dict]) -> str:
     def fmt(value, spec):
         return "–" if value is None else format(value, spec)
 
-    lines = [("| family | route | point | scheme | size × | sentiment (fp32) | n | retained ± s.e. | ppl × | "
-             "prefill × | decode × | timed | source |"),
+    def task_key(p, key):  # files written before the task column name the sentiment fields after it
+        return p[f"task_{key}"] if "task" in p else p[f"sentiment_{key}"]
+
+    task = points[0].get("task", "sentiment") if points else "sentiment"
+    lines = [(f"| family | route | point | scheme | size × | {task} (fp32) | n | retained ± s.e. | ppl × | "
+              "prefill × | decode × | timed | source |"),
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in points:
+        fp32_accuracy = p["fp32_task_accuracy"] if "task" in p else p["fp32_sentiment_accuracy"]
         src = p["source"].removeprefix("benchmarks/")
         if p["speed_source"] and p["speed_source"] != p["source"]:
             src += "; speed: " + p["speed_source"].removeprefix("benchmarks/")
         lines.append(
             f"| {p['family']} | {p['route'] or '–'} | {p['label']} | {p['scheme']} | {p['size_ratio']:.2f} | "
-            f"{p['sentiment_accuracy']:.3f} ({p['fp32_sentiment_accuracy']:.3f}) | {p['sentiment_samples']} | "
-            f"{p['sentiment_retained']:.1%} ± {p['sentiment_retained_se']:.1%} | {fmt(p['perplexity_ratio'], '.3f')} | "
+            f"{task_key(p, 'accuracy'):.3f} ({fp32_accuracy:.3f}) | {task_key(p, 'samples')} | "
+            f"{task_key(p, 'retained'):.1%} ± {task_key(p, 'retained_se'):.1%} | {fmt(p['perplexity_ratio'], '.3f')} | "
             f"{fmt(p['prefill_speedup'], '.2f')} | {fmt(p['decode_speedup'], '.2f')} | {_timed(p)} | {src} |")
     return "\n".join(lines)
 
@@ -770,6 +932,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="benchmarks/frontier_families.json")
     parser.add_argument("--png", default="benchmarks/frontier_families.png")
     parser.add_argument("--png-gemma3", default="benchmarks/frontier_families_gemma3.png")
+    parser.add_argument("--png-gemma3-analogy", default="benchmarks/frontier_families_gemma3_analogy.png")
     parser.add_argument("--table", action="store_true", help="print the Markdown tables of --out and exit")
     args = parser.parse_args(argv)
     if args.table:
@@ -778,6 +941,11 @@ def main(argv=None) -> int:
         for model, section in saved["models"].items():
             print(f"\n{model}\n\n{table(section['points'])}")
         return 0
+    outputs = (args.out, args.png, args.png_gemma3, args.png_gemma3_analogy)
+    written = [path for path in outputs if (ROOT / path).exists()]
+    if written:  # documents cite the files an earlier run wrote: a new run writes new ones
+        parser.error(f"{', '.join(written)} already exist(s); give new --out/--png/--png-gemma3/--png-gemma3-analogy "
+                     "paths")
     models = {}
     for model, spec, png, title in (
         (SMOLLM2, SMOLLM2_POINTS, args.png,
@@ -786,19 +954,24 @@ def main(argv=None) -> int:
         (GEMMA3, GEMMA3_POINTS, args.png_gemma3,
          ("Gemma-3-270M: the same families — its fp32 2-shot sentiment is near or below chance (0.43-0.645), so "
          "'retained' says little here")),
+        (f"{GEMMA3}:analogy", GEMMA3_ANALOGY_POINTS, args.png_gemma3_analogy,
+         ("Gemma-3-270M on the task it can do: the built-in analogy task (700 analogies, fp32 0.940; chance 0.25) — "
+          "quality from session 14's JSONs, speed from the earlier quiet timings of the same recipes")),
     ):
         points, fronts = build(spec)
         draw(points, fronts, ROOT / png, title)
         models[model] = {"figure": png, "points": points, "pareto_fronts": _front_labels(fronts)}
     result = {
-        "command": "python benchmarks/frontier_families.py",
-        "what": "issue 15's frontier: size and decode speed against sentiment retained, three families of points, "
+        "command": " ".join(["python benchmarks/frontier_families.py",
+                             *(sys.argv[1:] if argv is None else argv)]),
+        "what": "issue 15's frontier: size, decode and prefill speed against task accuracy retained (sentiment; "
+                "analogy for Gemma-3's second figure), three families of points, "
                 "each read from a committed benchmark JSON and normalised to that JSON's own fp32 baseline; "
                 "no model was run by this script",
         "families": FAMILIES,
         "target": {"size_ratio": TARGET_SIZE, "decode_speedup": TARGET_DECODE, "prefill_speedup": TARGET_PREFILL,
-                   "sentiment_retained": TARGET_RETAINED, "perplexity_ratio": 1.10},
-        "sentiment_retained_se": "one binomial standard error of the point's accuracy, sqrt(a(1-a)/n), divided "
+                   "task_retained": TARGET_RETAINED, "perplexity_ratio": 1.10},
+        "task_retained_se": "one binomial standard error of the point's accuracy, sqrt(a(1-a)/n), divided "
                                  "by the fp32 accuracy (the fp32 accuracy's own error is not included)",
         "machine_note": "the source JSONs were measured on a shared 2-core machine; load averages are copied from "
                         "them where they recorded one; speed ratios carry +-10-25%",
@@ -813,7 +986,8 @@ def main(argv=None) -> int:
     for model, section in models.items():
         print(f"\n{model}\n\n{table(section['points'])}")
         for family, per in section["pareto_fronts"].items():
-            print(f"  front {family}: size {per['size_ratio']} | decode {per['decode_speedup']}")
+            print(f"  front {family}: size {per['size_ratio']} | decode {per['decode_speedup']} | "
+                  f"prefill {per['prefill_speedup']}")
     return 0
 
 
