@@ -92,13 +92,16 @@ def test_case_study_mobile_pruned_shrinks_distils_and_carries_codes_on_the_tiny_
     pytest.importorskip("openvino")
     pytest.importorskip("torch_pruning")
     report = run_tiny(tmp_path, "experiment=case_study_mobile_pruned", "pruner.sparsity=0.25", "pruner.round_to=32",
-                      "quantizer.group_size=32",
+                      "quantizer.group_size=32", "pruner.recovery_steps=2",
                       "exporter=[openvino]", "distiller.max_steps=2", "distiller.eval_every=1",
                       "distiller.checkpoint_every=1", "eval.tasks=[]")
     assert [(s["kind"], s["backend"]) for s in report["stages"]] == [
         ("pruner", "torch_pruning"), ("distiller", "kd"), ("quantizer", "autoround")]
     pruned = report["stages"][0]
     assert pruned["metrics"]["mlp_channel_fraction"] == pytest.approx(0.25)
+    # the float recovery right after the cut, by the kd plugin at the experiment's recovery rate
+    recovery = pruned["metrics"]["recovery"]
+    assert (recovery["method"], recovery["steps"], recovery["lr"]) == ("kd", 2, pytest.approx(1e-4))
     assert json.loads((tmp_path / "model" / "config.json").read_text())["intermediate_size"] == 96
     assert report["stages"][1]["metrics"]["qat_grid"] == "quantizer"
     config = report["stages"][2]["config"]

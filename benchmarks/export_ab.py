@@ -1,0 +1,131 @@
+"""Several exports of one model in one runtime, timed against each other and fp32 in the same processes.
+
+The pipeline times each export against PyTorch fp32 in its own fresh processes, so two exports of the same
+architecture can only be compared across runs, with whatever else the machine did in between. This script
+opens every export (``--export NAME=FOLDER``, folders an exporter wrote, e.g. a run's ``deploy/openvino``) and
+the fp32 model in each of ``--processes`` fresh processes and times them **alternately, round by round**,
+through the same calls as the pipeline (``slimkit.deploy.serving.time_sessions``: prefill of a 128-token
+prompt without a cache, greedy decode with the KV cache; medians; pinned threads). It also records each
+export's top-1 next-token agreement with fp32 on the prompt, so a broken export cannot post a fast time.
+
+    OMP_NUM_THREADS=1 python benchmarks/export_ab.py --exporter openvino \\
+        --export recovered=/tmp/s14/pruned_rec/deploy/openvino --export noqat=/tmp/s14/pruned_rec_noqat/deploy/openvino \\
+        --out benchmarks/export_ab_<what>.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+
+def child(spec: dict) -> dict:
+    """One fresh process: fp32 and every export opened, timed alternately."""
+    import torch
+
+    from slimkit.core.plugin import Kind
+    from slimkit.core.registry import default_registry
+    from slimkit.deploy.serving import TorchSession, time_sessions
+    from slimkit.models import load_model
+
+    threads = int(spec["threads"])
+    torch.set_num_threads(threads)
+    sessions = {"fp32": TorchSession(load_model(spec["model"]).model)}
+    cls = default_registry().get(Kind.EXPORTER, spec["exporter"])
+    for name, folder in spec["exports"].items():
+        sessions[name] = cls.open(Path(folder), threads=threads)
+    prompt = torch.tensor([spec["prompt"]], dtype=torch.long)
+    reference = sessions["fp32"].logits(prompt).argmax(-1)
+    agreement = {name: (s.logits(prompt).argmax(-1) == reference).float().mean().item()
+                 for name, s in sessions.items() if name != "fp32"}
+    timing = time_sessions(sessions, prompt, int(spec["repeats"]), int(spec["decode_tokens"]))
+    base = timing["fp32"]
+    return {"pid": os.getpid(), "timing": timing, "top1_agreement_with_fp32": agreement,
+            "prefill_speedup": {n: base["prefill_ms"] / t["prefill_ms"] for n, t in timing.items() if n != "fp32"},
+            "decode_speedup": {n: t["decode_tokens_per_s"] / base["decode_tokens_per_s"]
+                               for n, t in timing.items() if n != "fp32"}}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--exporter", help="the slimkit exporter that wrote the folders (openvino, onnx, ...)")
+    p.add_argument("--export", action="append", default=[], metavar="NAME=FOLDER",
+                   help="an export folder and the name it is reported under (give two or more)")
+    p.add_argument("--model", default="smollm2-135m", help="the fp32 model the exports came from")
+    p.add_argument("--processes", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--prompt", type=int, default=128, help="prompt tokens")
+    p.add_argument("--decode-tokens", type=int, default=32)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", help="a new JSON file (an existing one is refused)")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(json.loads(Path(args.child).read_text()))))
+        return 0
+    if not args.exporter or len(args.export) < 2 or not args.out:
+        p.error("--exporter, two or more --export NAME=FOLDER and --out are required")
+    if Path(args.out).exists():
+        p.error(f"--out {args.out} exists; write a new file")
+    exports = {}
+    for item in args.export:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or name == "fp32" or name in exports:
+            p.error(f"--export {item!r}: expected NAME=FOLDER with a new name other than 'fp32'")
+        if not Path(folder).is_dir():
+            p.error(f"--export {item!r}: {folder} is not a folder")
+        exports[name] = str(Path(folder).resolve())
+    if args.processes < 1 or args.repeats < 1 or args.decode_tokens < 2:
+        p.error("--processes and --repeats must be >= 1, --decode-tokens >= 2")
+
+    from tqdm.auto import tqdm
+
+    from slimkit.data import build_splits
+    from slimkit.models import load_model
+
+    loaded = load_model(args.model)
+    # the prompt speed_deploy.py times: the first tokens of the held-out Wikipedia slice
+    prompt = build_splits(loaded.tokenizer, seq_len=256, train_tokens=256, calibration_samples=1,
+                          eval_tokens=16 * 256).eval[0, : args.prompt].tolist()
+    del loaded
+    spec = {"exporter": args.exporter, "exports": exports, "model": args.model, "prompt": prompt,
+            "threads": args.threads, "repeats": args.repeats, "decode_tokens": args.decode_tokens}
+    env = {**os.environ, **{k: str(args.threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}}
+    runs, load = [], [list(os.getloadavg())]
+    with tempfile.TemporaryDirectory(prefix="slimkit-export-ab-") as tmp:
+        spec_file = Path(tmp) / "spec.json"
+        spec_file.write_text(json.dumps(spec))
+        for _ in tqdm(range(args.processes), desc="timing processes"):
+            done = subprocess.run([sys.executable, __file__, "--child", str(spec_file)],
+                                  capture_output=True, text=True, env=env)
+            if done.returncode != 0:
+                raise SystemExit(f"export_ab: a timing process failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
+            runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            load.append(list(os.getloadavg()))
+    summary = {name: {"prefill_speedup": statistics.median(r["prefill_speedup"][name] for r in runs),
+                      "decode_speedup": statistics.median(r["decode_speedup"][name] for r in runs),
+                      "decode_tokens_per_s": statistics.median(r["timing"][name]["decode_tokens_per_s"] for r in runs),
+                      "prefill_ms": statistics.median(r["timing"][name]["prefill_ms"] for r in runs)}
+               for name in ["fp32", *exports] if name != "fp32"}
+    summary["fp32"] = {"decode_tokens_per_s": statistics.median(r["timing"]["fp32"]["decode_tokens_per_s"] for r in runs),
+                       "prefill_ms": statistics.median(r["timing"]["fp32"]["prefill_ms"] for r in runs)}
+    out = {"command": " ".join([f"OMP_NUM_THREADS={args.threads}", "python", "benchmarks/export_ab.py",
+                                *(sys.argv[1:] if argv is None else argv)]),
+           "exporter": args.exporter, "exports": exports, "model": args.model, "threads": args.threads,
+           "prompt_tokens": args.prompt, "decode_tokens": args.decode_tokens, "repeats": args.repeats,
+           "condition": f"{args.processes} fresh processes, each timing fp32 and every export alternately, round by "
+                        f"round ({args.repeats} rounds), medians; {args.threads} thread(s)",
+           "summary": summary, "processes": runs, "load_average_before_and_after_each_process": load}
+    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
