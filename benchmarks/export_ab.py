@@ -86,7 +86,16 @@ def main(argv=None) -> int:
 
     from tqdm.auto import tqdm
 
+    from slimkit.core.plugin import Kind
+    from slimkit.core.registry import default_registry
     from slimkit.data import build_splits
+
+    from slimkit.core.errors import SlimkitError
+
+    try:  # an unknown exporter is refused before any model loads
+        default_registry().get(Kind.EXPORTER, args.exporter)
+    except SlimkitError as error:
+        p.error(str(error))
     from slimkit.models import load_model
 
     loaded = load_model(args.model)

@@ -85,8 +85,9 @@ def test_case_study_mobile_executorch_composes_on_xnnpacks_grid():
 
 
 def test_case_study_mobile_pruned_shrinks_distils_and_carries_codes_on_the_tiny_model(tmp_path):
-    """`experiment=case_study_mobile_pruned`: 12.5% of the MLP channels removed (the model physically shrinks), QAT
-    distillation of the pruned student from the unpruned original on AutoRound's grid, int4 with the table int4 in
+    """`experiment=case_study_mobile_pruned`: 12.5% of the MLP channels removed (the model physically shrinks), float
+    recovery distillation right after the cut, QAT distillation of the pruned student from the unpruned original on
+    AutoRound's grid, int4 with the table int4 in
     the same groups, every code carried into OpenVINO. On the tiny model's MLP (128 channels) a quarter is cut, in
     multiples of 32 (AutoRound quantizes only Linear sizes that are multiples of 32), with groups of 32."""
     pytest.importorskip("openvino")
