@@ -9,7 +9,7 @@ prompt without a cache, greedy decode with the KV cache; medians; pinned threads
 export's top-1 next-token agreement with fp32 on the prompt, so a broken export cannot post a fast time.
 
     OMP_NUM_THREADS=1 python benchmarks/export_ab.py --exporter openvino \\
-        --export recovered=/tmp/s14/pruned_rec/deploy/openvino --export noqat=/tmp/s14/pruned_rec_noqat/deploy/openvino \\
+        --export first=<run>/deploy/openvino --export second=<other run>/deploy/openvino \\
         --out benchmarks/export_ab_<what>.json
 """
 
@@ -86,17 +86,16 @@ def main(argv=None) -> int:
 
     from tqdm.auto import tqdm
 
+    from slimkit.core.errors import SlimkitError
     from slimkit.core.plugin import Kind
     from slimkit.core.registry import default_registry
     from slimkit.data import build_splits
-
-    from slimkit.core.errors import SlimkitError
+    from slimkit.models import load_model
 
     try:  # an unknown exporter is refused before any model loads
         default_registry().get(Kind.EXPORTER, args.exporter)
     except SlimkitError as error:
         p.error(str(error))
-    from slimkit.models import load_model
 
     loaded = load_model(args.model)
     # the prompt speed_deploy.py times: the first tokens of the held-out Wikipedia slice
@@ -121,7 +120,7 @@ def main(argv=None) -> int:
                       "decode_speedup": statistics.median(r["decode_speedup"][name] for r in runs),
                       "decode_tokens_per_s": statistics.median(r["timing"][name]["decode_tokens_per_s"] for r in runs),
                       "prefill_ms": statistics.median(r["timing"][name]["prefill_ms"] for r in runs)}
-               for name in ["fp32", *exports] if name != "fp32"}
+               for name in exports}
     summary["fp32"] = {"decode_tokens_per_s": statistics.median(r["timing"]["fp32"]["decode_tokens_per_s"] for r in runs),
                        "prefill_ms": statistics.median(r["timing"]["fp32"]["prefill_ms"] for r in runs)}
     out = {"command": " ".join([f"OMP_NUM_THREADS={args.threads}", "python", "benchmarks/export_ab.py",
