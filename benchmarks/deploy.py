@@ -30,15 +30,21 @@ from pathlib import Path
 import torch
 
 
+#: block formats slimkit's gguf exporter writes itself (route (b)); other formats are measured by route (a) only
+SLIMKIT_WRITES = {"q8_0", "q5_1", "q5_0", "q4_1", "q4_0"}
+
+
 def quantize_with_llama_cpp(source: Path, target: Path, ftype: str) -> None:
-    """llama.cpp's own quantizer, default tensor-type mixture (as `llama-quantize source target Q4_0`)."""
+    """llama.cpp's own quantizer, its default tensor-type mixture for ``ftype`` (as `llama-quantize source target
+    Q4_0`; any ``LLAMA_FTYPE_MOSTLY_*`` name, e.g. q3_k_m, q2_k). Tensors a type cannot hold (k-quants need rows of
+    multiples of 256) get llama.cpp's own fallback type: the file's ``tensor_types`` say which."""
     import ctypes
 
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.nthread = 1
-    params.ftype = {"q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, "q4_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0}[ftype]
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype.upper()}")
     rc = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params))
     if rc != 0:
         raise SystemExit(f"llama_model_quantize failed with {rc}")
@@ -71,18 +77,28 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--table", help="print the markdown table of a results JSON and exit")
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--formats", default="q8_0,q4_0")
+    p.add_argument("--formats", default="q8_0,q4_0",
+                   help="llama.cpp file types (LLAMA_FTYPE_MOSTLY_<NAME>), comma-separated; route (b) only for "
+                        + ", ".join(sorted(SLIMKIT_WRITES)))
     p.add_argument("--processes", type=int, default=3)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--task-samples", type=int, default=200)
     p.add_argument("--with-f16", action="store_true", help="also measure the F16 file (a row of its own)")
     p.add_argument("--out", default="benchmarks/deploy_smollm2.json")
     args = p.parse_args()
+    if not args.table and Path(args.out).exists():
+        p.error(f"--out {args.out} exists; results files are never overwritten: choose another name")
     if args.table:
         print(markdown(json.loads(Path(args.table).read_text())))
         return
 
-    import llama_cpp  # noqa: F401  (fail early: this benchmark is about llama.cpp)
+    import llama_cpp  # (fail early: this benchmark is about llama.cpp)
+
+    unknown = [f for f in args.formats.split(",") if not hasattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{f.upper()}")]
+    if unknown:
+        p.error(f"--formats: {unknown} are not llama.cpp file types; known: "
+                + ", ".join(sorted(n[len("LLAMA_FTYPE_MOSTLY_"):].lower() for n in dir(llama_cpp)
+                                   if n.startswith("LLAMA_FTYPE_MOSTLY_"))))
 
     from slimkit.core.artifact import directory_size
     from slimkit.data import build_splits
@@ -145,7 +161,9 @@ def main() -> None:
             runtime_route.mkdir()
             quantize_with_llama_cpp(f16 / FILE_NAME, runtime_route / FILE_NAME, fmt)
             rows.append(measure(f"(a) llama.cpp quantizer {fmt.upper()} (from F16)", "a", runtime_route, baseline))
-            rows.append(measure(f"(b) slimkit gguf export {fmt.upper()} (from fp32)", "b", export(f"slimkit-{fmt}", fmt), baseline))
+            if fmt in SLIMKIT_WRITES:
+                rows.append(measure(f"(b) slimkit gguf export {fmt.upper()} (from fp32)", "b", export(f"slimkit-{fmt}", fmt),
+                                    baseline))
     for row in rows:
         if row.get("perplexity") and reference.get("perplexity"):
             row["perplexity_ratio"] = row["perplexity"] / reference["perplexity"]

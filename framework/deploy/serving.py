@@ -83,8 +83,9 @@ def time_sessions(sessions: Mapping[str, Any], prompt: torch.Tensor, repeats: in
     return out
 
 
-def child(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """One serving process: load fp32 and the export, agree on the prompt, time both alternately."""
+def time_exports(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """In this process: fp32 and every export of ``spec["exports"]`` (name → folder an exporter wrote) opened,
+    each export's top-1 agreement with fp32 on the prompt, all timed alternately; ratios per export name."""
     from slimkit.core.plugin import Kind
     from slimkit.core.registry import default_registry
     from slimkit.models import load_model
@@ -92,17 +93,34 @@ def child(spec: Mapping[str, Any]) -> dict[str, Any]:
     threads = int(spec["threads"])
     torch.set_num_threads(threads)
     model = spec["model"]
-    fp32 = TorchSession(load_model(model.get("name", "smollm2-135m"), model.get("path"),
-                                   bool(model.get("trust_remote_code", False)), int(spec.get("seed", 0))).model)
+    sessions = {"fp32": TorchSession(load_model(model.get("name", "smollm2-135m"), model.get("path"),
+                                                bool(model.get("trust_remote_code", False)),
+                                                int(spec.get("seed", 0))).model)}
     cls = default_registry().get(Kind.EXPORTER, spec["exporter"])
-    export = cls.open(Path(spec["export_dir"]), threads=threads)
+    for name, folder in spec["exports"].items():
+        sessions[name] = cls.open(Path(folder), threads=threads)
     prompt = torch.tensor([spec["prompt"]], dtype=torch.long)
-    agree = (fp32.logits(prompt).argmax(-1) == export.logits(prompt).argmax(-1)).float().mean().item()
-    timing = time_sessions({"fp32": fp32, "export": export}, prompt, int(spec["repeats"]), int(spec["decode_tokens"]))
-    fp32_tps, export_tps = timing["fp32"]["decode_tokens_per_s"], timing["export"]["decode_tokens_per_s"]
-    return {"timing": timing, "top1_agreement_with_fp32": agree, "pid": os.getpid(),
-            "prefill_speedup": timing["fp32"]["prefill_ms"] / timing["export"]["prefill_ms"],
-            "decode_speedup": export_tps / fp32_tps if fp32_tps and export_tps else None}
+    reference = sessions["fp32"].logits(prompt).argmax(-1)
+    exports = [name for name in sessions if name != "fp32"]
+    agreement = {name: (sessions[name].logits(prompt).argmax(-1) == reference).float().mean().item() for name in exports}
+    timing = time_sessions(sessions, prompt, int(spec["repeats"]), int(spec["decode_tokens"]))
+    base = timing["fp32"]
+
+    def decode_ratio(name: str) -> float | None:
+        tps = timing[name]["decode_tokens_per_s"]
+        return tps / base["decode_tokens_per_s"] if tps and base["decode_tokens_per_s"] else None
+
+    return {"pid": os.getpid(), "timing": timing, "top1_agreement_with_fp32": agreement,
+            "prefill_speedup": {name: base["prefill_ms"] / timing[name]["prefill_ms"] for name in exports},
+            "decode_speedup": {name: decode_ratio(name) for name in exports}}
+
+
+def child(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """One serving process: load fp32 and the export (``spec["export_dir"]``), agree on the prompt, time both
+    alternately."""
+    result = time_exports({**spec, "exports": {"export": spec["export_dir"]}})
+    return {"timing": result["timing"], "pid": result["pid"],
+            **{key: result[key]["export"] for key in ("top1_agreement_with_fp32", "prefill_speedup", "decode_speedup")}}
 
 
 def serving_speed(exporter: str, export_dir: Path, model: Mapping[str, Any], seed: int, prompt: torch.Tensor,
