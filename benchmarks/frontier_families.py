@@ -195,6 +195,15 @@ SMOLLM2_POINTS = [
           "llama_model_quantize Q4_0 from F16 (sym groups of 32; tied table Q8_0)",
           (Source(CARRY_Q4_0, "carry", "fp32 → llama.cpp Q4_0 (llama_model_quantize, from slimkit's F16 GGUF)"),),
           route="a"),
+    # session 16: llama.cpp's own sub-4-bit file types (k-quants only where rows are multiples of 256: down_proj)
+    *(Point("runtime", f"llama.cpp {name}", SMOLLM2,
+            f"llama_model_quantize {name} from F16, default mixture, no importance matrix ({types})",
+            (Source("benchmarks/deploy_smollm2_subq4.json", "deploy", f"(a) llama.cpp quantizer {name} (from F16)",
+                    ("quality",)),),
+            route="a", note="quality only: timed beside the fresh-clone test suite (load 1.4-2.4)")
+      for name, types in (("IQ4_XS", "27 IQ4_XS, 180 IQ4_NL fallbacks, 3 Q5_K, table Q8_0"),
+                          ("Q3_K_M", "29 Q4_K, 1 Q5_K, 180 Q4_0/Q5_0/Q5_1 fallbacks, table Q8_0"),
+                          ("Q2_K", "30 Q3_K, 180 Q4_0 fallbacks, table Q8_0"))),
     Point("runtime", "OpenVINO int8 (n=1000)", SMOLLM2,
           "nncf.compress_weights int8_asym per channel; bf16 inference, u8 KV cache (stateful)",
           (Source(OV_MIXED, "runtimes", "ov-nncf-int8 bf16 (a)"),), route="a"),

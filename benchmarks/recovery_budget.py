@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = _as_dict(compose(*args.overrides))
     registry = default_registry()
     stages = {info.kind: stage for stage, info in resolve_stages(settings, registry)}  # checked before loading
-    if Kind.PRUNER not in stages or settings["distiller"].get("backend") != "kd":
+    if Kind.PRUNER not in stages or (settings.get("distiller") or {}).get("backend") != "kd":
         parser.error("the composed config needs a pruner and distiller=kd (e.g. experiment=case_study_mobile_pruned)")
     pruner = stages[Kind.PRUNER]
     if settings["pruner"].get("recovery_steps"):
