@@ -19,17 +19,8 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
-
-
-def child(spec: dict) -> dict:
-    """One fresh process: fp32 and every export opened, timed alternately (the pipeline's own timing calls)."""
-    from slimkit.deploy.serving import time_exports
-
-    return time_exports(spec)
 
 
 def main(argv=None) -> int:
@@ -44,11 +35,7 @@ def main(argv=None) -> int:
     p.add_argument("--decode-tokens", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", help="a new JSON file (an existing one is refused)")
-    p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.child:
-        print(json.dumps(child(json.loads(Path(args.child).read_text()))))
-        return 0
     if not args.exporter or len(args.export) < 2 or not args.out:
         p.error("--exporter, two or more --export NAME=FOLDER and --out are required")
     if Path(args.out).exists():
@@ -64,13 +51,12 @@ def main(argv=None) -> int:
     if args.processes < 1 or args.repeats < 1 or args.decode_tokens < 2:
         p.error("--processes and --repeats must be >= 1, --decode-tokens >= 2")
 
-    from tqdm.auto import tqdm
-
     from slimkit.core.artifact import atomic_write_text
     from slimkit.core.errors import SlimkitError
     from slimkit.core.plugin import Kind
     from slimkit.core.registry import default_registry
     from slimkit.data import build_splits
+    from slimkit.deploy.serving import timing_processes
     from slimkit.models import load_model
 
     try:  # an unknown exporter is refused before any model loads
@@ -85,18 +71,13 @@ def main(argv=None) -> int:
     del loaded
     spec = {"exporter": args.exporter, "exports": exports, "model": {"name": args.model}, "prompt": prompt,
             "threads": args.threads, "repeats": args.repeats, "decode_tokens": args.decode_tokens}
-    env = {**os.environ, **{k: str(args.threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}}
-    runs, load = [], [list(os.getloadavg())]
-    with tempfile.TemporaryDirectory(prefix="slimkit-export-ab-") as tmp:
-        spec_file = Path(tmp) / "spec.json"
-        spec_file.write_text(json.dumps(spec))
-        for _ in tqdm(range(args.processes), desc="timing processes"):
-            done = subprocess.run([sys.executable, __file__, "--child", str(spec_file)],
-                                  capture_output=True, text=True, env=env)
-            if done.returncode != 0:
-                raise SystemExit(f"export_ab: a timing process failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
-            runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
-            load.append(list(os.getloadavg()))
+    load = [list(os.getloadavg())]
+    try:  # fresh processes through the pipeline's own runner (slimkit.deploy.serving), one after another
+        runs = timing_processes(spec, args.processes, "timing processes", "export_ab timing process",
+                                after_each=lambda: load.append(list(os.getloadavg())))
+    except SlimkitError as error:
+        raise SystemExit(f"export_ab: {error}") from None
+
     def median(values) -> float | None:  # None: decode vanished in the timing noise in every process
         kept = [v for v in values if v is not None]
         return statistics.median(kept) if kept else None

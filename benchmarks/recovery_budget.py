@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--steps {args.steps} must be a positive multiple of --chunk {args.chunk}")
 
     import torch
+    from omegaconf import OmegaConf
 
     from slimkit.core.plugin import Kind
     from slimkit.core.registry import default_registry
@@ -89,10 +90,10 @@ def main(argv: list[str] | None = None) -> None:
     from slimkit.evaluation.tasks import TaskSet
     from slimkit.models import load_model
     from slimkit.pipeline.config import stage_config
-    from slimkit.pipeline.runner import _as_dict, resolve_stages
+    from slimkit.pipeline.runner import resolve_stages
     from slimkit.testing.config import compose
 
-    settings = _as_dict(compose(*args.overrides))
+    settings = OmegaConf.to_container(compose(*args.overrides), resolve=True)
     registry = default_registry()
     stages = {info.kind: stage for stage, info in resolve_stages(settings, registry)}  # checked before loading
     if Kind.PRUNER not in stages or (settings.get("distiller") or {}).get("backend") != "kd":
@@ -143,12 +144,14 @@ def main(argv: list[str] | None = None) -> None:
     add_point(0, 0.0)
     pruned = copy.deepcopy(state.model)
     kd_cls = registry.get(Kind.DISTILLER, "kd")
+    kd_cfg = settings["distiller"]
+    lr = kd_cfg["lr"] if kd_cfg.get("recovery_lr") is None else kd_cfg["recovery_lr"]  # as the kd plugin's recover()
     trained = 0.0
     with tempfile.TemporaryDirectory(prefix="recovery_budget_") as checkpoints:
         for step in range(args.chunk, args.steps + 1, args.chunk):
-            node = {**settings["distiller"], "qat_bits": None, "max_steps": step, "checkpoint_every": args.chunk,
+            node = {**kd_cfg, "qat_bits": None, "lr": lr, "max_steps": step, "checkpoint_every": args.chunk,
                     "keep_checkpoints": 1, "checkpoint_dir": checkpoints, "resume": step > args.chunk,
-                    "eval_every": 0, "patience": 0, "lr": settings["distiller"].get("recovery_lr") or settings["distiller"]["lr"]}
+                    "eval_every": 0, "patience": 0}
             distiller = kd_cls(stage_config(kd_cls, node, "distiller"))
             state.model = copy.deepcopy(pruned)  # the same student each chunk: the checkpoint carries the training
             begin = time.perf_counter()

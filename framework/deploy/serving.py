@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -102,7 +102,8 @@ def time_exports(spec: Mapping[str, Any]) -> dict[str, Any]:
     prompt = torch.tensor([spec["prompt"]], dtype=torch.long)
     reference = sessions["fp32"].logits(prompt).argmax(-1)
     exports = [name for name in sessions if name != "fp32"]
-    agreement = {name: (sessions[name].logits(prompt).argmax(-1) == reference).float().mean().item() for name in exports}
+    agreement = {name: (sessions[name].logits(prompt).argmax(-1) == reference).float().mean().item()
+                 for name in exports}
     timing = time_sessions(sessions, prompt, int(spec["repeats"]), int(spec["decode_tokens"]))
     base = timing["fp32"]
 
@@ -123,11 +124,33 @@ def child(spec: Mapping[str, Any]) -> dict[str, Any]:
             **{key: result[key]["export"] for key in ("top1_agreement_with_fp32", "prefill_speedup", "decode_speedup")}}
 
 
+def timing_processes(spec: Mapping[str, Any], processes: int, desc: str, what: str,
+                     after_each: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+    """Run ``processes`` fresh ``python -m slimkit.deploy.serving SPEC`` children one after another, threads pinned
+    to ``spec["threads"]``; each child's result (:func:`time_exports` when ``spec`` has ``exports``, else
+    :func:`child`). ``after_each`` is called when a child has finished (e.g. to note the load average)."""
+    from tqdm.auto import tqdm
+
+    threads = str(spec["threads"])
+    env = {**os.environ, **{k: threads for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}}
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="slimkit-serving-") as tmp:
+        spec_file = Path(tmp) / "spec.json"
+        spec_file.write_text(json.dumps(spec))
+        for _ in tqdm(range(processes), desc=desc, leave=False):
+            done = subprocess.run([sys.executable, "-m", "slimkit.deploy.serving", str(spec_file)],
+                                  capture_output=True, text=True, env=env)
+            if done.returncode != 0:
+                raise SlimkitError(f"a {what} failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
+            runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            if after_each is not None:
+                after_each()
+    return runs
+
+
 def serving_speed(exporter: str, export_dir: Path, model: Mapping[str, Any], seed: int, prompt: torch.Tensor,
                   eval_cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Run the fresh timing processes one after another; per-process results and medians."""
-    from tqdm.auto import tqdm
-
     threads = int(eval_cfg.get("threads", 1))
     # exports are always timed in fresh processes: eval.latency_processes of them in the serving condition
     # (the default), one when the run times its artifact in process (eval=fast)
@@ -138,18 +161,8 @@ def serving_speed(exporter: str, export_dir: Path, model: Mapping[str, Any], see
     spec = {"exporter": exporter, "export_dir": str(export_dir), "model": dict(model), "seed": seed,
             "prompt": prompt[0].tolist(), "threads": threads, "repeats": int(eval_cfg.get("repeats", 5)),
             "decode_tokens": int(eval_cfg.get("decode_tokens", 32))}
-    env = {**os.environ, **{k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}}
-    runs = []
-    with tempfile.TemporaryDirectory(prefix="slimkit-serving-") as tmp:
-        spec_file = Path(tmp) / "spec.json"
-        spec_file.write_text(json.dumps(spec))
-        for _ in tqdm(range(processes), desc=f"serving speed [{exporter}]", leave=False):
-            done = subprocess.run([sys.executable, "-m", "slimkit.deploy.serving", str(spec_file)],
-                                  capture_output=True, text=True, env=env)
-            if done.returncode != 0:
-                raise SlimkitError(f"a serving-speed process for the {exporter} export failed (exit {done.returncode}):\n"
-                                   f"{done.stderr[-2000:]}")
-            runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    runs = timing_processes(spec, processes, f"serving speed [{exporter}]",
+                            f"serving-speed process for the {exporter} export")
     decode = [r["decode_speedup"] for r in runs if r["decode_speedup"] is not None]
     return {"prefill_speedup": statistics.median(r["prefill_speedup"] for r in runs),
             "decode_speedup": statistics.median(decode) if decode else None,
@@ -157,5 +170,6 @@ def serving_speed(exporter: str, export_dir: Path, model: Mapping[str, Any], see
 
 
 if __name__ == "__main__":
-    result = child(json.loads(Path(sys.argv[1]).read_text()))
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    result = time_exports(spec) if "exports" in spec else child(spec)
     print(json.dumps(result))
